@@ -1,0 +1,67 @@
+// A non-copyable RAII owner of a bpftool-generated skeleton (open -> configure -> load), with
+// errors carried as Result. Destroying it closes the object's fds; anything that must outlive
+// the agent is held by a pinned link or a pinned map, never by the skeleton.
+#pragma once
+
+#include <bpf/libbpf.h>
+
+#include <string>
+#include <utility>
+
+#include "agent/common/result.h"
+
+namespace meshlane {
+
+// Ops is a struct with static open/load/destroy wrappers around the generated functions, e.g.
+//   struct RedirectOutboundOps {
+//       using Skeleton = redirect_outbound_bpf;
+//       static Skeleton* open(const bpf_object_open_opts* o) { return redirect_outbound_bpf__open_opts(o); }
+//       static int load(Skeleton* s) { return redirect_outbound_bpf__load(s); }
+//       static void destroy(Skeleton* s) { redirect_outbound_bpf__destroy(s); }
+//   };
+template <typename Ops>
+class BpfSkeleton {
+public:
+    using Skeleton = typename Ops::Skeleton;
+
+    BpfSkeleton() = default;
+    BpfSkeleton(const BpfSkeleton&) = delete;
+    BpfSkeleton& operator=(const BpfSkeleton&) = delete;
+    BpfSkeleton(BpfSkeleton&& other) noexcept : skel_(std::exchange(other.skel_, nullptr)) {}
+    BpfSkeleton& operator=(BpfSkeleton&& other) noexcept {
+        if (this != &other) {
+            reset();
+            skel_ = std::exchange(other.skel_, nullptr);
+        }
+        return *this;
+    }
+    ~BpfSkeleton() { reset(); }
+
+    static Result<BpfSkeleton> open(const bpf_object_open_opts* opts, const std::string& what) {
+        errno = 0;
+        Skeleton* skel = Ops::open(opts);
+        if (!skel) return Error::from_errno(errno ? errno : EINVAL, "open BPF object " + what);
+        BpfSkeleton owner;
+        owner.skel_ = skel;
+        return owner;
+    }
+
+    Status load(const std::string& what) {
+        int err = Ops::load(skel_);
+        if (err) return Error::from_libbpf(err, "load BPF object " + what);
+        return Ok{};
+    }
+
+    Skeleton* operator->() const { return skel_; }
+    Skeleton* get() const { return skel_; }
+
+    void reset() {
+        if (skel_) Ops::destroy(skel_);
+        skel_ = nullptr;
+    }
+
+private:
+    Skeleton* skel_ = nullptr;
+};
+
+}  // namespace meshlane

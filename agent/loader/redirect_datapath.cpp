@@ -1,0 +1,440 @@
+#include "agent/loader/redirect_datapath.h"
+
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include <spdlog/spdlog.h>
+
+#include "agent/loader/bpf_skeleton.h"
+#include "redirect_inbound.skel.h"
+#include "redirect_outbound.skel.h"
+
+namespace meshlane {
+
+namespace {
+
+struct RedirectOutboundOps {
+    using Skeleton = redirect_outbound_bpf;
+    static Skeleton* open(const bpf_object_open_opts* o) { return redirect_outbound_bpf__open_opts(o); }
+    static int load(Skeleton* s) { return redirect_outbound_bpf__load(s); }
+    static void destroy(Skeleton* s) { redirect_outbound_bpf__destroy(s); }
+};
+
+struct RedirectInboundOps {
+    using Skeleton = redirect_inbound_bpf;
+    static Skeleton* open(const bpf_object_open_opts* o) { return redirect_inbound_bpf__open_opts(o); }
+    static int load(Skeleton* s) { return redirect_inbound_bpf__load(s); }
+    static void destroy(Skeleton* s) { redirect_inbound_bpf__destroy(s); }
+};
+
+// redirect_outbound.skel.h names its program struct anonymously; reach it through decltype.
+using OutboundProgs = decltype(redirect_outbound_bpf::progs);
+
+struct CgroupProgramRef {
+    const char* pin_name;
+    const char* program_name;
+    bpf_attach_type attach_type;
+    bpf_program* OutboundProgs::*program;
+};
+
+constexpr CgroupProgramRef kCgroupPrograms[] = {
+    {"connect4", "redirect_connect4", BPF_CGROUP_INET4_CONNECT, &OutboundProgs::redirect_connect4},
+    {"connect6", "redirect_connect6", BPF_CGROUP_INET6_CONNECT, &OutboundProgs::redirect_connect6},
+    {"getpeername4", "redirect_getpeername4", BPF_CGROUP_INET4_GETPEERNAME,
+     &OutboundProgs::redirect_getpeername4},
+    {"getpeername6", "redirect_getpeername6", BPF_CGROUP_INET6_GETPEERNAME,
+     &OutboundProgs::redirect_getpeername6},
+    {"getsockname4", "redirect_getsockname4", BPF_CGROUP_INET4_GETSOCKNAME,
+     &OutboundProgs::redirect_getsockname4},
+    {"getsockname6", "redirect_getsockname6", BPF_CGROUP_INET6_GETSOCKNAME,
+     &OutboundProgs::redirect_getsockname6},
+    {"getsockopt", "redirect_getsockopt", BPF_CGROUP_GETSOCKOPT, &OutboundProgs::redirect_getsockopt},
+    {"sockops", "redirect_sockops", BPF_CGROUP_SOCK_OPS, &OutboundProgs::redirect_sockops},
+};
+constexpr const char* kSkLookupPin = "sk_lookup";
+constexpr const char* kSkLookupProgram = "redirect_sk_lookup";
+
+constexpr const char* kCounterNames[MESHLANE_REDIRECT_COUNTER_MAX] = {
+    "outbound_redirected",
+    "outbound_pass_excluded_port",
+    "outbound_pass_inbound_passthrough_source",
+    "outbound_pass_loopback",
+    "outbound_pass_proxy_owner",
+    "outbound_pass_excluded_cidr",
+    "outbound_pass_not_included",
+    "outbound_proxy_self_to_inbound",
+    "inbound_steered",
+    "inbound_pass_excluded_port",
+    "inbound_pass_local_source",
+    "inbound_refused_no_listener",
+    "inbound_startup_passthrough",
+    "orig_dst_answered",
+    "orig_dst_miss",
+    "orig_dst_tuple_lost",
+    "proxy_listener_registered",
+    "getpeername_rewritten",
+};
+
+bool path_exists(const std::string& path) {
+    struct stat st {};
+    return ::lstat(path.c_str(), &st) == 0;
+}
+
+Status make_dirs(const std::string& path) {
+    std::error_code ec;
+    std::filesystem::create_directories(path, ec);
+    if (ec) return Error::from_errno(ec.value(), "create " + path);
+    return Ok{};
+}
+
+// Pins a link that points at prog_fd: re-points an existing pin (agent restart or upgrade: no
+// detach, no gap), or creates and pins a new link. Returns true when it created the pin.
+Result<bool> ensure_link(const std::string& pin, int prog_fd, int target_fd,
+                         bpf_attach_type type, const std::string& what) {
+    if (path_exists(pin)) {
+        UniqueFd link(bpf_obj_get(pin.c_str()));
+        if (!link.valid()) return Error::last_errno("open pinned link " + pin);
+        int err = bpf_link_update(link.get(), prog_fd, nullptr);
+        if (err) return Error::from_libbpf(err, "update pinned link " + pin);
+        return false;
+    }
+    UniqueFd link(bpf_link_create(prog_fd, target_fd, type, nullptr));
+    if (!link.valid()) return Error::last_errno("attach " + what);
+    if (bpf_obj_pin(link.get(), pin.c_str()) != 0) return Error::last_errno("pin link " + pin);
+    return true;
+}
+
+Status unpin_and_detach(const std::string& pin) {
+    UniqueFd link(bpf_obj_get(pin.c_str()));
+    if (!link.valid()) {
+        if (errno == ENOENT) return Ok{};
+        return Error::last_errno("open pinned link " + pin);
+    }
+    // Detach even if something else still holds a reference to the link.
+    if (bpf_link_detach(link.get()) != 0 && errno != ENOLINK && errno != EINVAL)
+        return Error::last_errno("detach link " + pin);
+    if (::unlink(pin.c_str()) != 0 && errno != ENOENT) return Error::last_errno("unpin " + pin);
+    return Ok{};
+}
+
+template <typename Key>
+std::vector<Key> keys_of(int map_fd) {
+    std::vector<Key> keys;
+    Key key{}, next{};
+    const void* previous = nullptr;
+    while (bpf_map_get_next_key(map_fd, previous, &next) == 0) {
+        keys.push_back(next);
+        key = next;
+        previous = &key;
+    }
+    return keys;
+}
+
+}  // namespace
+
+const char* redirect_counter_name(unsigned counter) {
+    return counter < MESHLANE_REDIRECT_COUNTER_MAX ? kCounterNames[counter] : "unknown";
+}
+
+struct RedirectDatapath::Impl {
+    BpfSkeleton<RedirectOutboundOps> outbound;
+    int workload_map = -1;
+    int port_rules = -1;
+    int cidr_rules = -1;
+    int listener_map = -1;
+    int counters_map = -1;
+    int possible_cpus = 1;
+};
+
+RedirectDatapath::RedirectDatapath(DatapathOptions options)
+    : options_(std::move(options)), impl_(std::make_unique<Impl>()) {}
+RedirectDatapath::~RedirectDatapath() = default;
+
+std::string RedirectDatapath::workload_pin_dir(const std::string& name) const {
+    return options_.pin_root + "/workloads/" + name;
+}
+
+// Map sizes depend on max_workloads; the same values must be set on every object that shares
+// the pinned maps, or libbpf refuses to reuse them.
+template <typename Skel>
+static void size_maps(Skel* skel, std::uint32_t max_workloads) {
+    bpf_map__set_max_entries(skel->maps.workload_by_netns, max_workloads);
+    bpf_map__set_max_entries(skel->maps.inbound_listener, max_workloads * MESHLANE_LISTENER_SLOTS);
+    bpf_map__set_max_entries(skel->maps.redirect_counters,
+                             max_workloads * MESHLANE_REDIRECT_COUNTER_MAX);
+}
+
+static std::string pinned_map_hint(const std::string& map_dir) {
+    return "the maps pinned under " + map_dir +
+           " do not match this agent (max_workloads changed, or another meshlane version); "
+           "restore the setting or run `meshlane uninstall`";
+}
+
+Result<std::unique_ptr<RedirectDatapath>> RedirectDatapath::load(const DatapathOptions& options) {
+    if (options.max_workloads == 0 || options.max_workloads > 65536)
+        return Error::invalid("max_workloads must be within 1..65536");
+    std::unique_ptr<RedirectDatapath> datapath(new RedirectDatapath(options));
+    const std::string map_dir = options.pin_root + "/maps";
+    if (auto made = make_dirs(map_dir); !made) return made.error();
+
+    LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = map_dir.c_str());
+    auto outbound = BpfSkeleton<RedirectOutboundOps>::open(&open_opts, "redirect_outbound");
+    if (!outbound) return outbound.error();
+    size_maps(outbound->get(), options.max_workloads);
+    if (auto loaded = outbound->load("redirect_outbound"); !loaded) {
+        if (loaded.error().code == EINVAL)
+            return loaded.error().with_context(pinned_map_hint(map_dir) + " or the verifier "
+                                               "rejected a program (see the log above)");
+        return loaded.error();
+    }
+    Impl& impl = *datapath->impl_;
+    impl.outbound = std::move(*outbound);
+    auto* skel = impl.outbound.get();
+    impl.workload_map = bpf_map__fd(skel->maps.workload_by_netns);
+    impl.port_rules = bpf_map__fd(skel->maps.port_rules);
+    impl.cidr_rules = bpf_map__fd(skel->maps.cidr_rules);
+    impl.listener_map = bpf_map__fd(skel->maps.inbound_listener);
+    impl.counters_map = bpf_map__fd(skel->maps.redirect_counters);
+    impl.possible_cpus = libbpf_num_possible_cpus();
+    if (impl.possible_cpus <= 0) return Error::from_libbpf(impl.possible_cpus, "count CPUs");
+    if (auto made = make_dirs(options.pin_root + "/workloads"); !made) return made.error();
+    return datapath;
+}
+
+static Status put_port(int map_fd, std::uint32_t id, std::uint16_t port, std::uint8_t kind) {
+    port_rule_key key{};
+    key.workload_id = id;
+    key.port = port;
+    key.kind = kind;
+    std::uint8_t one = 1;
+    if (bpf_map_update_elem(map_fd, &key, &one, BPF_ANY) != 0)
+        return Error::last_errno("write port rule " + std::to_string(port));
+    return Ok{};
+}
+
+static Status put_cidr(int map_fd, std::uint32_t id, const std::array<std::uint8_t, 16>& addr,
+                       unsigned mapped_prefix_len, std::uint32_t kind) {
+    cidr_rule_key key{};
+    key.prefixlen = MESHLANE_CIDR_KEY_PREFIX_BITS + mapped_prefix_len;
+    key.workload_id = htonl(id);
+    key.kind = htonl(kind);
+    std::memcpy(key.addr, addr.data(), 16);
+    std::uint8_t one = 1;
+    if (bpf_map_update_elem(map_fd, &key, &one, BPF_ANY) != 0)
+        return Error::last_errno("write CIDR rule");
+    return Ok{};
+}
+
+static void delete_cidrs(int map_fd, std::uint32_t id, bool only_pod_local) {
+    for (const auto& key : keys_of<cidr_rule_key>(map_fd)) {
+        if (ntohl(key.workload_id) != id) continue;
+        if (only_pod_local && ntohl(key.kind) != MESHLANE_CIDR_POD_LOCAL) continue;
+        bpf_map_delete_elem(map_fd, &key);
+    }
+}
+
+Status RedirectDatapath::write_pod_addresses(std::uint32_t id,
+                                             const std::vector<PodAddress>& pod_addresses) {
+    delete_cidrs(impl_->cidr_rules, id, true);
+    for (const auto& address : pod_addresses) {
+        if (auto put = put_cidr(impl_->cidr_rules, id, address.addr, 128, MESHLANE_CIDR_POD_LOCAL);
+            !put)
+            return put.error().with_context("pod address " + address.text);
+    }
+    return Ok{};
+}
+
+Status RedirectDatapath::write_rules(std::uint32_t id, const WorkloadSpec& spec,
+                                     const std::vector<PodAddress>& pod_addresses) {
+    for (const auto& key : keys_of<port_rule_key>(impl_->port_rules))
+        if (key.workload_id == id) bpf_map_delete_elem(impl_->port_rules, &key);
+    delete_cidrs(impl_->cidr_rules, id, false);
+
+    struct PortList {
+        const std::vector<std::uint16_t>& ports;
+        std::uint8_t kind;
+    };
+    const std::vector<std::uint16_t> always_excluded = MESHLANE_ALWAYS_EXCLUDED_INBOUND_PORTS;
+    const PortList lists[] = {
+        {spec.exclude_outbound_ports, MESHLANE_PORT_EXCLUDE_OUTBOUND},
+        {spec.exclude_inbound_ports, MESHLANE_PORT_EXCLUDE_INBOUND},
+        {always_excluded, MESHLANE_PORT_EXCLUDE_INBOUND},
+        {spec.include_inbound_ports, MESHLANE_PORT_INCLUDE_INBOUND},
+        {spec.include_outbound_ports, MESHLANE_PORT_INCLUDE_OUTBOUND},
+    };
+    for (const auto& list : lists)
+        for (auto port : list.ports)
+            if (auto put = put_port(impl_->port_rules, id, port, list.kind); !put) return put;
+    for (const auto& cidr : spec.exclude_cidrs)
+        if (auto put = put_cidr(impl_->cidr_rules, id, cidr.addr, cidr.mapped_prefix_len(),
+                                MESHLANE_CIDR_EXCLUDE);
+            !put)
+            return put.error().with_context("exclude-cidrs " + cidr.to_string());
+    if (!spec.include_all_cidrs)
+        for (const auto& cidr : spec.include_cidrs)
+            if (auto put = put_cidr(impl_->cidr_rules, id, cidr.addr, cidr.mapped_prefix_len(),
+                                    MESHLANE_CIDR_INCLUDE);
+                !put)
+                return put.error().with_context("include-cidrs " + cidr.to_string());
+    return write_pod_addresses(id, pod_addresses);
+}
+
+Status RedirectDatapath::attach(const AttachTarget& target) {
+    const std::string dir = workload_pin_dir(target.name);
+    bool dir_created = !path_exists(dir);
+    if (auto made = make_dirs(dir); !made) return made.error();
+    std::vector<std::string> created;
+    auto rollback = [&](const Error& error) -> Status {
+        for (auto it = created.rbegin(); it != created.rend(); ++it) (void)unpin_and_detach(*it);
+        if (dir_created) ::rmdir(dir.c_str());
+        return error;
+    };
+
+    auto* skel = impl_->outbound.get();
+    for (const auto& program : kCgroupPrograms) {
+        const std::string pin = dir + "/" + program.pin_name;
+        int prog_fd = bpf_program__fd(skel->progs.*program.program);
+        auto made = ensure_link(pin, prog_fd, target.cgroup_fd, program.attach_type,
+                                std::string(program.program_name) + " to cgroup " +
+                                    target.cgroup_path);
+        if (!made) return rollback(made.error());
+        if (*made) created.push_back(pin);
+    }
+
+    // One sk_lookup instance per workload: the program type cannot read its netns cookie.
+    const std::string map_dir = options_.pin_root + "/maps";
+    LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = map_dir.c_str());
+    auto inbound = BpfSkeleton<RedirectInboundOps>::open(&open_opts, "redirect_inbound");
+    if (!inbound) return rollback(inbound.error());
+    (*inbound)->rodata->workload_id = target.workload_id;
+    (*inbound)->rodata->netns_cookie = target.netns_cookie;
+    size_maps(inbound->get(), options_.max_workloads);
+    if (auto loaded = inbound->load("redirect_inbound for " + target.name); !loaded)
+        return rollback(loaded.error());
+    const std::string pin = dir + "/" + kSkLookupPin;
+    auto made = ensure_link(pin, bpf_program__fd((*inbound)->progs.redirect_sk_lookup),
+                            target.netns_fd, BPF_SK_LOOKUP,
+                            std::string(kSkLookupProgram) + " to netns " + target.netns_path);
+    if (!made) return rollback(made.error());
+    return Ok{};
+}
+
+Status RedirectDatapath::activate(std::uint64_t netns_cookie, const workload_config& config) {
+    if (bpf_map_update_elem(impl_->workload_map, &netns_cookie, &config, BPF_ANY) != 0) {
+        if (errno == E2BIG)
+            return Error{E2BIG, "workload_by_netns is full (max_workloads=" +
+                                    std::to_string(options_.max_workloads) + ")"};
+        return Error::last_errno("write workload config");
+    }
+    return Ok{};
+}
+
+Status RedirectDatapath::deactivate(std::uint64_t netns_cookie) {
+    if (bpf_map_delete_elem(impl_->workload_map, &netns_cookie) != 0 && errno != ENOENT)
+        return Error::last_errno("delete workload config");
+    return Ok{};
+}
+
+Status RedirectDatapath::detach(const std::string& name) {
+    const std::string dir = workload_pin_dir(name);
+    Status first_error;
+    auto note = [&](Status status) {
+        if (!status && first_error) first_error = status;
+    };
+    note(unpin_and_detach(dir + "/" + kSkLookupPin));
+    for (const auto& program : kCgroupPrograms) note(unpin_and_detach(dir + "/" + program.pin_name));
+    if (::rmdir(dir.c_str()) != 0 && errno != ENOENT)
+        note(Error::last_errno("remove " + dir + " (unexpected files left in it?)"));
+    return first_error;
+}
+
+Status RedirectDatapath::clear_workload(std::uint32_t id) {
+    for (const auto& key : keys_of<port_rule_key>(impl_->port_rules))
+        if (key.workload_id == id) bpf_map_delete_elem(impl_->port_rules, &key);
+    delete_cidrs(impl_->cidr_rules, id, false);
+    for (unsigned slot = 0; slot < MESHLANE_LISTENER_SLOTS; ++slot) {
+        std::uint32_t key = id * MESHLANE_LISTENER_SLOTS + slot;
+        bpf_map_delete_elem(impl_->listener_map, &key);
+    }
+    std::vector<std::uint64_t> zeros(static_cast<std::size_t>(impl_->possible_cpus), 0);
+    for (std::uint32_t c = 0; c < MESHLANE_REDIRECT_COUNTER_MAX; ++c) {
+        std::uint32_t key = id * MESHLANE_REDIRECT_COUNTER_MAX + c;
+        if (bpf_map_update_elem(impl_->counters_map, &key, zeros.data(), BPF_ANY) != 0)
+            return Error::last_errno("reset counters");
+    }
+    return Ok{};
+}
+
+Status RedirectDatapath::register_inbound_listener(std::uint32_t id, int socket_fd, bool ipv6) {
+    std::uint32_t key =
+        id * MESHLANE_LISTENER_SLOTS + (ipv6 ? MESHLANE_LISTENER_SLOT_V6 : MESHLANE_LISTENER_SLOT_V4);
+    std::uint64_t value = static_cast<std::uint64_t>(socket_fd);
+    if (bpf_map_update_elem(impl_->listener_map, &key, &value, BPF_ANY) != 0)
+        return Error::last_errno("register the proxy's inbound listener");
+    return Ok{};
+}
+
+bool RedirectDatapath::inbound_listener_registered(std::uint32_t id, unsigned slot) const {
+    std::uint32_t key = id * MESHLANE_LISTENER_SLOTS + slot;
+    std::uint64_t cookie = 0;  // user space reads a SOCKMAP entry as the socket cookie
+    return bpf_map_lookup_elem(impl_->listener_map, &key, &cookie) == 0;
+}
+
+RedirectCounters RedirectDatapath::counters(std::uint32_t id) const {
+    RedirectCounters totals{};
+    std::vector<std::uint64_t> per_cpu(static_cast<std::size_t>(impl_->possible_cpus));
+    for (std::uint32_t c = 0; c < MESHLANE_REDIRECT_COUNTER_MAX; ++c) {
+        std::uint32_t key = id * MESHLANE_REDIRECT_COUNTER_MAX + c;
+        if (bpf_map_lookup_elem(impl_->counters_map, &key, per_cpu.data()) != 0) continue;
+        for (auto v : per_cpu) totals[c] += v;
+    }
+    return totals;
+}
+
+std::vector<AttachedProgram> RedirectDatapath::attached_programs(const std::string& name) const {
+    std::vector<AttachedProgram> programs;
+    const std::string dir = workload_pin_dir(name);
+    auto describe = [&](const std::string& pin_name, const std::string& program_name) {
+        const std::string pin = dir + "/" + pin_name;
+        UniqueFd link(bpf_obj_get(pin.c_str()));
+        if (!link.valid()) return;
+        bpf_link_info info{};
+        std::uint32_t len = sizeof(info);
+        if (bpf_obj_get_info_by_fd(link.get(), &info, &len) != 0) return;
+        AttachedProgram program;
+        program.program = program_name;
+        program.pin = pin;
+        program.link_id = info.id;
+        program.prog_id = info.prog_id;
+        if (info.type == BPF_LINK_TYPE_CGROUP)
+            program.attach_to = "cgroup:" + std::to_string(info.cgroup.cgroup_id);
+        else if (info.type == BPF_LINK_TYPE_NETNS)
+            program.attach_to = "netns:" + std::to_string(info.netns.netns_ino);
+        programs.push_back(std::move(program));
+    };
+    for (const auto& program : kCgroupPrograms) describe(program.pin_name, program.program_name);
+    describe(kSkLookupPin, kSkLookupProgram);
+    return programs;
+}
+
+std::vector<std::string> RedirectDatapath::pinned_workloads() const {
+    std::vector<std::string> names;
+    std::error_code ec;
+    for (const auto& entry :
+         std::filesystem::directory_iterator(options_.pin_root + "/workloads", ec))
+        if (entry.is_directory()) names.push_back(entry.path().filename().string());
+    return names;
+}
+
+std::vector<std::uint64_t> RedirectDatapath::active_netns_cookies() const {
+    return keys_of<std::uint64_t>(impl_->workload_map);
+}
+
+}  // namespace meshlane

@@ -1,0 +1,162 @@
+#include "agent/workload/pod_identity.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <ifaddrs.h>
+#include <linux/magic.h>
+#include <linux/nsfs.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
+
+namespace meshlane {
+
+namespace {
+
+std::string canonical(const std::string& path) {
+    char resolved[PATH_MAX];
+    if (::realpath(path.c_str(), resolved) == nullptr) return {};
+    return resolved;
+}
+
+std::string namespace_type_name(int type) {
+    switch (type) {
+        case CLONE_NEWNS: return "mount";
+        case CLONE_NEWUTS: return "uts";
+        case CLONE_NEWIPC: return "ipc";
+        case CLONE_NEWUSER: return "user";
+        case CLONE_NEWPID: return "pid";
+        case CLONE_NEWCGROUP: return "cgroup";
+        case CLONE_NEWTIME: return "time";
+        default: return "unknown";
+    }
+}
+
+struct NetnsFacts {
+    std::uint64_t cookie = 0;
+    std::vector<PodAddress> addresses;
+};
+
+// Runs inside the target netns on a short-lived thread: setns(2) changes only the calling
+// thread's namespace, and the thread ends right after.
+Result<NetnsFacts> read_netns_facts(int netns_fd, bool want_cookie) {
+    Result<NetnsFacts> result = Error{EIO, "netns thread did not run"};
+    std::thread worker([&] {
+        if (::setns(netns_fd, CLONE_NEWNET) != 0) {
+            result = Error::last_errno("enter network namespace");
+            return;
+        }
+        NetnsFacts facts;
+        if (want_cookie) {
+            UniqueFd sock(::socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+            if (!sock.valid()) sock.reset(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+            socklen_t len = sizeof(facts.cookie);
+            if (!sock.valid() ||
+                ::getsockopt(sock.get(), SOL_SOCKET, SO_NETNS_COOKIE, &facts.cookie, &len) != 0) {
+                result = Error::last_errno("read the network namespace cookie (SO_NETNS_COOKIE)");
+                return;
+            }
+        }
+        ifaddrs* list = nullptr;
+        if (::getifaddrs(&list) != 0) {
+            result = Error::last_errno("list addresses in the network namespace");
+            return;
+        }
+        for (ifaddrs* it = list; it; it = it->ifa_next) {
+            if (!it->ifa_addr) continue;
+            PodAddress pod;
+            char text[INET6_ADDRSTRLEN] = {};
+            if (it->ifa_addr->sa_family == AF_INET) {
+                auto* sin = reinterpret_cast<sockaddr_in*>(it->ifa_addr);
+                pod.is_v4 = true;
+                pod.addr[10] = pod.addr[11] = 0xff;
+                std::memcpy(&pod.addr[12], &sin->sin_addr, 4);
+                ::inet_ntop(AF_INET, &sin->sin_addr, text, sizeof(text));
+            } else if (it->ifa_addr->sa_family == AF_INET6) {
+                auto* sin6 = reinterpret_cast<sockaddr_in6*>(it->ifa_addr);
+                std::memcpy(pod.addr.data(), &sin6->sin6_addr, 16);
+                ::inet_ntop(AF_INET6, &sin6->sin6_addr, text, sizeof(text));
+            } else {
+                continue;
+            }
+            pod.text = text;
+            facts.addresses.push_back(std::move(pod));
+        }
+        ::freeifaddrs(list);
+        result = std::move(facts);
+    });
+    worker.join();
+    return result;
+}
+
+}  // namespace
+
+Result<CgroupHandle> open_cgroup(const std::string& given, const std::string& cgroup2_mount) {
+    if (given.empty()) return Error::invalid("cgroup: path is empty");
+    std::string joined = given.front() == '/' ? given : cgroup2_mount + "/" + given;
+    std::string path = canonical(joined);
+    if (path.empty()) return Error::last_errno("cgroup " + joined);
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd.valid()) return Error::last_errno("cgroup " + path);
+    struct statfs fs {};
+    if (::fstatfs(fd.get(), &fs) != 0) return Error::last_errno("cgroup " + path);
+    if (fs.f_type != CGROUP2_SUPER_MAGIC) {
+        std::string kind = fs.f_type == CGROUP_SUPER_MAGIC ? "a cgroup v1 directory"
+                                                            : "not a cgroup directory";
+        return Error::invalid("cgroup " + path + " is " + kind +
+                              "; meshlane attaches to cgroup v2 only (mounted at " +
+                              cgroup2_mount + ")");
+    }
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) return Error::last_errno("cgroup " + path);
+    // On cgroup2 the directory inode number is the cgroup id BPF sees.
+    return CgroupHandle{path, static_cast<std::uint64_t>(st.st_ino), std::move(fd)};
+}
+
+Result<NetnsHandle> open_netns(const std::string& path) {
+    if (path.empty()) return Error::invalid("netns: path is empty");
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) return Error::last_errno("netns " + path);
+    struct statfs fs {};
+    if (::fstatfs(fd.get(), &fs) != 0) return Error::last_errno("netns " + path);
+    if (fs.f_type != NSFS_MAGIC)
+        return Error::invalid("netns " + path +
+                              " is not a namespace file (expected /var/run/netns/NAME or "
+                              "/proc/PID/ns/net)");
+    int type = ::ioctl(fd.get(), NS_GET_NSTYPE);
+    if (type < 0) return Error::last_errno("netns " + path + ": query namespace type");
+    if (type != CLONE_NEWNET)
+        return Error::invalid("netns " + path + " is a " + namespace_type_name(type) +
+                              " namespace, not a network namespace");
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) return Error::last_errno("netns " + path);
+    auto facts = read_netns_facts(fd.get(), true);
+    if (!facts) return facts.error().with_context("netns " + path);
+    NetnsHandle handle;
+    handle.path = path;
+    handle.inode = st.st_ino;
+    handle.cookie = facts->cookie;
+    handle.addresses = std::move(facts->addresses);
+    handle.fd = std::move(fd);
+    return handle;
+}
+
+Result<std::vector<PodAddress>> netns_addresses(int netns_fd) {
+    auto facts = read_netns_facts(netns_fd, false);
+    if (!facts) return facts.error();
+    return std::move(facts->addresses);
+}
+
+}  // namespace meshlane

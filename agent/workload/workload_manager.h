@@ -1,0 +1,68 @@
+// WorkloadRegistry on top of the redirect datapath. Owns the per-workload records and their
+// persistence (<state_dir>/workloads.json, written atomically); the kernel state itself lives
+// in pinned links and maps, so a restarted agent re-adopts instead of re-creating.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "agent/loader/redirect_datapath.h"
+#include "agent/workload/workload_registry.h"
+
+namespace meshlane {
+
+struct ManagerOptions {
+    std::string state_dir;
+    std::string cgroup2_mount;
+    std::map<std::string, bool> features;  // reported in status
+};
+
+class WorkloadManager : public WorkloadRegistry {
+public:
+    WorkloadManager(RedirectDatapath& datapath, ManagerOptions options);
+
+    // At start: re-adopt every persisted workload (links re-pointed to this agent's programs,
+    // rules rewritten), clean up the ones whose netns or cgroup is gone, and remove kernel
+    // state that no record explains (a crash mid-enrol).
+    Status restore();
+    // Periodic: drop workloads whose netns or cgroup disappeared, refresh pod addresses,
+    // adopt a proxy listener that is not registered yet.
+    void reconcile();
+
+    Result<EnrollResult> enroll(const WorkloadSpec& spec) override;
+    Result<bool> unenroll(const std::string& name) override;
+    std::vector<WorkloadStatus> list() override;
+    Result<WorkloadStatus> get(const std::string& name) override;
+    AgentStatus status() override;
+
+private:
+    struct Record {
+        WorkloadSpec spec;
+        std::uint32_t workload_id = 0;
+        std::string cgroup_resolved;
+        std::uint64_t cgroup_id = 0;
+        std::uint64_t netns_cookie = 0;
+        std::uint64_t netns_inode = 0;
+        std::vector<PodAddress> addresses;
+    };
+
+    Status persist_locked();
+    Result<std::map<std::string, Record>> load_state() const;
+    Result<std::uint32_t> free_id_locked() const;
+    Status bring_up_locked(const Record& record, const CgroupHandle& cgroup, const NetnsHandle& netns);
+    Status tear_down_locked(const Record& record);
+    void adopt_listeners_locked(const Record& record);
+    bool still_present(const Record& record) const;
+    WorkloadStatus status_of_locked(const Record& record) const;
+    static workload_config config_of(const Record& record);
+
+    RedirectDatapath& datapath_;
+    ManagerOptions options_;
+    std::mutex mutex_;
+    std::map<std::string, Record> records_;
+};
+
+}  // namespace meshlane

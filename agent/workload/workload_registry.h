@@ -1,0 +1,76 @@
+// The agent's view of enrolled workloads, as the API and CLI see it. Implemented by
+// WorkloadManager (agent/workload/workload_manager.*) on top of the BPF datapath; the API layer
+// depends only on this interface so its handlers unit-test with a fake.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <boost/json/object.hpp>
+
+#include "agent/common/result.h"
+#include "agent/workload/workload_spec.h"
+
+namespace meshlane {
+
+struct AttachedProgram {
+    std::string program;    // e.g. "redirect_connect4"
+    std::string attach_to;  // cgroup or netns path it is attached to
+    std::string pin;        // bpffs path of the link pin
+    std::uint32_t link_id = 0;
+    std::uint32_t prog_id = 0;
+};
+
+struct WorkloadStatus {
+    WorkloadSpec spec;
+    std::uint32_t workload_id = 0;
+    std::string cgroup_resolved;  // absolute path on the cgroup2 mount
+    std::uint64_t cgroup_id = 0;
+    std::uint64_t netns_cookie = 0;
+    std::uint64_t netns_inode = 0;
+    std::vector<std::string> pod_addresses;  // addresses found in the netns
+    std::vector<AttachedProgram> programs;
+    bool inbound_listener_v4 = false;  // the proxy's inbound listener is registered
+    bool inbound_listener_v6 = false;
+    std::map<std::string, std::uint64_t> counters;  // meshlane_redirect_counter names
+};
+
+enum class EnrollOutcome { kCreated, kUnchanged };
+
+struct EnrollResult {
+    EnrollOutcome outcome;
+    WorkloadStatus status;
+};
+
+struct AgentStatus {
+    std::string version;
+    std::string kernel;
+    std::string bpffs_pin_dir;
+    std::string cgroup2_mount;
+    std::string state_dir;
+    std::size_t workloads = 0;
+    std::uint32_t max_workloads = 0;
+    std::map<std::string, bool> features;  // kernel features probed at start
+};
+
+class WorkloadRegistry {
+public:
+    virtual ~WorkloadRegistry() = default;
+    // Idempotent: the same spec again -> kUnchanged. The same name with other settings, or
+    // another workload on the same cgroup or netns -> Error{EEXIST, "... names the fields"}.
+    // On any failure nothing stays attached or pinned.
+    virtual Result<EnrollResult> enroll(const WorkloadSpec& spec) = 0;
+    // Idempotent: returns false when the name was not enrolled.
+    virtual Result<bool> unenroll(const std::string& name) = 0;
+    virtual std::vector<WorkloadStatus> list() = 0;
+    // Error{ENOENT} when unknown.
+    virtual Result<WorkloadStatus> get(const std::string& name) = 0;
+    virtual AgentStatus status() = 0;
+};
+
+boost::json::object to_json(const WorkloadStatus& status);
+boost::json::object to_json(const AgentStatus& status);
+
+}  // namespace meshlane

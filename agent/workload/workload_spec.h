@@ -1,0 +1,84 @@
+// What an operator asks for when enrolling a workload (a pod: one cgroup v2 + one network
+// namespace), parsed and validated without touching the kernel. The same fields travel through
+// the CLI flags, the REST JSON body and the persisted state file.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <boost/json/value.hpp>
+
+#include "agent/common/result.h"
+
+namespace meshlane {
+
+// An IPv4 or IPv6 prefix. IPv4 is held v4-mapped (::ffff:a.b.c.d) so one LPM trie serves both.
+struct Cidr {
+    std::array<std::uint8_t, 16> addr{};  // network order, host bits cleared
+    std::uint8_t prefix_len = 0;          // of the family's own address: 0..32 or 0..128
+    bool is_v4 = false;
+
+    static Result<Cidr> parse(std::string_view text);
+    std::string to_string() const;
+    // Prefix length counted over the 16-byte v4-mapped form.
+    std::uint8_t mapped_prefix_len() const { return is_v4 ? prefix_len + 96 : prefix_len; }
+    bool operator==(const Cidr&) const = default;
+};
+
+enum class StartupPolicy {
+    kRefuse,       // iptables behaviour: nothing reaches the app before the proxy listens
+    kPassthrough,  // connections bypass the mesh until the proxy listens (counted, warned)
+};
+std::string_view to_string(StartupPolicy policy);
+Result<StartupPolicy> parse_startup_policy(std::string_view text);
+
+struct WorkloadSpec {
+    std::string name;
+    std::string cgroup_path;  // as given: absolute, or relative to the cgroup2 mount
+    std::string netns_path;   // /var/run/netns/X or /proc/PID/ns/net
+    std::uint32_t proxy_uid = 1337;
+    std::uint32_t proxy_gid = 1337;
+    std::uint16_t outbound_port = 15001;
+    std::uint16_t inbound_port = 15006;
+    std::vector<std::uint16_t> exclude_outbound_ports;  // istio -o
+    std::vector<std::uint16_t> exclude_inbound_ports;   // istio -d (15008/15020/15021/15090 added)
+    bool include_all_cidrs = true;                      // istio -i "*"
+    std::vector<Cidr> include_cidrs;                    // istio -i CIDR,...
+    std::vector<Cidr> exclude_cidrs;                    // istio -x
+    bool include_all_inbound_ports = true;              // istio -b "*"
+    std::vector<std::uint16_t> include_inbound_ports;   // istio -b P,...
+    std::vector<std::uint16_t> include_outbound_ports;  // istio -q
+    bool proxy_self_to_inbound = false;                 // see MESHLANE_WL_PROXY_SELF_TO_INBOUND
+    StartupPolicy startup_policy = StartupPolicy::kRefuse;
+
+    bool operator==(const WorkloadSpec&) const = default;
+};
+
+// Comma-separated ports, e.g. "80,443". Empty string -> empty list. Names `field` in errors.
+Result<std::vector<std::uint16_t>> parse_port_list(std::string_view text, std::string_view field);
+// Comma-separated CIDRs or "*". Returns nullopt for "*".
+Result<std::optional<std::vector<Cidr>>> parse_cidr_list(std::string_view text,
+                                                         std::string_view field);
+std::string format_port_list(const std::vector<std::uint16_t>& ports);
+std::string format_cidr_list(bool all, const std::vector<Cidr>& cidrs);
+
+// Workload names: 1..63 chars of [a-z0-9], '-', '_', '.', starting with a letter or digit
+// (a Kubernetes-style name; it becomes a bpffs directory, so no '/' and no "..").
+Status validate_name(std::string_view name);
+// Field-level checks that need no kernel: name, ports distinct, listener ports not excluded
+// from... everything that would make the datapath silently wrong.
+Status validate(const WorkloadSpec& spec);
+
+// Names the fields that differ, for "already enrolled with other settings" errors.
+std::vector<std::string> differing_fields(const WorkloadSpec& a, const WorkloadSpec& b);
+
+// JSON form (REST body and state file). Unknown fields and wrong types are errors that name the
+// field. Missing optional fields take the defaults above; name, cgroup and netns are required.
+boost::json::object to_json(const WorkloadSpec& spec);
+Result<WorkloadSpec> workload_spec_from_json(const boost::json::value& json);
+
+}  // namespace meshlane

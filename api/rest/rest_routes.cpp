@@ -1,0 +1,96 @@
+// The route table and its handlers. Handlers are small: decode, call the registry, encode.
+// Mutating routes are POST or DELETE only, so a stray GET (a browser, a proxy prefetch) can
+// never change datapath state.
+#include <array>
+
+#include <boost/json.hpp>
+
+#include "api/rest/rest_router.h"
+
+namespace meshlane::rest {
+
+namespace json = boost::json;
+
+namespace {
+
+Response health(const RouteContext&) {
+    return json_response(http::status::ok, json::object{{"status", "ok"}});
+}
+
+Response agent_status(const RouteContext& context) {
+    return json_response(http::status::ok, to_json(context.registry.status()));
+}
+
+Response list_workloads(const RouteContext& context) {
+    json::array workloads;
+    for (const auto& status : context.registry.list()) workloads.emplace_back(to_json(status));
+    return json_response(http::status::ok, json::object{{"workloads", std::move(workloads)}});
+}
+
+Result<json::value> parse_json_body(const Request& request) {
+    boost::system::error_code ec;
+    auto value = json::parse(request.body(), ec);
+    if (ec) return Error::invalid("request body is not valid JSON: " + ec.message());
+    return value;
+}
+
+Response enroll_workload(const RouteContext& context) {
+    auto body = parse_json_body(context.request);
+    if (!body) return error_response(body.error());
+    auto spec = workload_spec_from_json(*body);
+    if (!spec) return error_response(spec.error());
+    if (auto valid = validate(*spec); !valid) return error_response(valid.error());
+    auto result = context.registry.enroll(*spec);
+    if (!result) return error_response(result.error());
+    const bool created = result->outcome == EnrollOutcome::kCreated;
+    auto response =
+        json_response(created ? http::status::created : http::status::ok, to_json(result->status));
+    if (created) response.set(http::field::location, "/v1/workloads/" + spec->name);
+    return response;
+}
+
+// Refusing malformed names early gives a 400 naming the rule instead of a puzzling 404.
+Result<std::string> workload_name(const RouteContext& context) {
+    auto name = context.params.get("name");
+    if (auto valid = validate_name(name); !valid) return valid.error();
+    return name;
+}
+
+Response get_workload(const RouteContext& context) {
+    auto name = workload_name(context);
+    if (!name) return error_response(name.error());
+    auto status = context.registry.get(*name);
+    if (!status) return error_response(status.error());
+    return json_response(http::status::ok, to_json(*status));
+}
+
+Response unenroll_workload(const RouteContext& context) {
+    auto name = workload_name(context);
+    if (!name) return error_response(name.error());
+    auto removed = context.registry.unenroll(*name);
+    if (!removed) return error_response(removed.error());
+    return json_response(http::status::ok, json::object{{"name", *name}, {"removed", *removed}});
+}
+
+constexpr auto kRoutes = std::to_array<Route>({
+    {http::verb::get, "/v1/health", "Liveness: the agent answers.", false, health},
+    {http::verb::get, "/v1/status", "Agent version, kernel, paths, limits and probed features.",
+     false, agent_status},
+    {http::verb::get, "/v1/workloads", "Every enrolled workload with its status and counters.",
+     false, list_workloads},
+    {http::verb::post, "/v1/workloads",
+     "Enroll a workload (body: WorkloadSpec). 201 when created, 200 when already enrolled with "
+     "the same spec, 409 when the name, cgroup or netns is taken with other settings.",
+     true, enroll_workload},
+    {http::verb::get, "/v1/workloads/{name}", "One workload: spec, programs, listener, counters.",
+     false, get_workload},
+    {http::verb::delete_, "/v1/workloads/{name}",
+     "Unenroll a workload; idempotent (\"removed\": false when it was not enrolled).", true,
+     unenroll_workload},
+});
+
+}  // namespace
+
+std::span<const Route> routes() { return kRoutes; }
+
+}  // namespace meshlane::rest

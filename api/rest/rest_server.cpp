@@ -1,0 +1,330 @@
+#include "api/rest/rest_server.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <functional>
+#include <map>
+#include <optional>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/basic_stream.hpp>
+#include <boost/beast/core/error.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/write.hpp>
+#include <spdlog/spdlog.h>
+
+#include "api/rest/rest_router.h"
+
+namespace meshlane::rest {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+using UnixProtocol = asio::local::stream_protocol;
+
+constexpr auto kAwait = asio::as_tuple(asio::use_awaitable);
+
+struct detail::ServerState {
+    ServerState(asio::io_context& io_context, WorkloadRegistry& registry, RestServerOptions opts)
+        : io(io_context), router(registry, opts.body_limit), options(std::move(opts)) {}
+
+    asio::io_context& io;
+    RestRouter router;
+    RestServerOptions options;
+    std::optional<UnixProtocol::acceptor> unix_acceptor;
+    std::optional<std::pair<dev_t, ino_t>> unix_socket_identity;  // what stop() may unlink
+    bool stopped = false;
+    std::size_t active = 0;
+    std::uint64_t next_session_id = 0;
+    std::map<std::uint64_t, std::function<void()>> closers;  // open sessions, for stop()
+};
+
+namespace {
+
+
+// ---------------------------------------------------------------------------------------------
+// Socket file housekeeping
+// ---------------------------------------------------------------------------------------------
+
+// mkdir -p with mode 0755 for the directories it creates; existing ones are left alone.
+Status create_parent_directories(const std::string& socket_path) {
+    for (auto slash = socket_path.find('/', 1); slash != std::string::npos;
+         slash = socket_path.find('/', slash + 1)) {
+        const std::string dir = socket_path.substr(0, slash);
+        if (::mkdir(dir.c_str(), 0755) == 0) {
+            // The umask may have narrowed it; the API directory must be traversable.
+            if (::chmod(dir.c_str(), 0755) != 0) return Error::last_errno("chmod " + dir);
+        } else if (errno != EEXIST) {
+            return Error::last_errno("create directory " + dir);
+        }
+    }
+    return Ok{};
+}
+
+// A socket file left by a crashed agent makes bind() fail with EADDRINUSE. It is removed only
+// when it is a socket and connect() is refused, i.e. no live agent owns it.
+Status remove_stale_socket(const std::string& path) {
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0) {
+        if (errno == ENOENT) return Ok{};
+        return Error::last_errno("stat " + path);
+    }
+    if (!S_ISSOCK(st.st_mode)) {
+        return Error{EEXIST, path + " exists and is not a socket; refusing to replace it"};
+    }
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return Error::last_errno("socket(AF_UNIX)");
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    path.copy(address.sun_path, sizeof address.sun_path - 1);
+    const int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address);
+    const int connect_errno = errno;
+    ::close(fd);
+    if (rc == 0) {
+        return Error{EADDRINUSE,
+                     "another process is serving on " + path + " (is another agent running?)"};
+    }
+    if (connect_errno != ECONNREFUSED) {
+        return Error::from_errno(connect_errno, "probe existing socket " + path);
+    }
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+        return Error::last_errno("remove stale socket " + path);
+    }
+    spdlog::info("removed stale API socket {}", path);
+    return Ok{};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions
+// ---------------------------------------------------------------------------------------------
+
+Response transport_error_response(http::status status, std::string_view message) {
+    auto response = error_response(status, error_code_for_status(status), message);
+    response.keep_alive(false);
+    response.prepare_payload();
+    return response;
+}
+
+// What to tell a client whose request could not be read. nullopt: just close (clean EOF, a
+// timeout, a reset: nobody is listening for an answer, as in the Beast examples).
+std::optional<Response> reply_for_read_error(const beast::error_code& ec,
+                                             const RestServerOptions& options) {
+    if (ec == http::error::body_limit) {
+        return transport_error_response(http::status::payload_too_large,
+                                        "request body exceeds " +
+                                            std::to_string(options.body_limit) + " bytes");
+    }
+    if (ec == http::error::header_limit) {
+        return transport_error_response(http::status::request_header_fields_too_large,
+                                        "request header exceeds " +
+                                            std::to_string(options.header_limit) + " bytes");
+    }
+    if (ec.category() == beast::http::make_error_code(http::error::bad_target).category() &&
+        ec != http::error::end_of_stream && ec != http::error::partial_message) {
+        return transport_error_response(http::status::bad_request,
+                                        "malformed HTTP request: " + ec.message());
+    }
+    return std::nullopt;
+}
+
+bool expects_continue(const http::request_parser<http::string_body>& parser) {
+    return beast::iequals(parser.get()[http::field::expect], "100-continue");
+}
+
+// One request: header, optional 100 Continue (curl waits a second for it on bodies > 1 KiB),
+// body. One deadline covers the whole read, so a slow sender cannot hold a slot forever.
+template <typename Stream>
+asio::awaitable<beast::error_code> read_request(Stream& stream, beast::flat_buffer& buffer,
+                                                http::request_parser<http::string_body>& parser,
+                                                const RestServerOptions& options) {
+    parser.header_limit(static_cast<std::uint32_t>(options.header_limit));
+    parser.body_limit(options.body_limit);
+    stream.expires_after(options.read_timeout);
+    auto [ec, header_bytes] = co_await http::async_read_header(stream, buffer, parser, kAwait);
+    if (ec) co_return ec;
+    if (expects_continue(parser)) {
+        http::response<http::empty_body> go_on{http::status::continue_, 11};
+        auto [write_ec, written] = co_await http::async_write(stream, go_on, kAwait);
+        if (write_ec) co_return write_ec;
+    }
+    auto [body_ec, body_bytes] = co_await http::async_read(stream, buffer, parser, kAwait);
+    co_return body_ec;
+}
+
+template <typename Stream>
+asio::awaitable<bool> write_response(Stream& stream, Response& response,
+                                     const RestServerOptions& options) {
+    stream.expires_after(options.read_timeout);
+    auto [ec, bytes] = co_await http::async_write(stream, response, kAwait);
+    co_return !ec;
+}
+
+template <typename Stream>
+asio::awaitable<void> serve_connection(Stream& stream, detail::ServerState& state) {
+    beast::flat_buffer buffer;
+    for (;;) {
+        http::request_parser<http::string_body> parser;
+        const auto ec = co_await read_request(stream, buffer, parser, state.options);
+        if (ec) {
+            if (auto reply = reply_for_read_error(ec, state.options)) {
+                co_await write_response(stream, *reply, state.options);
+            }
+            break;
+        }
+        auto response = state.router.handle(parser.get());
+        spdlog::debug("api: {} {} -> {}", std::string(parser.get().method_string()),
+                      std::string(parser.get().target()), response.result_int());
+        if (!co_await write_response(stream, response, state.options)) break;
+        if (!response.keep_alive() || state.stopped) break;
+    }
+    beast::error_code ignored;
+    stream.socket().shutdown(asio::socket_base::shutdown_send, ignored);
+}
+
+// Counts the connection and registers a closer for stop(); undone on every exit path.
+class SessionRegistration {
+public:
+    SessionRegistration(detail::ServerState& state, std::function<void()> closer)
+        : state_(state), id_(state.next_session_id++) {
+        ++state_.active;
+        state_.closers.emplace(id_, std::move(closer));
+    }
+    ~SessionRegistration() {
+        --state_.active;
+        state_.closers.erase(id_);
+    }
+    SessionRegistration(const SessionRegistration&) = delete;
+    SessionRegistration& operator=(const SessionRegistration&) = delete;
+
+private:
+    detail::ServerState& state_;
+    std::uint64_t id_;
+};
+
+template <typename Protocol>
+asio::awaitable<void> run_session(std::shared_ptr<detail::ServerState> state,
+                                  typename Protocol::socket socket) {
+    using Stream = beast::basic_stream<Protocol>;
+    auto stream = std::make_shared<Stream>(std::move(socket));
+    SessionRegistration registration(*state, [weak = std::weak_ptr<Stream>(stream)] {
+        if (auto open = weak.lock()) open->close();
+    });
+    co_await serve_connection(*stream, *state);
+}
+
+// Over the cap: answer without reading, so the client sees why, then close.
+template <typename Protocol>
+asio::awaitable<void> refuse_busy(std::shared_ptr<detail::ServerState> state,
+                                  typename Protocol::socket socket) {
+    beast::basic_stream<Protocol> stream(std::move(socket));
+    auto response = transport_error_response(
+        http::status::too_many_requests,
+        "too many open API connections (limit " + std::to_string(state->options.max_connections) +
+            "); retry later");
+    co_await write_response(stream, response, state->options);
+    beast::error_code ignored;
+    stream.socket().shutdown(asio::socket_base::shutdown_send, ignored);
+}
+
+template <typename Protocol>
+asio::awaitable<void> accept_loop(std::shared_ptr<detail::ServerState> state,
+                                  typename Protocol::acceptor& acceptor) {
+    for (;;) {
+        auto [ec, socket] = co_await acceptor.async_accept(kAwait);
+        if (state->stopped || ec == asio::error::operation_aborted) co_return;
+        if (ec) {
+            // EMFILE and friends: back off instead of spinning on a full descriptor table.
+            spdlog::warn("api: accept failed: {}", ec.message());
+            asio::steady_timer backoff(state->io, std::chrono::milliseconds(100));
+            co_await backoff.async_wait(kAwait);
+            continue;
+        }
+        if (state->active >= state->options.max_connections) {
+            asio::co_spawn(state->io, refuse_busy<Protocol>(state, std::move(socket)),
+                           asio::detached);
+            continue;
+        }
+        asio::co_spawn(state->io, run_session<Protocol>(state, std::move(socket)),
+                       asio::detached);
+    }
+}
+
+Status bind_unix_acceptor(UnixProtocol::acceptor& acceptor, const std::string& path) {
+    boost::system::error_code ec;
+    acceptor.open(UnixProtocol(), ec);
+    if (ec) return Error::from_errno(ec.value(), "open API socket");
+    acceptor.bind(UnixProtocol::endpoint(path), ec);
+    if (ec) return Error::from_errno(ec.value(), "bind API socket " + path);
+    // Before listen(), nobody can connect yet, so there is no window with a wider mode.
+    if (::chmod(path.c_str(), 0600) != 0) return Error::last_errno("chmod 0600 " + path);
+    acceptor.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) return Error::from_errno(ec.value(), "listen on API socket " + path);
+    return Ok{};
+}
+
+}  // namespace
+
+RestServer::RestServer(asio::io_context& io, WorkloadRegistry& registry, RestServerOptions options)
+    : state_(std::make_shared<detail::ServerState>(io, registry, std::move(options))) {}
+
+RestServer::~RestServer() { stop(); }
+
+Status RestServer::start() {
+    const std::string& path = state_->options.unix_socket_path;
+    if (state_->unix_acceptor) return Error{EALREADY, "API server already started on " + path};
+    if (path.empty() || path.front() != '/') {
+        return Error::invalid("API socket path \"" + path + "\" must be absolute");
+    }
+    if (path.size() >= sizeof(sockaddr_un{}.sun_path)) {
+        return Error{ENAMETOOLONG, "API socket path " + path + " is longer than " +
+                                       std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) +
+                                       " bytes"};
+    }
+    if (auto s = create_parent_directories(path); !s) return s;
+    if (auto s = remove_stale_socket(path); !s) return s;
+    auto& acceptor = state_->unix_acceptor.emplace(state_->io);
+    if (auto s = bind_unix_acceptor(acceptor, path); !s) {
+        boost::system::error_code ignored;
+        acceptor.close(ignored);
+        state_->unix_acceptor.reset();
+        return s;
+    }
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0) state_->unix_socket_identity = {st.st_dev, st.st_ino};
+    state_->stopped = false;
+    asio::co_spawn(state_->io, accept_loop<UnixProtocol>(state_, acceptor), asio::detached);
+    spdlog::info("api: listening on unix:{}", path);
+    return Ok{};
+}
+
+void RestServer::stop() {
+    if (!state_ || state_->stopped || !state_->unix_acceptor) return;
+    state_->stopped = true;
+    boost::system::error_code ignored;
+    state_->unix_acceptor->close(ignored);
+    // Unlink only our own socket file: a newer agent may already have replaced it.
+    const std::string& path = state_->options.unix_socket_path;
+    struct stat st {};
+    if (state_->unix_socket_identity && ::lstat(path.c_str(), &st) == 0 &&
+        std::pair{st.st_dev, st.st_ino} == *state_->unix_socket_identity) {
+        ::unlink(path.c_str());
+    }
+    // Closing a session's socket makes its pending read fail, which ends the coroutine.
+    auto closers = state_->closers;
+    for (auto& [id, close] : closers) close();
+}
+
+std::size_t RestServer::active_connections() const { return state_->active; }
+
+}  // namespace meshlane::rest

@@ -1,0 +1,61 @@
+// The REST API's transport: HTTP/1.1 (Boost.Beast) over a unix stream socket, one C++20
+// coroutine per connection. Requests go to RestRouter; this layer only enforces limits
+// (read timeout, header and body size, connection cap) and owns the listening socket.
+// The session and accept loop are templates over the socket protocol, so a TCP listener is one
+// more acceptor, not another server.
+//
+// Threading: construct, start() and stop() on the thread that runs the io_context (stop() may
+// also be called after that io_context has stopped running). Handlers run on the io_context
+// thread and call the registry synchronously.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include <boost/asio/io_context.hpp>
+
+#include "agent/common/result.h"
+#include "agent/workload/workload_registry.h"
+
+namespace meshlane::rest {
+
+namespace detail {
+struct ServerState;  // shared with the connection coroutines, which may outlive the server
+}
+
+struct RestServerOptions {
+    std::string unix_socket_path = "/run/meshlane/api.sock";
+    std::size_t body_limit = 1 << 20;
+    std::size_t header_limit = 16 * 1024;
+    // Applies to each request read (header and body together) and to each response write.
+    std::chrono::seconds read_timeout{10};
+    // Beyond this, a new connection is answered 429 and closed.
+    std::size_t max_connections = 256;
+};
+
+class RestServer {
+public:
+    // `registry` and `io` must outlive the server and every coroutine it spawned, i.e. keep
+    // them alive until the io_context has stopped running or been destroyed.
+    RestServer(boost::asio::io_context& io, WorkloadRegistry& registry, RestServerOptions options);
+    ~RestServer();  // stop()
+    RestServer(const RestServer&) = delete;
+    RestServer& operator=(const RestServer&) = delete;
+
+    // Binds and listens on options.unix_socket_path: creates missing parent directories (0755),
+    // removes a stale socket file only when it is a socket nobody accepts on, refuses to
+    // replace anything else, and leaves the socket mode 0600 (root-only API). Then starts
+    // accepting on the io_context.
+    Status start();
+    // Stops accepting, closes open connections and removes the socket file. Idempotent.
+    void stop();
+
+    std::size_t active_connections() const;
+
+private:
+    std::shared_ptr<detail::ServerState> state_;
+};
+
+}  // namespace meshlane::rest

@@ -1,0 +1,296 @@
+#include "cli/commands.h"
+
+#include <iostream>
+
+#include <boost/json.hpp>
+
+#include "api/rest/unix_http_client.h"
+#include "cli/output.h"
+
+namespace meshlane::cli {
+
+namespace json = boost::json;
+namespace http = boost::beast::http;
+
+namespace {
+
+int fail(int code, const std::string& message) {
+    std::cerr << "meshlane: " << message << '\n';
+    return code;
+}
+
+// A completed API call: the parsed body, or the exit code already reported.
+struct ApiReply {
+    unsigned status = 0;
+    json::value body;
+};
+
+Result<ApiReply> parse_reply(const rest::HttpReply& reply) {
+    boost::system::error_code ec;
+    auto body = json::parse(reply.body, ec);
+    if (ec) {
+        return Error::invalid("unexpected reply from the agent (HTTP " +
+                              std::to_string(reply.status) + ", not JSON)");
+    }
+    if (reply.status >= 400) {
+        const auto message = field_text(body, "error");
+        return Error::invalid(message != "-" ? message
+                                             : "the agent answered HTTP " +
+                                                   std::to_string(reply.status));
+    }
+    return ApiReply{reply.status, std::move(body)};
+}
+
+// Sends one request; on failure prints the one-line error and stores the exit code.
+std::optional<ApiReply> call(const GlobalOptions& global, http::verb method,
+                             const std::string& target, int& exit_code,
+                             const std::optional<json::value>& body = std::nullopt) {
+    auto reply = rest::http_request(global.server, method, target, body);
+    if (!reply) {
+        exit_code = fail(kExitUnreachable, reply.error().message);
+        return std::nullopt;
+    }
+    auto parsed = parse_reply(*reply);
+    if (!parsed) {
+        exit_code = fail(kExitFailed, parsed.error().message);
+        return std::nullopt;
+    }
+    exit_code = kExitOk;
+    return std::move(*parsed);
+}
+
+void print_json(const json::value& value) { std::cout << pretty_json(value) << '\n'; }
+
+std::string listener_text(const json::value& workload) {
+    const auto* listener = field(workload, "inbound_listener");
+    if (listener == nullptr) return "-";
+    const bool v4 = field_text(*listener, "v4") == "true";
+    const bool v6 = field_text(*listener, "v6") == "true";
+    if (v4 && v6) return "v4,v6";
+    if (v4) return "v4";
+    if (v6) return "v6";
+    return "none";
+}
+
+std::string counter_text(const json::value& workload, std::string_view counter) {
+    return field_text(workload, "counters", counter);
+}
+
+// JSON array of scalars -> "a,b,c"; "*" and other strings as they are.
+std::string list_text(const json::value& spec, std::string_view key) {
+    const auto* value = field(spec, key);
+    if (value == nullptr) return "-";
+    if (!value->is_array()) return field_text(spec, key);
+    std::string text;
+    for (const auto& element : value->get_array()) {
+        if (!text.empty()) text += ',';
+        text += element.is_string() ? std::string(element.get_string()) : json::serialize(element);
+    }
+    return text.empty() ? "-" : text;
+}
+
+void print_programs(const json::value& workload) {
+    const auto* programs = field(workload, "programs");
+    if (programs == nullptr || !programs->is_array() || programs->get_array().empty()) {
+        std::cout << "Programs:           none attached\n";
+        return;
+    }
+    std::cout << "Programs:\n";
+    Table table({"  PROGRAM", "ATTACHED TO", "LINK", "PROG", "PIN"});
+    for (const auto& program : programs->get_array()) {
+        table.add_row({"  " + field_text(program, "program"), field_text(program, "attach_to"),
+                       field_text(program, "link_id"), field_text(program, "prog_id"),
+                       field_text(program, "pin")});
+    }
+    table.print(std::cout);
+}
+
+void print_counters(const json::value& workload) {
+    const auto* counters = field(workload, "counters");
+    if (counters == nullptr || !counters->is_object() || counters->get_object().empty()) {
+        std::cout << "Counters:           none\n";
+        return;
+    }
+    std::cout << "Counters:\n";
+    Table table({"  COUNTER", "VALUE"});
+    for (const auto& [name, value] : counters->get_object()) {
+        table.add_row({"  " + std::string(name), json::serialize(value)});
+    }
+    table.print(std::cout);
+}
+
+void print_workload(const json::value& workload) {
+    const json::value empty;
+    const auto* spec_ptr = field(workload, "spec");
+    const auto& spec = spec_ptr ? *spec_ptr : empty;
+    std::cout << "Name:               " << field_text(workload, "name") << '\n'
+              << "Workload id:        " << field_text(workload, "workload_id") << '\n'
+              << "Cgroup:             " << field_text(spec, "cgroup") << " -> "
+              << field_text(workload, "cgroup_resolved") << " (id "
+              << field_text(workload, "cgroup_id") << ")\n"
+              << "Netns:              " << field_text(spec, "netns") << " (cookie "
+              << field_text(workload, "netns_cookie") << ", inode "
+              << field_text(workload, "netns_inode") << ")\n"
+              << "Pod addresses:      " << list_text(workload, "pod_addresses") << '\n'
+              << "Proxy:              uid " << field_text(spec, "proxy_uid") << ", gid "
+              << field_text(spec, "proxy_gid") << ", outbound port "
+              << field_text(spec, "outbound_port") << ", inbound port "
+              << field_text(spec, "inbound_port") << '\n'
+              << "Inbound listener:   " << listener_text(workload) << '\n'
+              << "Include CIDRs:      " << list_text(spec, "include_cidrs") << '\n'
+              << "Exclude CIDRs:      " << list_text(spec, "exclude_cidrs") << '\n'
+              << "Include out ports:  " << list_text(spec, "include_outbound_ports") << '\n'
+              << "Exclude out ports:  " << list_text(spec, "exclude_outbound_ports") << '\n'
+              << "Include in ports:   " << list_text(spec, "include_inbound_ports") << '\n'
+              << "Exclude in ports:   " << list_text(spec, "exclude_inbound_ports") << '\n'
+              << "Proxy self->inbound:" << ' ' << field_text(spec, "proxy_self_to_inbound") << '\n'
+              << "Startup policy:     " << field_text(spec, "startup_policy") << '\n';
+    print_programs(workload);
+    print_counters(workload);
+}
+
+template <typename Parsed>
+Status assign(Result<Parsed> parsed, Parsed& out) {
+    if (!parsed) return parsed.error();
+    out = std::move(*parsed);
+    return Ok{};
+}
+
+Status apply_lists(const EnrollFlags& flags, WorkloadSpec& spec) {
+    auto s = assign(parse_port_list(flags.exclude_outbound_ports, "--exclude-outbound-ports"),
+                    spec.exclude_outbound_ports);
+    if (s) s = assign(parse_port_list(flags.exclude_inbound_ports, "--exclude-inbound-ports"),
+                      spec.exclude_inbound_ports);
+    if (s) s = assign(parse_port_list(flags.include_outbound_ports, "--include-outbound-ports"),
+                      spec.include_outbound_ports);
+    if (!s) return s;
+    // "*" is the istio -b default: every inbound port not excluded.
+    spec.include_all_inbound_ports = flags.include_ports == "*";
+    spec.include_inbound_ports.clear();
+    if (!spec.include_all_inbound_ports) {
+        s = assign(parse_port_list(flags.include_ports, "--include-ports"),
+                   spec.include_inbound_ports);
+        if (!s) return s;
+    }
+    auto include = parse_cidr_list(flags.include_cidrs, "--include-cidrs");
+    if (!include) return include.error();
+    spec.include_all_cidrs = !include->has_value();
+    spec.include_cidrs = include->value_or(std::vector<Cidr>{});
+    auto exclude = parse_cidr_list(flags.exclude_cidrs, "--exclude-cidrs");
+    if (!exclude) return exclude.error();
+    if (!exclude->has_value()) return Error::invalid("--exclude-cidrs: \"*\" is not allowed");
+    spec.exclude_cidrs = std::move(**exclude);
+    return Ok{};
+}
+
+}  // namespace
+
+Result<WorkloadSpec> build_spec(const EnrollFlags& flags) {
+    WorkloadSpec spec = flags.spec;
+    if (auto s = apply_lists(flags, spec); !s) return s.error();
+    auto policy = parse_startup_policy(flags.startup_policy);
+    if (!policy) return policy.error().with_context("--startup-policy");
+    spec.startup_policy = *policy;
+    if (auto valid = validate(spec); !valid) return valid.error();
+    return spec;
+}
+
+int run_enroll(const GlobalOptions& global, const EnrollFlags& flags) {
+    auto spec = build_spec(flags);
+    if (!spec) return fail(kExitFailed, spec.error().message);
+    int exit_code = kExitOk;
+    auto reply = call(global, http::verb::post, "/v1/workloads", exit_code,
+                      json::value(to_json(*spec)));
+    if (!reply) return exit_code;
+    if (flags.json) {
+        print_json(reply->body);
+    } else if (reply->status == 201) {
+        std::cout << "enrolled workload " << spec->name << '\n';
+    } else {
+        std::cout << "workload " << spec->name << " already enrolled with the same settings\n";
+    }
+    return kExitOk;
+}
+
+int run_unenroll(const GlobalOptions& global, const std::string& name, bool json) {
+    int exit_code = kExitOk;
+    auto reply = call(global, http::verb::delete_, "/v1/workloads/" + name, exit_code);
+    if (!reply) return exit_code;
+    if (json) {
+        print_json(reply->body);
+    } else if (field_text(reply->body, "removed") == "true") {
+        std::cout << "unenrolled workload " << name << '\n';
+    } else {
+        std::cout << "workload " << name << " was not enrolled\n";
+    }
+    return kExitOk;
+}
+
+int run_workloads(const GlobalOptions& global, bool json) {
+    int exit_code = kExitOk;
+    auto reply = call(global, http::verb::get, "/v1/workloads", exit_code);
+    if (!reply) return exit_code;
+    if (json) {
+        print_json(reply->body);
+        return kExitOk;
+    }
+    Table table({"NAME", "CGROUP", "NETNS", "OUT", "IN", "LISTENER", "REDIRECTED", "STEERED"});
+    const auto* workloads = field(reply->body, "workloads");
+    if (workloads != nullptr && workloads->is_array()) {
+        for (const auto& w : workloads->get_array()) {
+            const json::value empty;
+            const auto& spec = field(w, "spec") ? *field(w, "spec") : empty;
+            table.add_row({field_text(w, "name"), field_text(spec, "cgroup"),
+                           field_text(spec, "netns"), field_text(spec, "outbound_port"),
+                           field_text(spec, "inbound_port"), listener_text(w),
+                           counter_text(w, "outbound_redirected"),
+                           counter_text(w, "inbound_steered")});
+        }
+    }
+    table.print(std::cout);
+    return kExitOk;
+}
+
+int run_workload(const GlobalOptions& global, const std::string& name, bool json) {
+    // Checked here so a malformed name is a clear local error, not an odd URL.
+    if (auto valid = validate_name(name); !valid) return fail(kExitFailed, valid.error().message);
+    int exit_code = kExitOk;
+    auto reply = call(global, http::verb::get, "/v1/workloads/" + name, exit_code);
+    if (!reply) return exit_code;
+    if (json) {
+        print_json(reply->body);
+    } else {
+        print_workload(reply->body);
+    }
+    return kExitOk;
+}
+
+int run_status(const GlobalOptions& global, bool json) {
+    int exit_code = kExitOk;
+    auto reply = call(global, http::verb::get, "/v1/status", exit_code);
+    if (!reply) return exit_code;
+    if (json) {
+        print_json(reply->body);
+        return kExitOk;
+    }
+    const auto& s = reply->body;
+    std::cout << "Version:        " << field_text(s, "version") << '\n'
+              << "Kernel:         " << field_text(s, "kernel") << '\n'
+              << "Workloads:      " << field_text(s, "workloads") << " of "
+              << field_text(s, "max_workloads") << '\n'
+              << "bpffs pins:     " << field_text(s, "bpffs_pin_dir") << '\n'
+              << "cgroup2 mount:  " << field_text(s, "cgroup2_mount") << '\n'
+              << "State dir:      " << field_text(s, "state_dir") << '\n';
+    const auto* features = field(s, "features");
+    if (features != nullptr && features->is_object() && !features->get_object().empty()) {
+        std::cout << "Kernel features:\n";
+        Table table({"  FEATURE", "AVAILABLE"});
+        for (const auto& [name, available] : features->get_object()) {
+            table.add_row({"  " + std::string(name), json::serialize(available)});
+        }
+        table.print(std::cout);
+    }
+    return kExitOk;
+}
+
+}  // namespace meshlane::cli

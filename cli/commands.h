@@ -1,0 +1,49 @@
+// The CLI's subcommands other than `agent`: each builds one API request, sends it over the unix
+// socket and renders the reply. Exit codes are part of the interface (scripts and tests rely on
+// them).
+#pragma once
+
+#include <string>
+
+#include "agent/common/result.h"
+#include "agent/workload/workload_spec.h"
+
+namespace meshlane::cli {
+
+enum ExitCode : int {
+    kExitOk = 0,
+    kExitFailed = 1,       // the API refused the call, or local validation failed
+    kExitUsage = 2,        // bad command line (CLI11)
+    kExitUnreachable = 3,  // no agent on the socket, timeout, connection dropped
+};
+
+inline constexpr const char* kDefaultServer = "/run/meshlane/api.sock";
+
+struct GlobalOptions {
+    std::string server = kDefaultServer;
+};
+
+// `meshlane enroll` flags. Fields that are WorkloadSpec members start at its defaults, so the
+// help text shows them; lists stay text until build_spec() parses them.
+struct EnrollFlags {
+    WorkloadSpec spec;
+    std::string exclude_outbound_ports;
+    std::string exclude_inbound_ports;
+    std::string include_cidrs = "*";
+    std::string exclude_cidrs;
+    std::string include_ports = "*";
+    std::string include_outbound_ports;
+    std::string startup_policy = "refuse";
+    bool json = false;
+};
+
+// Parses the list flags into flags.spec and validates it, naming the flag on error.
+Result<WorkloadSpec> build_spec(const EnrollFlags& flags);
+
+int run_enroll(const GlobalOptions& global, const EnrollFlags& flags);
+int run_unenroll(const GlobalOptions& global, const std::string& name, bool json);
+int run_workloads(const GlobalOptions& global, bool json);
+int run_workload(const GlobalOptions& global, const std::string& name, bool json);
+int run_status(const GlobalOptions& global, bool json);
+
+}  // namespace meshlane::cli

@@ -1,0 +1,107 @@
+// `meshlane`: the agent daemon and its command-line client in one binary. Everything but
+// `agent` talks to a running agent over its unix-socket REST API (api/openapi.yaml).
+#include <cstdlib>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "agent/daemon/agent.h"
+#include "cli/commands.h"
+
+namespace {
+
+using meshlane::cli::EnrollFlags;
+
+std::string default_server() {
+    const char* env = std::getenv("MESHLANE_SERVER");
+    return env != nullptr && *env != '\0' ? env : meshlane::cli::kDefaultServer;
+}
+
+void add_enroll_options(CLI::App& enroll, EnrollFlags& f) {
+    auto& spec = f.spec;
+    enroll.add_option("name", spec.name, "Workload name ([a-z0-9][a-z0-9._-]*, at most 63)")
+        ->required();
+    enroll.add_option("--cgroup", spec.cgroup_path, "Pod cgroup (absolute, or under cgroup2)")
+        ->required();
+    enroll.add_option("--netns", spec.netns_path, "Pod netns (/var/run/netns/X, /proc/PID/ns/net)")
+        ->required();
+    enroll.add_option("--proxy-uid", spec.proxy_uid, "uid of the proxy (istio -u)")
+        ->capture_default_str();
+    enroll.add_option("--proxy-gid", spec.proxy_gid, "gid of the proxy (istio -g)")
+        ->capture_default_str();
+    enroll.add_option("--outbound-port", spec.outbound_port, "Proxy outbound listener (istio -p)")
+        ->capture_default_str();
+    enroll.add_option("--inbound-port", spec.inbound_port, "Proxy inbound listener (istio -z)")
+        ->capture_default_str();
+    enroll.add_option("--exclude-outbound-ports", f.exclude_outbound_ports,
+                      "Outbound ports never captured, comma-separated (istio -o)");
+    enroll.add_option("--exclude-inbound-ports", f.exclude_inbound_ports,
+                      "Inbound ports never captured (istio -d); 15008/15020/15021/15090 always");
+    enroll.add_option("--include-cidrs", f.include_cidrs, "Captured destinations or * (istio -i)")
+        ->capture_default_str();
+    enroll.add_option("--exclude-cidrs", f.exclude_cidrs, "Destinations never captured (istio -x)");
+    enroll.add_option("--include-ports", f.include_ports, "Captured inbound ports or * (istio -b)")
+        ->capture_default_str();
+    enroll.add_option("--include-outbound-ports", f.include_outbound_ports,
+                      "Outbound ports captured regardless of CIDR (istio -q)");
+    enroll.add_flag("--proxy-self-to-inbound", spec.proxy_self_to_inbound,
+                    "Proxy calls to its own pod IP go to the inbound listener (needs a proxy "
+                    "that binds 127.0.0.6 for inbound forwarding, like Envoy)");
+    enroll.add_option("--startup-policy", f.startup_policy,
+                      "Before the proxy listens: refuse inbound, or pass it to the app")
+        ->check(CLI::IsMember({"refuse", "passthrough"}))
+        ->capture_default_str();
+    enroll.add_flag("--json", f.json, "Print the agent's JSON reply");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    namespace cli = meshlane::cli;
+    CLI::App app{"meshlane: eBPF traffic capture for Istio sidecars, instead of iptables"};
+    app.require_subcommand(1);
+    // Global options are accepted after the subcommand too: `meshlane workloads --server X`.
+    app.fallthrough();
+    cli::GlobalOptions global;
+    global.server = default_server();
+    app.add_option("--server", global.server,
+                   "Agent API unix socket (env MESHLANE_SERVER, default /run/meshlane/api.sock)");
+
+    std::string config;
+    auto* agent = app.add_subcommand("agent", "Run the per-node agent (serves the API)");
+    agent->add_option("--config", config, "Configuration file (default: built-in)");
+
+    EnrollFlags enroll_flags;
+    auto* enroll = app.add_subcommand("enroll", "Capture a workload's traffic for its proxy");
+    add_enroll_options(*enroll, enroll_flags);
+
+    std::string name;
+    bool json = false;
+    auto* unenroll = app.add_subcommand("unenroll", "Stop capturing a workload (idempotent)");
+    unenroll->add_option("name", name, "Workload name")->required();
+    unenroll->add_flag("--json", json, "Print the agent's JSON reply");
+    auto* workloads = app.add_subcommand("workloads", "List enrolled workloads");
+    workloads->add_flag("--json", json, "Print the agent's JSON reply");
+    auto* workload = app.add_subcommand("workload", "Show one workload in detail");
+    workload->add_option("name", name, "Workload name")->required();
+    workload->add_flag("--json", json, "Print the agent's JSON reply");
+    auto* status = app.add_subcommand("status", "Show the agent's status");
+    status->add_flag("--json", json, "Print the agent's JSON reply");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::Success& e) {
+        return app.exit(e);  // --help
+    } catch (const CLI::ParseError& e) {
+        app.exit(e);
+        return cli::kExitUsage;
+    }
+
+    if (agent->parsed()) return meshlane::run_agent(config);
+    if (enroll->parsed()) return cli::run_enroll(global, enroll_flags);
+    if (unenroll->parsed()) return cli::run_unenroll(global, name, json);
+    if (workloads->parsed()) return cli::run_workloads(global, json);
+    if (workload->parsed()) return cli::run_workload(global, name, json);
+    if (status->parsed()) return cli::run_status(global, json);
+    return cli::kExitUsage;
+}

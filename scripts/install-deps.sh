@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what meshlane needs to build, run and test on Debian 12 (bookworm). Idempotent.
+set -euo pipefail
+
+packages=(
+  # build
+  build-essential cmake pkg-config clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
+  linux-libc-dev libspdlog-dev libfmt-dev libcli11-dev libboost1.81-dev libboost-json1.81-dev
+  libgtest-dev googletest
+  # run
+  iproute2
+  # test: the sidecar stand-in, clients, baseline and fault injection
+  haproxy iptables python3 python3-pytest curl openssl gnutls-bin
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "meshlane: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Debian's haproxy package starts its own service where systemd runs; meshlane's tests start
+  # their own HAProxy instances, so keep the packaged one from starting.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
