@@ -1,8 +1,7 @@
 #include "cli/commands.h"
 
-#include <iostream>
-
 #include <boost/json.hpp>
+#include <iostream>
 
 #include "api/rest/unix_http_client.h"
 #include "cli/output.h"
@@ -34,9 +33,8 @@ Result<ApiReply> parse_reply(const rest::HttpReply& reply) {
     }
     if (reply.status >= 400) {
         const auto message = field_text(body, "error");
-        return Error::invalid(message != "-" ? message
-                                             : "the agent answered HTTP " +
-                                                   std::to_string(reply.status));
+        return Error::invalid(
+            message != "-" ? message : "the agent answered HTTP " + std::to_string(reply.status));
     }
     return ApiReply{reply.status, std::move(body)};
 }
@@ -143,7 +141,7 @@ void print_workload(const json::value& workload) {
               << "Exclude out ports:  " << list_text(spec, "exclude_outbound_ports") << '\n'
               << "Include in ports:   " << list_text(spec, "include_inbound_ports") << '\n'
               << "Exclude in ports:   " << list_text(spec, "exclude_inbound_ports") << '\n'
-              << "Proxy self->inbound:" << ' ' << field_text(spec, "proxy_self_to_inbound") << '\n'
+              << "Self to inbound:    " << field_text(spec, "proxy_self_to_inbound") << '\n'
               << "Startup policy:     " << field_text(spec, "startup_policy") << '\n';
     print_programs(workload);
     print_counters(workload);
@@ -159,10 +157,12 @@ Status assign(Result<Parsed> parsed, Parsed& out) {
 Status apply_lists(const EnrollFlags& flags, WorkloadSpec& spec) {
     auto s = assign(parse_port_list(flags.exclude_outbound_ports, "--exclude-outbound-ports"),
                     spec.exclude_outbound_ports);
-    if (s) s = assign(parse_port_list(flags.exclude_inbound_ports, "--exclude-inbound-ports"),
-                      spec.exclude_inbound_ports);
-    if (s) s = assign(parse_port_list(flags.include_outbound_ports, "--include-outbound-ports"),
-                      spec.include_outbound_ports);
+    if (s)
+        s = assign(parse_port_list(flags.exclude_inbound_ports, "--exclude-inbound-ports"),
+                   spec.exclude_inbound_ports);
+    if (s)
+        s = assign(parse_port_list(flags.include_outbound_ports, "--include-outbound-ports"),
+                   spec.include_outbound_ports);
     if (!s) return s;
     // "*" is the istio -b default: every inbound port not excluded.
     spec.include_all_inbound_ports = flags.include_ports == "*";
@@ -199,8 +199,8 @@ int run_enroll(const GlobalOptions& global, const EnrollFlags& flags) {
     auto spec = build_spec(flags);
     if (!spec) return fail(kExitFailed, spec.error().message);
     int exit_code = kExitOk;
-    auto reply = call(global, http::verb::post, "/v1/workloads", exit_code,
-                      json::value(to_json(*spec)));
+    auto reply =
+        call(global, http::verb::post, "/v1/workloads", exit_code, json::value(to_json(*spec)));
     if (!reply) return exit_code;
     if (flags.json) {
         print_json(reply->body);

@@ -1,9 +1,8 @@
 // `meshlane`: the agent daemon and its command-line client in one binary. Everything but
 // `agent` talks to a running agent over its unix-socket REST API (api/openapi.yaml).
+#include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <iostream>
-
-#include <CLI/CLI.hpp>
 
 #include "agent/daemon/agent.h"
 #include "cli/commands.h"
@@ -47,8 +46,9 @@ void add_enroll_options(CLI::App& enroll, EnrollFlags& f) {
     enroll.add_flag("--proxy-self-to-inbound", spec.proxy_self_to_inbound,
                     "Proxy calls to its own pod IP go to the inbound listener (needs a proxy "
                     "that binds 127.0.0.6 for inbound forwarding, like Envoy)");
-    enroll.add_option("--startup-policy", f.startup_policy,
-                      "Before the proxy listens: refuse inbound, or pass it to the app")
+    enroll
+        .add_option("--startup-policy", f.startup_policy,
+                    "Before the proxy listens: refuse inbound, or pass it to the app")
         ->check(CLI::IsMember({"refuse", "passthrough"}))
         ->capture_default_str();
     enroll.add_flag("--json", f.json, "Print the agent's JSON reply");

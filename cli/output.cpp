@@ -1,7 +1,6 @@
 #include "cli/output.h"
 
 #include <algorithm>
-
 #include <boost/json.hpp>
 
 namespace meshlane::cli {

@@ -2,13 +2,12 @@
 // never reads BPF maps or state files itself.
 #pragma once
 
+#include <boost/json/value.hpp>
 #include <cstdint>
 #include <ostream>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <boost/json/value.hpp>
 
 namespace meshlane::cli {
 
@@ -17,12 +16,12 @@ std::string pretty_json(const boost::json::value& value);
 
 // Column-aligned text table; the header row is printed as given.
 class Table {
-public:
+  public:
     explicit Table(std::vector<std::string> header) { rows_.push_back(std::move(header)); }
     void add_row(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
     void print(std::ostream& out) const;
 
-private:
+  private:
     std::vector<std::vector<std::string>> rows_;
 };
 

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 ./scripts/build.sh
 install -m 0755 build/meshlane /usr/local/sbin/meshlane
 if [[ -d /run/systemd/system ]]; then
+  install -D -m 0644 deploy/meshlane.conf /etc/meshlane/meshlane.conf
   install -m 0644 deploy/systemd/meshlane.service /etc/systemd/system/meshlane.service
   systemctl daemon-reload
   systemctl enable --now meshlane.service

@@ -9,11 +9,10 @@
 #include <arpa/inet.h>
 
 #include <algorithm>
+#include <boost/json.hpp>
 #include <charconv>
 #include <limits>
 #include <set>
-
-#include <boost/json.hpp>
 
 #include "meshlane/redirect_abi.h"
 
@@ -251,15 +250,15 @@ Status validate_name(std::string_view name) {
                               std::to_string(kMaxNameLength) + " characters");
     }
     const auto allowed = [](char c) {
-        return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
-               c == '.';
+        return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
     };
     const auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
     if (!alnum(name.front())) {
         return Error::invalid("name: " + quoted(name) + " must start with [a-z0-9]");
     }
     if (!std::all_of(name.begin(), name.end(), allowed)) {
-        return Error::invalid("name: " + quoted(name) + " may only contain [a-z0-9], '-', '_', '.'");
+        return Error::invalid("name: " + quoted(name) +
+                              " may only contain [a-z0-9], '-', '_', '.'");
     }
     // The name becomes a bpffs directory; ".." inside it is harmless there but confusing in
     // paths and logs, so it is refused outright.
@@ -507,7 +506,7 @@ Result<std::vector<std::uint16_t>> ports_from_json(const json::value& value,
 
 // nullopt for "*".
 Result<std::optional<std::vector<std::uint16_t>>> ports_or_all_from_json(const json::value& value,
-                                                                        std::string_view field) {
+                                                                         std::string_view field) {
     if (value.is_string() && value.get_string() == "*") {
         return std::optional<std::vector<std::uint16_t>>{};
     }
@@ -583,16 +582,40 @@ struct FieldEntry {
 
 // The JSON field names, once. Keep in step with to_json() below and api/openapi.yaml.
 constexpr FieldEntry kFields[] = {
-    {"name", [](const json::value& v, WorkloadSpec& s) { return string_field<&WorkloadSpec::name>(v, s, "name"); }},
-    {"cgroup", [](const json::value& v, WorkloadSpec& s) { return string_field<&WorkloadSpec::cgroup_path>(v, s, "cgroup"); }},
-    {"netns", [](const json::value& v, WorkloadSpec& s) { return string_field<&WorkloadSpec::netns_path>(v, s, "netns"); }},
-    {"proxy_uid", [](const json::value& v, WorkloadSpec& s) { return integer_field(v, s.proxy_uid, "proxy_uid", 0); }},
-    {"proxy_gid", [](const json::value& v, WorkloadSpec& s) { return integer_field(v, s.proxy_gid, "proxy_gid", 0); }},
-    {"outbound_port", [](const json::value& v, WorkloadSpec& s) { return integer_field(v, s.outbound_port, "outbound_port", 1); }},
-    {"inbound_port", [](const json::value& v, WorkloadSpec& s) { return integer_field(v, s.inbound_port, "inbound_port", 1); }},
-    {"exclude_outbound_ports", [](const json::value& v, WorkloadSpec& s) { return ports_field(v, s.exclude_outbound_ports, "exclude_outbound_ports"); }},
-    {"exclude_inbound_ports", [](const json::value& v, WorkloadSpec& s) { return ports_field(v, s.exclude_inbound_ports, "exclude_inbound_ports"); }},
-    {"include_outbound_ports", [](const json::value& v, WorkloadSpec& s) { return ports_field(v, s.include_outbound_ports, "include_outbound_ports"); }},
+    {"name", [](const json::value& v,
+                WorkloadSpec& s) { return string_field<&WorkloadSpec::name>(v, s, "name"); }},
+    {"cgroup",
+     [](const json::value& v, WorkloadSpec& s) {
+         return string_field<&WorkloadSpec::cgroup_path>(v, s, "cgroup");
+     }},
+    {"netns",
+     [](const json::value& v, WorkloadSpec& s) {
+         return string_field<&WorkloadSpec::netns_path>(v, s, "netns");
+     }},
+    {"proxy_uid", [](const json::value& v,
+                     WorkloadSpec& s) { return integer_field(v, s.proxy_uid, "proxy_uid", 0); }},
+    {"proxy_gid", [](const json::value& v,
+                     WorkloadSpec& s) { return integer_field(v, s.proxy_gid, "proxy_gid", 0); }},
+    {"outbound_port",
+     [](const json::value& v, WorkloadSpec& s) {
+         return integer_field(v, s.outbound_port, "outbound_port", 1);
+     }},
+    {"inbound_port",
+     [](const json::value& v, WorkloadSpec& s) {
+         return integer_field(v, s.inbound_port, "inbound_port", 1);
+     }},
+    {"exclude_outbound_ports",
+     [](const json::value& v, WorkloadSpec& s) {
+         return ports_field(v, s.exclude_outbound_ports, "exclude_outbound_ports");
+     }},
+    {"exclude_inbound_ports",
+     [](const json::value& v, WorkloadSpec& s) {
+         return ports_field(v, s.exclude_inbound_ports, "exclude_inbound_ports");
+     }},
+    {"include_outbound_ports",
+     [](const json::value& v, WorkloadSpec& s) {
+         return ports_field(v, s.include_outbound_ports, "include_outbound_ports");
+     }},
     {"include_inbound_ports",
      [](const json::value& v, WorkloadSpec& s) -> Status {
          auto ports = ports_or_all_from_json(v, "include_inbound_ports");
@@ -616,7 +639,10 @@ constexpr FieldEntry kFields[] = {
          s.exclude_cidrs = std::move(**cidrs);
          return Ok{};
      }},
-    {"proxy_self_to_inbound", [](const json::value& v, WorkloadSpec& s) { return bool_field(v, s.proxy_self_to_inbound, "proxy_self_to_inbound"); }},
+    {"proxy_self_to_inbound",
+     [](const json::value& v, WorkloadSpec& s) {
+         return bool_field(v, s.proxy_self_to_inbound, "proxy_self_to_inbound");
+     }},
     {"startup_policy",
      [](const json::value& v, WorkloadSpec& s) -> Status {
          if (!v.is_string()) return wrong_type("startup_policy", "\"refuse\" or \"passthrough\"");
@@ -649,9 +675,9 @@ json::object to_json(const WorkloadSpec& spec) {
     object["exclude_inbound_ports"] = ports_to_json(spec.exclude_inbound_ports);
     object["include_cidrs"] = cidrs_to_json(spec.include_all_cidrs, spec.include_cidrs);
     object["exclude_cidrs"] = cidrs_to_json(false, spec.exclude_cidrs);
-    object["include_inbound_ports"] =
-        spec.include_all_inbound_ports ? json::value("*")
-                                       : json::value(ports_to_json(spec.include_inbound_ports));
+    object["include_inbound_ports"] = spec.include_all_inbound_ports
+                                          ? json::value("*")
+                                          : json::value(ports_to_json(spec.include_inbound_ports));
     object["include_outbound_ports"] = ports_to_json(spec.include_outbound_ports);
     object["proxy_self_to_inbound"] = spec.proxy_self_to_inbound;
     object["startup_policy"] = to_string(spec.startup_policy);

@@ -1,9 +1,8 @@
 // Dispatch and error mapping. The route table and handlers live in rest_routes.cpp.
 #include "api/rest/rest_router.h"
 
-#include <exception>
-
 #include <boost/json.hpp>
+#include <exception>
 
 namespace meshlane::rest {
 
@@ -132,9 +131,9 @@ Response RestRouter::dispatch(const Request& request) const {
         if (route.method == request.method()) {
             // Defence in depth: the session's parser enforces the same limit while reading.
             if (request.body().size() > body_limit_) {
-                return error_response(http::status::payload_too_large, "payload_too_large",
-                                      "request body exceeds " + std::to_string(body_limit_) +
-                                          " bytes");
+                return error_response(
+                    http::status::payload_too_large, "payload_too_large",
+                    "request body exceeds " + std::to_string(body_limit_) + " bytes");
             }
             return route.handler(RouteContext{registry_, request, params});
         }

@@ -4,18 +4,17 @@
 // only move bytes and enforce transport limits.
 #pragma once
 
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/status.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/verb.hpp>
+#include <boost/json/value.hpp>
 #include <cstddef>
 #include <span>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
-
-#include <boost/beast/http/message.hpp>
-#include <boost/beast/http/status.hpp>
-#include <boost/beast/http/string_body.hpp>
-#include <boost/beast/http/verb.hpp>
-#include <boost/json/value.hpp>
 
 #include "agent/common/result.h"
 #include "agent/workload/workload_registry.h"
@@ -31,14 +30,14 @@ inline constexpr std::size_t kDefaultBodyLimit = 1 << 20;
 
 // Values of `{name}` segments, in pattern order.
 class PathParams {
-public:
+  public:
     void add(std::string name, std::string value) {
         params_.emplace_back(std::move(name), std::move(value));
     }
     // Empty when absent; patterns guarantee their own parameters are present and non-empty.
     std::string get(std::string_view name) const;
 
-private:
+  private:
     std::vector<std::pair<std::string, std::string>> params_;
 };
 
@@ -76,7 +75,7 @@ std::string_view error_code_for_status(http::status status);
 http::status http_status_for_errno(int code);
 
 class RestRouter {
-public:
+  public:
     explicit RestRouter(WorkloadRegistry& registry, std::size_t body_limit = kDefaultBodyLimit)
         : registry_(registry), body_limit_(body_limit) {}
 
@@ -84,7 +83,7 @@ public:
     // request and sets Content-Length.
     Response handle(const Request& request) const;
 
-private:
+  private:
     Response dispatch(const Request& request) const;
 
     WorkloadRegistry& registry_;

@@ -2,7 +2,6 @@
 // Mutating routes are POST or DELETE only, so a stray GET (a browser, a proxy prefetch) can
 // never change datapath state.
 #include <array>
-
 #include <boost/json.hpp>
 
 #include "api/rest/rest_router.h"

@@ -1,13 +1,10 @@
 #include "api/rest/rest_server.h"
 
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
-
-#include <functional>
-#include <map>
-#include <optional>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -23,7 +20,9 @@
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
-#include <spdlog/spdlog.h>
+#include <functional>
+#include <map>
+#include <optional>
 
 #include "api/rest/rest_router.h"
 
@@ -51,7 +50,6 @@ struct detail::ServerState {
 };
 
 namespace {
-
 
 // ---------------------------------------------------------------------------------------------
 // Socket file housekeeping
@@ -121,14 +119,14 @@ Response transport_error_response(http::status status, std::string_view message)
 std::optional<Response> reply_for_read_error(const beast::error_code& ec,
                                              const RestServerOptions& options) {
     if (ec == http::error::body_limit) {
-        return transport_error_response(http::status::payload_too_large,
-                                        "request body exceeds " +
-                                            std::to_string(options.body_limit) + " bytes");
+        return transport_error_response(
+            http::status::payload_too_large,
+            "request body exceeds " + std::to_string(options.body_limit) + " bytes");
     }
     if (ec == http::error::header_limit) {
-        return transport_error_response(http::status::request_header_fields_too_large,
-                                        "request header exceeds " +
-                                            std::to_string(options.header_limit) + " bytes");
+        return transport_error_response(
+            http::status::request_header_fields_too_large,
+            "request header exceeds " + std::to_string(options.header_limit) + " bytes");
     }
     if (ec.category() == beast::http::make_error_code(http::error::bad_target).category() &&
         ec != http::error::end_of_stream && ec != http::error::partial_message) {
@@ -194,7 +192,7 @@ asio::awaitable<void> serve_connection(Stream& stream, detail::ServerState& stat
 
 // Counts the connection and registers a closer for stop(); undone on every exit path.
 class SessionRegistration {
-public:
+  public:
     SessionRegistration(detail::ServerState& state, std::function<void()> closer)
         : state_(state), id_(state.next_session_id++) {
         ++state_.active;
@@ -207,7 +205,7 @@ public:
     SessionRegistration(const SessionRegistration&) = delete;
     SessionRegistration& operator=(const SessionRegistration&) = delete;
 
-private:
+  private:
     detail::ServerState& state_;
     std::uint64_t id_;
 };
@@ -228,10 +226,10 @@ template <typename Protocol>
 asio::awaitable<void> refuse_busy(std::shared_ptr<detail::ServerState> state,
                                   typename Protocol::socket socket) {
     beast::basic_stream<Protocol> stream(std::move(socket));
-    auto response = transport_error_response(
-        http::status::too_many_requests,
-        "too many open API connections (limit " + std::to_string(state->options.max_connections) +
-            "); retry later");
+    auto response = transport_error_response(http::status::too_many_requests,
+                                             "too many open API connections (limit " +
+                                                 std::to_string(state->options.max_connections) +
+                                                 "); retry later");
     co_await write_response(stream, response, state->options);
     beast::error_code ignored;
     stream.socket().shutdown(asio::socket_base::shutdown_send, ignored);
@@ -255,8 +253,7 @@ asio::awaitable<void> accept_loop(std::shared_ptr<detail::ServerState> state,
                            asio::detached);
             continue;
         }
-        asio::co_spawn(state->io, run_session<Protocol>(state, std::move(socket)),
-                       asio::detached);
+        asio::co_spawn(state->io, run_session<Protocol>(state, std::move(socket)), asio::detached);
     }
 }
 

@@ -9,12 +9,11 @@
 // thread and call the registry synchronously.
 #pragma once
 
+#include <boost/asio/io_context.hpp>
 #include <chrono>
 #include <cstddef>
 #include <memory>
 #include <string>
-
-#include <boost/asio/io_context.hpp>
 
 #include "agent/common/result.h"
 #include "agent/workload/workload_registry.h"
@@ -36,7 +35,7 @@ struct RestServerOptions {
 };
 
 class RestServer {
-public:
+  public:
     // `registry` and `io` must outlive the server and every coroutine it spawned, i.e. keep
     // them alive until the io_context has stopped running or been destroyed.
     RestServer(boost::asio::io_context& io, WorkloadRegistry& registry, RestServerOptions options);
@@ -54,7 +53,7 @@ public:
 
     std::size_t active_connections() const;
 
-private:
+  private:
     std::shared_ptr<detail::ServerState> state_;
 };
 

@@ -3,12 +3,11 @@
 // an HTTP error status is a successful exchange and comes back as an HttpReply.
 #pragma once
 
+#include <boost/beast/http/verb.hpp>
+#include <boost/json/value.hpp>
 #include <chrono>
 #include <optional>
 #include <string>
-
-#include <boost/beast/http/verb.hpp>
-#include <boost/json/value.hpp>
 
 #include "agent/common/result.h"
 

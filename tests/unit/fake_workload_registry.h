@@ -11,7 +11,7 @@
 namespace meshlane::testing {
 
 class FakeWorkloadRegistry : public WorkloadRegistry {
-public:
+  public:
     int fail_with = 0;  // when nonzero, enroll/unenroll fail with this errno
     bool throw_on_list = false;
     int enroll_calls = 0;
@@ -64,7 +64,7 @@ public:
         return status;
     }
 
-private:
+  private:
     std::map<std::string, WorkloadStatus> workloads_;
     std::uint32_t next_id_ = 0;
 };

@@ -3,12 +3,11 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/json.hpp>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
-
-#include <boost/json.hpp>
 
 #include "fake_workload_registry.h"
 
@@ -17,10 +16,11 @@ namespace {
 
 namespace json = boost::json;
 
-const char* const kSpec = R"({"name":"web","cgroup":"/sys/fs/cgroup/web","netns":"/run/netns/web"})";
+const char* const kSpec =
+    R"({"name":"web","cgroup":"/sys/fs/cgroup/web","netns":"/run/netns/web"})";
 
 class RestRouterTest : public ::testing::Test {
-protected:
+  protected:
     Response call(http::verb method, std::string target, std::string body = "") {
         Request request{method, target, 11};
         request.body() = std::move(body);
@@ -152,8 +152,8 @@ TEST_F(RestRouterTest, ListAndGet) {
 }
 
 TEST_F(RestRouterTest, GetUnknownIs404AndBadNameIs400) {
-    expect_error(call(http::verb::get, "/v1/workloads/nope"), http::status::not_found,
-                 "not_found", "nope");
+    expect_error(call(http::verb::get, "/v1/workloads/nope"), http::status::not_found, "not_found",
+                 "nope");
     expect_error(call(http::verb::get, "/v1/workloads/No%2FPe"), http::status::bad_request,
                  "invalid_argument", "name");
 }
@@ -237,9 +237,8 @@ TEST(RestRoutes, PathMatching) {
 // api/openapi.yaml documents exactly the route table: every (path, method) of one appears in
 // the other. A light line-based reading is enough for the file's fixed layout.
 std::set<std::string> openapi_operations() {
-    const auto path =
-        std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "api" /
-        "openapi.yaml";
+    const auto path = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() /
+                      "api" / "openapi.yaml";
     std::ifstream in(path);
     EXPECT_TRUE(in) << "cannot open " << path;
     std::set<std::string> operations;

@@ -8,15 +8,14 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <filesystem>
-#include <fstream>
-#include <future>
-#include <thread>
-
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/json.hpp>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <thread>
 
 #include "api/rest/unix_http_client.h"
 #include "fake_workload_registry.h"
@@ -30,7 +29,7 @@ using namespace std::chrono_literals;
 
 // A raw client socket, for what the HTTP client would not do (idle, half requests).
 class RawConnection {
-public:
+  public:
     explicit RawConnection(const std::string& path) : fd_(::socket(AF_UNIX, SOCK_STREAM, 0)) {
         sockaddr_un address{};
         address.sun_family = AF_UNIX;
@@ -41,7 +40,9 @@ public:
     }
     ~RawConnection() { ::close(fd_); }
     bool connected() const { return connected_; }
-    void send(std::string_view data) { ASSERT_EQ(::write(fd_, data.data(), data.size()), static_cast<ssize_t>(data.size())); }
+    void send(std::string_view data) {
+        ASSERT_EQ(::write(fd_, data.data(), data.size()), static_cast<ssize_t>(data.size()));
+    }
     // Everything until EOF (or the 5 s receive timeout).
     std::string read_all() {
         std::string out;
@@ -53,13 +54,13 @@ public:
         }
     }
 
-private:
+  private:
     int fd_;
     bool connected_ = false;
 };
 
 class RestServerTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         char pattern[] = "/tmp/meshlane-rest-test-XXXXXX";
         ASSERT_NE(::mkdtemp(pattern), nullptr);
@@ -150,8 +151,9 @@ TEST_F(RestServerTest, KeepAliveServesSeveralRequestsOnOneConnection) {
     ASSERT_TRUE(start_server());
     RawConnection raw(socket_path_);
     ASSERT_TRUE(raw.connected());
-    raw.send("GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
-             "GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    raw.send(
+        "GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
+        "GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     const auto replies = raw.read_all();
     EXPECT_NE(replies.find("\"status\":\"ok\""), std::string::npos) << replies;
     EXPECT_NE(replies.find("\"max_workloads\":4096"), std::string::npos) << replies;
@@ -174,8 +176,7 @@ TEST_F(RestServerTest, HeaderOverLimitIs431) {
     options.header_limit = 512;
     ASSERT_TRUE(start_server(options));
     RawConnection raw(socket_path_);
-    raw.send("GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(2048, 'a') +
-             "\r\n\r\n");
+    raw.send("GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(2048, 'a') + "\r\n\r\n");
     EXPECT_NE(raw.read_all().find("431"), std::string::npos);
 }
 

@@ -69,9 +69,9 @@ TEST(SpecCidr, HostBitsAreClearedLikeIptables) {
 }
 
 TEST(SpecCidr, RejectsGarbage) {
-    for (const char* bad : {"", "/8", "10.0.0.0/", "10.0.0.0/33", "fd00::/129", "10.0.0/8",
-                            "10.0.0.0/-1", "10.0.0.0/8x", "300.0.0.1", "fe80::1%eth0", "*",
-                            "10.0.0.0/ 8", "0x0a000001"}) {
+    for (const char* bad :
+         {"", "/8", "10.0.0.0/", "10.0.0.0/33", "fd00::/129", "10.0.0/8", "10.0.0.0/-1",
+          "10.0.0.0/8x", "300.0.0.1", "fe80::1%eth0", "*", "10.0.0.0/ 8", "0x0a000001"}) {
         EXPECT_FALSE(Cidr::parse(bad).ok()) << bad;
     }
 }
@@ -121,8 +121,7 @@ TEST(SpecCidrList, ErrorsNameField) {
     expect_error_names(parse_cidr_list("10.0.0.0/8,*", "include-cidrs"), "include-cidrs");
     expect_error_names(parse_cidr_list("10.0.0.0/8,,", "exclude-cidrs"), "exclude-cidrs");
     // Equal after normalisation.
-    expect_error_names(parse_cidr_list("10.0.0.1/8,10.0.0.2/8", "exclude-cidrs"),
-                       "listed twice");
+    expect_error_names(parse_cidr_list("10.0.0.1/8,10.0.0.2/8", "exclude-cidrs"), "listed twice");
 }
 
 TEST(SpecFormat, Lists) {
@@ -143,16 +142,16 @@ TEST(SpecStartupPolicy, RoundTrip) {
 
 TEST(SpecValidateName, AcceptsKubernetesStyleNames) {
     const std::string longest(63, 'a');
-    for (const std::string& good : {std::string("a"), std::string("web-1"),
-                                     std::string("ns.pod_x"), std::string("0abc"), longest}) {
+    for (const std::string& good : {std::string("a"), std::string("web-1"), std::string("ns.pod_x"),
+                                    std::string("0abc"), longest}) {
         EXPECT_TRUE(validate_name(good).ok()) << good;
     }
 }
 
 TEST(SpecValidateName, RejectsPathLikeOrOddNames) {
     for (const std::string& bad : {std::string(""), std::string(64, 'a'), std::string("Web"),
-                                  std::string("-a"), std::string(".a"), std::string("a/b"),
-                                  std::string("a..b"), std::string("a b"), std::string("a\nb")}) {
+                                   std::string("-a"), std::string(".a"), std::string("a/b"),
+                                   std::string("a..b"), std::string("a b"), std::string("a\nb")}) {
         expect_error_names(validate_name(bad), "name");
     }
 }
@@ -183,7 +182,10 @@ TEST(SpecValidate, EveryRejectionNamesTheField) {
         {"exclude_inbound_ports", [](WorkloadSpec& s) { s.exclude_inbound_ports = {15006}; }},
         {"include_outbound_ports", [](WorkloadSpec& s) { s.include_outbound_ports = {15001}; }},
         {"exclude_inbound_ports", [](WorkloadSpec& s) { s.exclude_inbound_ports = {0}; }},
-        {"exclude_inbound_ports", [](WorkloadSpec& s) { s.exclude_inbound_ports = {80, 80}; }},
+        {"exclude_inbound_ports",
+         [](WorkloadSpec& s) {
+             s.exclude_inbound_ports = {80, 80};
+         }},
         {"include_inbound_ports",
          [](WorkloadSpec& s) {
              s.include_all_inbound_ports = true;
@@ -208,9 +210,8 @@ TEST(SpecValidate, EveryRejectionNamesTheField) {
          [](WorkloadSpec& s) {
              s.include_all_cidrs = false;
              for (int i = 0; i < 257; ++i) {
-                 s.include_cidrs.push_back(
-                     *Cidr::parse("10.0." + std::to_string(i / 256) + "." +
-                                  std::to_string(i % 256) + "/32"));
+                 s.include_cidrs.push_back(*Cidr::parse("10.0." + std::to_string(i / 256) + "." +
+                                                        std::to_string(i % 256) + "/32"));
              }
          }},
     };

@@ -1,0 +1,75 @@
+#include "agent/daemon/uninstall.h"
+
+#include <bpf/bpf.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "agent/common/unique_fd.h"
+#include "agent/daemon/config.h"
+#include "agent/loader/mounts.h"
+
+namespace meshlane {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+Status ensure_agent_stopped(const std::string& state_dir) {
+    const std::string path = state_dir + "/agent.lock";
+    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+    if (!fd.valid()) return Ok{};  // never ran here
+    if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0)
+        return Error{EBUSY, "a meshlane agent is running with state_dir " + state_dir +
+                                "; stop it first (the datapath stays pinned until uninstall)"};
+    return Ok{};
+}
+
+// Links first (detaching them is what stops interception), then everything else.
+Status detach_links(const fs::path& workloads_dir, UninstallReport& report) {
+    std::error_code ec;
+    for (const auto& workload : fs::directory_iterator(workloads_dir, ec)) {
+        for (const auto& pin : fs::directory_iterator(workload.path(), ec)) {
+            UniqueFd link(bpf_obj_get(pin.path().c_str()));
+            if (!link.valid()) return Error::last_errno("open pinned link " + pin.path().string());
+            if (bpf_link_detach(link.get()) != 0 && errno != ENOLINK && errno != EINVAL)
+                return Error::last_errno("detach link " + pin.path().string());
+            ++report.links_detached;
+        }
+    }
+    return Ok{};
+}
+
+}  // namespace
+
+Result<UninstallReport> uninstall(const std::string& config_path) {
+    auto config = load_agent_config(config_path);
+    if (!config) return config.error();
+    if (auto stopped = ensure_agent_stopped(config->state_dir); !stopped) return stopped.error();
+    auto bpffs = config->bpffs.empty() ? find_mount_point("bpf") : Result<std::string>(config->bpffs);
+    UninstallReport report;
+    if (bpffs) {
+        report.pin_root = *bpffs + "/" + config->pin_dir;
+        const fs::path root(report.pin_root);
+        std::error_code ec;
+        if (fs::exists(root, ec)) {
+            if (auto detached = detach_links(root / "workloads", report); !detached)
+                return detached.error();
+            for (const auto& map : fs::directory_iterator(root / "maps", ec)) {
+                (void)map;
+                ++report.maps_unpinned;
+            }
+            fs::remove_all(root, ec);
+            if (ec) return Error::from_errno(ec.value(), "remove " + report.pin_root);
+        }
+    }
+    std::error_code ec;
+    fs::remove(fs::path(config->state_dir) / "workloads.json", ec);
+    fs::remove(fs::path(config->state_dir) / "agent.lock", ec);
+    fs::remove(config->api_socket, ec);
+    return report;
+}
+
+}  // namespace meshlane

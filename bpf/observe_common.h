@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * Shared by the observe objects (observe_connect.bpf.c, observe_drops.bpf.c): the pinned
+ * workload_by_netns map (declared exactly as in redirect_common.h, so libbpf reuses the
+ * redirect datapath's map when the agent opens the objects with the same pin_root_path), the
+ * loss counters, and address helpers for tracing programs (tp_btf: BTF pointers, CO-RE).
+ */
+#ifndef MESHLANE_BPF_OBSERVE_COMMON_H
+#define MESHLANE_BPF_OBSERVE_COMMON_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "meshlane/observe_abi.h"
+#include "meshlane/redirect_abi.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+/* Must match redirect_common.h: same type, key, value, flags and pinning. The agent sets
+ * max_entries to its max_workloads before load, as the redirect datapath does. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, MESHLANE_MAX_WORKLOADS_DEFAULT);
+    __type(key, __u64); /* network namespace cookie */
+    __type(value, struct workload_config);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} workload_by_netns SEC(".maps");
+
+/* enum meshlane_observe_loss; per object, per CPU. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, MESHLANE_LOSS_MAX);
+    __type(key, __u32);
+    __type(value, __u64);
+} observe_loss SEC(".maps");
+
+static __always_inline void count_loss(__u32 what) {
+    __u64* value = bpf_map_lookup_elem(&observe_loss, &what);
+    if (value)
+        *value += 1;
+}
+
+static __always_inline __u64 net_cookie_of(const struct net* net) {
+    if (!net)
+        return 0;
+    return BPF_CORE_READ(net, net_cookie);
+}
+
+static __always_inline __u64 sock_netns_cookie(const struct sock* sk) {
+    return net_cookie_of(BPF_CORE_READ(sk, __sk_common.skc_net.net));
+}
+
+/* The workload owning a network namespace, NULL for pods that are not enrolled (and the host). */
+static __always_inline struct workload_config* workload_of_netns(__u64 cookie) {
+    if (!cookie)
+        return NULL;
+    return bpf_map_lookup_elem(&workload_by_netns, &cookie);
+}
+
+static __always_inline void addr_from_v4(__u8 addr[16], __u32 v4) {
+    __u32* words = (__u32*)addr;
+    words[0] = 0;
+    words[1] = 0;
+    words[2] = bpf_htonl(0x0000ffff);
+    words[3] = v4;
+}
+
+/* Local and remote address and ports of a socket (ports in host order). */
+static __always_inline void sock_tuple(const struct sock* sk, __u8 saddr[16], __u8 daddr[16],
+                                       __u16* sport, __u16* dport, __u8* family) {
+    __u16 fam = BPF_CORE_READ(sk, __sk_common.skc_family);
+    *family = (__u8)fam;
+    *sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+    *dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+    if (fam == AF_INET) {
+        addr_from_v4(saddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+        addr_from_v4(daddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+    } else {
+        BPF_CORE_READ_INTO(saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+        BPF_CORE_READ_INTO(daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+    }
+}
+
+#endif /* MESHLANE_BPF_OBSERVE_COMMON_H */

@@ -1,0 +1,59 @@
+#include "agent/daemon/config.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+namespace meshlane {
+namespace {
+
+bool same(const AgentConfig& a, const AgentConfig& b) {
+    return a.state_dir == b.state_dir && a.api_socket == b.api_socket && a.bpffs == b.bpffs &&
+           a.pin_dir == b.pin_dir && a.log_level == b.log_level &&
+           a.max_workloads == b.max_workloads &&
+           a.reconcile_interval_ms == b.reconcile_interval_ms;
+}
+
+TEST(AgentConfig, EmbeddedDefaultMatchesStructDefaultsAndShippedFile) {
+    auto embedded = load_agent_config("");
+    ASSERT_TRUE(embedded.ok()) << embedded.error().message;
+    EXPECT_TRUE(same(*embedded, AgentConfig{}));
+    auto shipped = load_agent_config(MESHLANE_SOURCE_DIR "/deploy/meshlane.conf");
+    ASSERT_TRUE(shipped.ok()) << shipped.error().message;
+    EXPECT_TRUE(same(*shipped, *embedded)) << "deploy/meshlane.conf drifted from the default";
+}
+
+TEST(AgentConfig, ParsesValuesCommentsAndQuotes) {
+    auto c = parse_agent_config(
+        "# comment\nstate_dir = \"/tmp/x\"   # trailing\n pin_dir=meshlane-test-1\nmax_workloads = 8\n",
+        "t");
+    ASSERT_TRUE(c.ok()) << c.error().message;
+    EXPECT_EQ(c->state_dir, "/tmp/x");
+    EXPECT_EQ(c->pin_dir, "meshlane-test-1");
+    EXPECT_EQ(c->max_workloads, 8u);
+}
+
+TEST(AgentConfig, ErrorsNameTheLineAndKey) {
+    struct Case {
+        const char* text;
+        const char* expect;
+    } cases[] = {
+        {"bogus = 1\n", "t:1: unknown key 'bogus'"},
+        {"\nmax_workloads = lots\n", "t:2 max_workloads"},
+        {"max_workloads = 0\n", "max_workloads"},
+        {"pin_dir = ../etc\n", "pin_dir"},
+        {"log_level = loud\n", "log_level"},
+        {"state_dir\n", "expected key = value"},
+        {"state_dir = relative\n", "absolute"},
+    };
+    for (const auto& c : cases) {
+        auto parsed = parse_agent_config(c.text, "t");
+        ASSERT_FALSE(parsed.ok()) << c.text;
+        EXPECT_NE(parsed.error().message.find(c.expect), std::string::npos)
+            << parsed.error().message;
+    }
+}
+
+}  // namespace
+}  // namespace meshlane
