@@ -89,13 +89,25 @@ static __always_inline __u32 log2_bucket(__u64 us) {
     return bucket;
 }
 
-static __always_inline struct connect_stats* stats_of(__u32 workload_id, __u32 side) {
+/* Entries are owned by (workload id, netns cookie): a reused id starts from zero. Two CPUs
+ * racing on the very first update of a reused id can lose that one increment. */
+static __always_inline struct connect_stats* stats_of(__u32 workload_id, __u32 side, __u64 cookie) {
     __u32 index = workload_id * MESHLANE_SIDE_MAX + side;
-    return bpf_map_lookup_elem(&connect_stats, &index);
+    struct connect_stats* stats = bpf_map_lookup_elem(&connect_stats, &index);
+    if (stats && stats->netns_cookie != cookie) {
+        __builtin_memset(stats, 0, sizeof(*stats));
+        stats->netns_cookie = cookie;
+    }
+    return stats;
 }
 
-static __always_inline struct tcp_counters* counters_of(__u32 workload_id) {
-    return bpf_map_lookup_elem(&tcp_counters, &workload_id);
+static __always_inline struct tcp_counters* counters_of(__u32 workload_id, __u64 cookie) {
+    struct tcp_counters* counters = bpf_map_lookup_elem(&tcp_counters, &workload_id);
+    if (counters && counters->netns_cookie != cookie) {
+        __builtin_memset(counters, 0, sizeof(*counters));
+        counters->netns_cookie = cookie;
+    }
+    return counters;
 }
 
 static __always_inline void emit_event(const struct sock* sk, const struct workload_config* config,
@@ -153,7 +165,7 @@ static __always_inline void connect_finished(struct sock* sk, int newstate,
     __u64 latency_ns = bpf_ktime_get_ns() - state->started_ns;
     __u16 dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
     __u32 side = dport == config->outbound_port ? MESHLANE_SIDE_APP : MESHLANE_SIDE_UPSTREAM;
-    struct connect_stats* stats = stats_of(config->workload_id, side);
+    struct connect_stats* stats = stats_of(config->workload_id, side, cookie);
     if (!stats)
         return;
     if (state->syn_retransmits)
@@ -207,10 +219,11 @@ int BPF_PROG(observe_sock_set_state, const struct sock* sk, const int oldstate, 
 
 SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(observe_receive_reset, struct sock* sk) {
-    struct workload_config* config = workload_of_netns(sock_netns_cookie(sk));
+    __u64 cookie = sock_netns_cookie(sk);
+    struct workload_config* config = workload_of_netns(cookie);
     if (!config)
         return 0;
-    struct tcp_counters* counters = counters_of(config->workload_id);
+    struct tcp_counters* counters = counters_of(config->workload_id, cookie);
     if (counters)
         __sync_fetch_and_add(&counters->resets_received, 1);
     struct connect_state* state = bpf_sk_storage_get(&connect_state_by_socket, sk, 0, 0);
@@ -231,7 +244,7 @@ int BPF_PROG(observe_send_reset, const struct sock* sk, const struct sk_buff* sk
     struct workload_config* config = workload_of_netns(cookie);
     if (!config)
         return 0;
-    struct tcp_counters* counters = counters_of(config->workload_id);
+    struct tcp_counters* counters = counters_of(config->workload_id, cookie);
     if (counters)
         __sync_fetch_and_add(&counters->resets_sent, 1);
     return 0;
@@ -239,10 +252,11 @@ int BPF_PROG(observe_send_reset, const struct sock* sk, const struct sk_buff* sk
 
 SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(observe_retransmit_skb, const struct sock* sk) {
-    struct workload_config* config = workload_of_netns(sock_netns_cookie(sk));
+    __u64 cookie = sock_netns_cookie(sk);
+    struct workload_config* config = workload_of_netns(cookie);
     if (!config)
         return 0;
-    struct tcp_counters* counters = counters_of(config->workload_id);
+    struct tcp_counters* counters = counters_of(config->workload_id, cookie);
     if (!counters)
         return 0;
     if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_SYN_SENT) {
@@ -259,10 +273,11 @@ int BPF_PROG(observe_retransmit_skb, const struct sock* sk) {
 
 SEC("tp_btf/tcp_retransmit_synack")
 int BPF_PROG(observe_retransmit_synack, const struct sock* sk) {
-    struct workload_config* config = workload_of_netns(sock_netns_cookie(sk));
+    __u64 cookie = sock_netns_cookie(sk);
+    struct workload_config* config = workload_of_netns(cookie);
     if (!config)
         return 0;
-    struct tcp_counters* counters = counters_of(config->workload_id);
+    struct tcp_counters* counters = counters_of(config->workload_id, cookie);
     if (counters)
         __sync_fetch_and_add(&counters->synack_retransmits, 1);
     return 0;

@@ -34,7 +34,7 @@ struct {
     __uint(max_entries, MESHLANE_DROP_EVENTS_BYTES);
 } drop_events SEC(".maps");
 
-struct token_bucket {
+struct drop_event_tokens {
     __u64 tokens;
     __u64 refilled_ns;
 };
@@ -43,11 +43,11 @@ struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, 1);
     __type(key, __u32);
-    __type(value, struct token_bucket);
+    __type(value, struct drop_event_tokens);
 } drop_event_budget SEC(".maps");
 
-static __always_inline void count_drop(__u32 workload_id, __u32 reason) {
-    struct drop_count_key key = {.workload_id = workload_id, .reason = reason};
+static __always_inline void count_drop(__u64 cookie, __u32 workload_id, __u32 reason) {
+    struct drop_count_key key = {.netns_cookie = cookie, .workload_id = workload_id, .reason = reason};
     __u64* value = bpf_map_lookup_elem(&drop_counts, &key);
     if (!value) {
         __u64 zero = 0;
@@ -68,7 +68,7 @@ static __always_inline void count_drop(__u32 workload_id, __u32 reason) {
 /* Per-CPU token bucket: no atomics needed, and a flood on one CPU cannot starve the others. */
 static __always_inline bool take_token(void) {
     __u32 zero = 0;
-    struct token_bucket* bucket = bpf_map_lookup_elem(&drop_event_budget, &zero);
+    struct drop_event_tokens* bucket = bpf_map_lookup_elem(&drop_event_budget, &zero);
     if (!bucket || drop_events_per_second == 0)
         return false;
     __u64 now = bpf_ktime_get_ns();
@@ -147,7 +147,7 @@ int BPF_PROG(observe_kfree_skb, struct sk_buff* skb, void* location, enum skb_dr
     struct workload_config* config = workload_of_netns(cookie);
     if (!config)
         return 0;
-    count_drop(config->workload_id, (__u32)reason);
+    count_drop(cookie, config->workload_id, (__u32)reason);
 
     if (!take_token()) {
         count_loss(MESHLANE_LOSS_RATE_LIMITED);

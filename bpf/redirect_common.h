@@ -8,6 +8,7 @@
 #define MESHLANE_BPF_REDIRECT_COMMON_H
 
 #include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -172,7 +173,7 @@ static __always_inline bool cidr_match(__u32 workload_id, __u32 kind, const __u8
     struct cidr_rule_key key = {
         .prefixlen = MESHLANE_CIDR_KEY_PREFIX_BITS + 128,
         .workload_id = bpf_htonl(workload_id),
-        .kind = bpf_htonl(kind),
+        .kind = bpf_htonl(MESHLANE_CIDR_KEY_KIND(kind, addr_is_v4_mapped(addr))),
     };
     __builtin_memcpy(key.addr, addr, 16);
     return bpf_map_lookup_elem(&cidr_rules, &key) != NULL;

@@ -61,14 +61,9 @@ int redirect_sk_lookup(struct bpf_sk_lookup* ctx) {
         return SK_PASS;
     }
 
-    /* A dual-stack IPv6 listener also serves IPv4; an IPv4 listener never serves IPv6. */
-    if (family == AF_INET) {
-        if (assign_listener(ctx, MESHLANE_LISTENER_SLOT_V4) == 0 ||
-            assign_listener(ctx, MESHLANE_LISTENER_SLOT_V6) == 0) {
-            count(wid, MESHLANE_CNT_INBOUND_STEERED);
-            return SK_PASS;
-        }
-    } else if (assign_listener(ctx, MESHLANE_LISTENER_SLOT_V6) == 0) {
+    /* The V4 slot also holds a dual-stack IPv6 listener (see on_listen). */
+    if (assign_listener(ctx, family == AF_INET ? MESHLANE_LISTENER_SLOT_V4
+                                               : MESHLANE_LISTENER_SLOT_V6) == 0) {
         count(wid, MESHLANE_CNT_INBOUND_STEERED);
         return SK_PASS;
     }

@@ -282,8 +282,27 @@ static __always_inline void on_proxy_accept(struct bpf_sock_ops* ctx) {
     bpf_map_delete_elem(&orig_dst_by_tuple, &key);
 }
 
-/* listen() by the proxy on the inbound port: make it the sk_lookup target. Runs in the proxy's
- * own syscall, so the uid/gid are the listener owner's. */
+/* An IPv6 listener serves IPv4 too unless IPV6_V6ONLY is set. */
+static __always_inline bool listener_is_dual_stack(struct bpf_sock_ops* ctx) {
+    struct bpf_sock* bsk = ctx->sk;
+    if (!bsk)
+        return false;
+    struct tcp6_sock* tsk = bpf_skc_to_tcp6_sock(bsk);
+    if (!tsk)
+        return false;
+    struct sock_common* common = &tsk->tcp.inet_conn.icsk_inet.sk.__sk_common;
+    return !BPF_CORE_READ_BITFIELD(common, skc_ipv6only);
+}
+
+static __always_inline void register_listener(struct bpf_sock_ops* ctx, __u32 workload_id,
+                                              __u32 slot) {
+    __u32 key = workload_id * MESHLANE_LISTENER_SLOTS + slot;
+    if (bpf_sock_map_update(ctx, &inbound_listener, &key, BPF_ANY) == 0)
+        count(workload_id, MESHLANE_CNT_PROXY_LISTENER_REGISTERED);
+}
+
+/* listen() by the proxy on the inbound port: make it the sk_lookup target for the families it
+ * serves. Runs in the proxy's own syscall, so the uid/gid are the listener owner's. */
 static __always_inline void on_listen(struct bpf_sock_ops* ctx) {
     const struct workload_config* cfg = workload_of(ctx);
     if (!cfg || (__u16)ctx->local_port != cfg->inbound_port)
@@ -291,10 +310,14 @@ static __always_inline void on_listen(struct bpf_sock_ops* ctx) {
     __u64 uid_gid = bpf_get_current_uid_gid();
     if ((__u32)uid_gid != cfg->proxy_uid && (__u32)(uid_gid >> 32) != cfg->proxy_gid)
         return;
-    __u32 slot = ctx->family == AF_INET6 ? MESHLANE_LISTENER_SLOT_V6 : MESHLANE_LISTENER_SLOT_V4;
-    __u32 key = cfg->workload_id * MESHLANE_LISTENER_SLOTS + slot;
-    if (bpf_sock_map_update(ctx, &inbound_listener, &key, BPF_ANY) == 0)
-        count(cfg->workload_id, MESHLANE_CNT_PROXY_LISTENER_REGISTERED);
+    __u32 wid = cfg->workload_id;
+    if (ctx->family != AF_INET6) {
+        register_listener(ctx, wid, MESHLANE_LISTENER_SLOT_V4);
+        return;
+    }
+    register_listener(ctx, wid, MESHLANE_LISTENER_SLOT_V6);
+    if (listener_is_dual_stack(ctx))
+        register_listener(ctx, wid, MESHLANE_LISTENER_SLOT_V4);
 }
 
 SEC("sockops")

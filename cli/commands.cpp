@@ -3,6 +3,7 @@
 #include <boost/json.hpp>
 #include <iostream>
 
+#include "agent/daemon/uninstall.h"
 #include "api/rest/unix_http_client.h"
 #include "cli/output.h"
 
@@ -289,6 +290,18 @@ int run_status(const GlobalOptions& global, bool json) {
             table.add_row({"  " + std::string(name), json::serialize(available)});
         }
         table.print(std::cout);
+    }
+    return kExitOk;
+}
+
+int run_uninstall(const std::string& config_path) {
+    auto report = uninstall(config_path);
+    if (!report) return fail(kExitFailed, report.error().message);
+    if (report->pin_root.empty()) {
+        std::cout << "no bpffs mounted: nothing was pinned\n";
+    } else {
+        std::cout << "detached " << report->links_detached << " links, removed "
+                  << report->maps_unpinned << " pinned maps and " << report->pin_root << '\n';
     }
     return kExitOk;
 }

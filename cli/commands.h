@@ -45,5 +45,7 @@ int run_unenroll(const GlobalOptions& global, const std::string& name, bool json
 int run_workloads(const GlobalOptions& global, bool json);
 int run_workload(const GlobalOptions& global, const std::string& name, bool json);
 int run_status(const GlobalOptions& global, bool json);
+// Local, no agent: detaches and removes everything under the configured pin directory.
+int run_uninstall(const std::string& config_path);
 
 }  // namespace meshlane::cli

@@ -48,8 +48,8 @@ void add_enroll_options(CLI::App& enroll, EnrollFlags& f) {
                     "that binds 127.0.0.6 for inbound forwarding, like Envoy)");
     enroll
         .add_option("--startup-policy", f.startup_policy,
-                    "Before the proxy listens: refuse inbound, or pass it to the app")
-        ->check(CLI::IsMember({"refuse", "passthrough"}))
+                    "Before the proxy listens: refuse inbound, or pass it to the app "
+                    "(refuse|passthrough)")
         ->capture_default_str();
     enroll.add_flag("--json", f.json, "Print the agent's JSON reply");
 }
@@ -87,6 +87,9 @@ int main(int argc, char** argv) {
     workload->add_flag("--json", json, "Print the agent's JSON reply");
     auto* status = app.add_subcommand("status", "Show the agent's status");
     status->add_flag("--json", json, "Print the agent's JSON reply");
+    auto* uninstall = app.add_subcommand(
+        "uninstall", "Remove every link, pin and map meshlane created (agent must be stopped)");
+    uninstall->add_option("--config", config, "The agent's configuration file (default: built-in)");
 
     try {
         app.parse(argc, argv);
@@ -103,5 +106,6 @@ int main(int argc, char** argv) {
     if (workloads->parsed()) return cli::run_workloads(global, json);
     if (workload->parsed()) return cli::run_workload(global, name, json);
     if (status->parsed()) return cli::run_status(global, json);
+    if (uninstall->parsed()) return cli::run_uninstall(config);
     return cli::kExitUsage;
 }

@@ -20,6 +20,7 @@
 #include "agent/daemon/config.h"
 #include "agent/loader/mounts.h"
 #include "agent/loader/redirect_datapath.h"
+#include "agent/observe/observer.h"
 #include "agent/workload/workload_manager.h"
 #include "api/rest/rest_server.h"
 
@@ -121,8 +122,14 @@ int run_agent(const std::string& config_path) {
     }
 
     boost::asio::io_context io;
+    // Connection and drop observation is an add-on: without it the datapath still serves.
+    auto observer = Observer::start({.pin_root = pin_root, .max_workloads = config->max_workloads});
+    if (!observer)
+        spdlog::warn("observe: connection and drop observation disabled: {}",
+                     observer.error().message);
     rest::RestServerOptions rest_options;
     rest_options.unix_socket_path = config->api_socket;
+    if (observer) rest_options.observations = observer->get();
     rest::RestServer server(io, manager, rest_options);
     if (auto started = server.start(); !started) {
         spdlog::error("API: {}", started.error().message);

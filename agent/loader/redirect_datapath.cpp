@@ -5,6 +5,8 @@
 #include <bpf/libbpf.h>
 #include <dirent.h>
 #include <sys/stat.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -220,11 +222,11 @@ static Status put_port(int map_fd, std::uint32_t id, std::uint16_t port, std::ui
 }
 
 static Status put_cidr(int map_fd, std::uint32_t id, const std::array<std::uint8_t, 16>& addr,
-                       unsigned mapped_prefix_len, std::uint32_t kind) {
+                       bool is_v4, unsigned mapped_prefix_len, std::uint32_t kind) {
     cidr_rule_key key{};
     key.prefixlen = MESHLANE_CIDR_KEY_PREFIX_BITS + mapped_prefix_len;
     key.workload_id = htonl(id);
-    key.kind = htonl(kind);
+    key.kind = htonl(MESHLANE_CIDR_KEY_KIND(kind, is_v4));
     std::memcpy(key.addr, addr.data(), 16);
     std::uint8_t one = 1;
     if (bpf_map_update_elem(map_fd, &key, &one, BPF_ANY) != 0)
@@ -235,7 +237,7 @@ static Status put_cidr(int map_fd, std::uint32_t id, const std::array<std::uint8
 static void delete_cidrs(int map_fd, std::uint32_t id, bool only_pod_local) {
     for (const auto& key : keys_of<cidr_rule_key>(map_fd)) {
         if (ntohl(key.workload_id) != id) continue;
-        if (only_pod_local && ntohl(key.kind) != MESHLANE_CIDR_POD_LOCAL) continue;
+        if (only_pod_local && (ntohl(key.kind) >> 8) != MESHLANE_CIDR_POD_LOCAL) continue;
         bpf_map_delete_elem(map_fd, &key);
     }
 }
@@ -244,7 +246,8 @@ Status RedirectDatapath::write_pod_addresses(std::uint32_t id,
                                              const std::vector<PodAddress>& pod_addresses) {
     delete_cidrs(impl_->cidr_rules, id, true);
     for (const auto& address : pod_addresses) {
-        if (auto put = put_cidr(impl_->cidr_rules, id, address.addr, 128, MESHLANE_CIDR_POD_LOCAL);
+        if (auto put = put_cidr(impl_->cidr_rules, id, address.addr, address.is_v4, 128,
+                                MESHLANE_CIDR_POD_LOCAL);
             !put)
             return put.error().with_context("pod address " + address.text);
     }
@@ -273,14 +276,14 @@ Status RedirectDatapath::write_rules(std::uint32_t id, const WorkloadSpec& spec,
         for (auto port : list.ports)
             if (auto put = put_port(impl_->port_rules, id, port, list.kind); !put) return put;
     for (const auto& cidr : spec.exclude_cidrs)
-        if (auto put = put_cidr(impl_->cidr_rules, id, cidr.addr, cidr.mapped_prefix_len(),
-                                MESHLANE_CIDR_EXCLUDE);
+        if (auto put = put_cidr(impl_->cidr_rules, id, cidr.addr, cidr.is_v4,
+                                cidr.mapped_prefix_len(), MESHLANE_CIDR_EXCLUDE);
             !put)
             return put.error().with_context("exclude-cidrs " + cidr.to_string());
     if (!spec.include_all_cidrs)
         for (const auto& cidr : spec.include_cidrs)
-            if (auto put = put_cidr(impl_->cidr_rules, id, cidr.addr, cidr.mapped_prefix_len(),
-                                    MESHLANE_CIDR_INCLUDE);
+            if (auto put = put_cidr(impl_->cidr_rules, id, cidr.addr, cidr.is_v4,
+                                    cidr.mapped_prefix_len(), MESHLANE_CIDR_INCLUDE);
                 !put)
                 return put.error().with_context("include-cidrs " + cidr.to_string());
     return write_pod_addresses(id, pod_addresses);
@@ -372,12 +375,26 @@ Status RedirectDatapath::clear_workload(std::uint32_t id) {
     return Ok{};
 }
 
-Status RedirectDatapath::register_inbound_listener(std::uint32_t id, int socket_fd, bool ipv6) {
-    std::uint32_t key =
-        id * MESHLANE_LISTENER_SLOTS + (ipv6 ? MESHLANE_LISTENER_SLOT_V6 : MESHLANE_LISTENER_SLOT_V4);
-    std::uint64_t value = static_cast<std::uint64_t>(socket_fd);
-    if (bpf_map_update_elem(impl_->listener_map, &key, &value, BPF_ANY) != 0)
-        return Error::last_errno("register the proxy's inbound listener");
+Status RedirectDatapath::register_inbound_listener(std::uint32_t id, int socket_fd) {
+    int domain = 0;
+    socklen_t len = sizeof(domain);
+    if (::getsockopt(socket_fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0)
+        return Error::last_errno("inspect the proxy's inbound listener");
+    int v6only = 1;
+    len = sizeof(v6only);
+    if (domain == AF_INET6 &&
+        ::getsockopt(socket_fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &len) != 0)
+        return Error::last_errno("inspect the proxy's inbound listener");
+    // Same slots as sockops on_listen: a dual-stack IPv6 listener serves IPv4 too.
+    std::vector<unsigned> slots;
+    if (domain == AF_INET6) slots.push_back(MESHLANE_LISTENER_SLOT_V6);
+    if (domain == AF_INET || !v6only) slots.push_back(MESHLANE_LISTENER_SLOT_V4);
+    for (unsigned slot : slots) {
+        std::uint32_t key = id * MESHLANE_LISTENER_SLOTS + slot;
+        std::uint64_t value = static_cast<std::uint64_t>(socket_fd);
+        if (bpf_map_update_elem(impl_->listener_map, &key, &value, BPF_ANY) != 0)
+            return Error::last_errno("register the proxy's inbound listener");
+    }
     return Ok{};
 }
 

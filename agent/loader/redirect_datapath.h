@@ -69,8 +69,8 @@ public:
     Status clear_workload(std::uint32_t workload_id);
 
     // Puts an already-listening socket (e.g. the proxy started before enrolment) in the
-    // inbound listener slot for its family.
-    Status register_inbound_listener(std::uint32_t workload_id, int socket_fd, bool ipv6);
+    // inbound listener slots of the families it serves.
+    Status register_inbound_listener(std::uint32_t workload_id, int socket_fd);
     bool inbound_listener_registered(std::uint32_t workload_id, unsigned slot) const;
     RedirectCounters counters(std::uint32_t workload_id) const;
     std::vector<AttachedProgram> attached_programs(const std::string& name) const;

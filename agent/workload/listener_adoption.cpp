@@ -64,8 +64,12 @@ std::vector<ListeningSocket> parse_proc_net_tcp(std::string_view text, std::uint
             continue;
         auto colon = local.rfind(':');
         if (colon == std::string::npos || state != kTcpListenState) continue;
-        if (std::stoul(local.substr(colon + 1), nullptr, 16) != port) continue;
-        sockets.push_back({std::stoull(inode), ipv6});
+        try {
+            if (std::stoul(local.substr(colon + 1), nullptr, 16) != port) continue;
+            sockets.push_back({std::stoull(inode), ipv6});
+        } catch (const std::exception&) {
+            continue;  // not a socket line
+        }
     }
     return sockets;
 }

@@ -98,7 +98,9 @@ Status WorkloadManager::bring_up_locked(const Record& record, const CgroupHandle
         (void)datapath_.clear_workload(record.workload_id);
         return attached;
     }
-    adopt_listeners_locked(record);
+    if (!datapath_.inbound_listener_registered(record.workload_id, MESHLANE_LISTENER_SLOT_V4) &&
+        !datapath_.inbound_listener_registered(record.workload_id, MESHLANE_LISTENER_SLOT_V6))
+        adopt_listeners_locked(record);
     if (auto active = datapath_.activate(record.netns_cookie, config_of(record)); !active) {
         (void)datapath_.detach(record.spec.name);
         (void)datapath_.clear_workload(record.workload_id);
@@ -124,8 +126,7 @@ void WorkloadManager::adopt_listeners_locked(const Record& record) {
         return;
     }
     for (auto& listener : *listeners) {
-        if (auto put = datapath_.register_inbound_listener(record.workload_id, listener.fd.get(),
-                                                           listener.ipv6);
+        if (auto put = datapath_.register_inbound_listener(record.workload_id, listener.fd.get());
             !put)
             spdlog::warn("workload {}: {}", spec.name, put.error().message);
         else
@@ -369,7 +370,7 @@ void WorkloadManager::reconcile() {
         }
         if (!datapath_.inbound_listener_registered(record.workload_id, MESHLANE_LISTENER_SLOT_V4) &&
             !datapath_.inbound_listener_registered(record.workload_id, MESHLANE_LISTENER_SLOT_V6))
-            adopt_listeners_locked(record);
+            adopt_listeners_locked(record);  // e.g. a proxy restarted as root, then dropped uid
         ++it;
     }
     if (changed) {

@@ -135,7 +135,7 @@ Response RestRouter::dispatch(const Request& request) const {
                     http::status::payload_too_large, "payload_too_large",
                     "request body exceeds " + std::to_string(body_limit_) + " bytes");
             }
-            return route.handler(RouteContext{registry_, request, params});
+            return route.handler(RouteContext{registry_, request, params, observations_});
         }
         allowed.push_back(route.method);
     }

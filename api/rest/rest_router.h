@@ -19,6 +19,10 @@
 #include "agent/common/result.h"
 #include "agent/workload/workload_registry.h"
 
+namespace meshlane {
+class ObservationSource;  // agent/observe/observation_source.h
+}
+
 namespace meshlane::rest {
 
 namespace http = boost::beast::http;
@@ -45,6 +49,8 @@ struct RouteContext {
     WorkloadRegistry& registry;
     const Request& request;
     const PathParams& params;
+    // The observability views' data; null when the agent runs without it (handlers answer 503).
+    const ObservationSource* observations = nullptr;
 };
 
 using Handler = Response (*)(const RouteContext&);
@@ -76,8 +82,9 @@ http::status http_status_for_errno(int code);
 
 class RestRouter {
   public:
-    explicit RestRouter(WorkloadRegistry& registry, std::size_t body_limit = kDefaultBodyLimit)
-        : registry_(registry), body_limit_(body_limit) {}
+    explicit RestRouter(WorkloadRegistry& registry, std::size_t body_limit = kDefaultBodyLimit,
+                        const ObservationSource* observations = nullptr)
+        : registry_(registry), body_limit_(body_limit), observations_(observations) {}
 
     // Never throws: handler exceptions become 500. Copies version and keep-alive from the
     // request and sets Content-Length.
@@ -88,6 +95,7 @@ class RestRouter {
 
     WorkloadRegistry& registry_;
     std::size_t body_limit_;
+    const ObservationSource* observations_;
 };
 
 }  // namespace meshlane::rest

@@ -4,6 +4,7 @@
 #include <array>
 #include <boost/json.hpp>
 
+#include "api/rest/observe_routes.h"
 #include "api/rest/rest_router.h"
 
 namespace meshlane::rest {
@@ -86,6 +87,16 @@ constexpr auto kRoutes = std::to_array<Route>({
     {http::verb::delete_, "/v1/workloads/{name}",
      "Unenroll a workload; idempotent (\"removed\": false when it was not enrolled).", true,
      unenroll_workload},
+    {http::verb::get, "/v1/connections",
+     "TCP connect latency (p50/p90/p99, log2 histogram), refused/timed-out connects, "
+     "retransmits and resets per workload, app and upstream sides apart, with recent slow or "
+     "failed connects (?workload=NAME).",
+     false, list_connections},
+    {http::verb::get, "/v1/drops",
+     "Kernel packet drops per workload and reason (named from the kernel's BTF), with recent "
+     "drop events and lost-event counts (?workload=NAME&reason=NETFILTER_DROP&since=UNIX_MS"
+     "&limit=N).",
+     false, list_drops},
 });
 
 }  // namespace

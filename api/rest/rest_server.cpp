@@ -36,7 +36,9 @@ constexpr auto kAwait = asio::as_tuple(asio::use_awaitable);
 
 struct detail::ServerState {
     ServerState(asio::io_context& io_context, WorkloadRegistry& registry, RestServerOptions opts)
-        : io(io_context), router(registry, opts.body_limit), options(std::move(opts)) {}
+        : io(io_context),
+          router(registry, opts.body_limit, opts.observations),
+          options(std::move(opts)) {}
 
     asio::io_context& io;
     RestRouter router;

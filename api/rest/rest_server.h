@@ -18,6 +18,10 @@
 #include "agent/common/result.h"
 #include "agent/workload/workload_registry.h"
 
+namespace meshlane {
+class ObservationSource;  // agent/observe/observation_source.h
+}
+
 namespace meshlane::rest {
 
 namespace detail {
@@ -32,6 +36,8 @@ struct RestServerOptions {
     std::chrono::seconds read_timeout{10};
     // Beyond this, a new connection is answered 429 and closed.
     std::size_t max_connections = 256;
+    // Serves /v1/connections and /v1/drops when set; must outlive the server.
+    const ObservationSource* observations = nullptr;
 };
 
 class RestServer {

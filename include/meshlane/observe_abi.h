@@ -27,8 +27,10 @@ enum meshlane_connect_side {
 };
 
 /* Value of connect_stats (ARRAY indexed workload_id * MESHLANE_SIDE_MAX + side). Updated with
- * atomic adds; the agent reads monotonic totals and takes deltas. */
+ * atomic adds. Workload ids are reused after an unenroll: an entry whose netns_cookie is not the
+ * current workload's is reset by the first update of the new one, and ignored by the agent. */
 struct connect_stats {
+    __u64 netns_cookie; /* the workload these totals belong to */
     __u64 latency_hist[MESHLANE_HIST_BUCKETS]; /* established connects only */
     __u64 latency_sum_us;
     __u64 established;
@@ -38,8 +40,9 @@ struct connect_stats {
     __u64 syn_retransmits;
 };
 
-/* Value of tcp_counters (ARRAY indexed by workload_id). */
+/* Value of tcp_counters (ARRAY indexed by workload_id); netns_cookie as in connect_stats. */
 struct tcp_counters {
+    __u64 netns_cookie;
     __u64 retransmits;        /* tcp:tcp_retransmit_skb outside SYN_SENT */
     __u64 syn_retransmits;    /* tcp:tcp_retransmit_skb in SYN_SENT */
     __u64 synack_retransmits; /* tcp:tcp_retransmit_synack */
@@ -102,8 +105,10 @@ enum meshlane_drop_attribution {
     MESHLANE_DROP_BY_DEVICE = 2, /* skb->dev's network namespace */
 };
 
-/* Key of drop_counts (HASH): drops per workload and reason. */
+/* Key of drop_counts (HASH): drops per workload and reason. The agent deletes the entries of
+ * network namespaces that are no longer enrolled. */
 struct drop_count_key {
+    __u64 netns_cookie;
     __u32 workload_id;
     __u32 reason;
 };

@@ -81,11 +81,14 @@ enum meshlane_cidr_kind {
 };
 
 #define MESHLANE_CIDR_KEY_PREFIX_BITS 64
+/* The kind word also carries the family, so an IPv6 prefix such as ::/0 never covers the
+ * v4-mapped form of IPv4 addresses (istio-iptables keeps v4 and v6 ranges apart too). */
+#define MESHLANE_CIDR_KEY_KIND(kind, is_v4) (((__u32)(kind) << 8) | ((is_v4) ? 4u : 6u))
 
 struct cidr_rule_key {
     __u32 prefixlen;
     __u32 workload_id; /* network order, so the LPM prefix compares it first */
-    __u32 kind;        /* network order */
+    __u32 kind;        /* MESHLANE_CIDR_KEY_KIND(), network order */
     __u8 addr[16];
 };
 

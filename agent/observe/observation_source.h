@@ -1,0 +1,122 @@
+// What the views (REST, CLI via REST, later gRPC and metrics) may ask the observability
+// datapath. Implemented by Observer; the API layer depends only on this interface, so its
+// handlers unit-test with a fake. Every call returns a copy, safe to use on any thread.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "agent/observe/log2_histogram.h"
+#include "meshlane/observe_abi.h"
+
+namespace meshlane {
+
+// One slow or failed connect, decoded.
+struct ConnectionRecord {
+    std::int64_t unix_time_ns = 0;
+    std::uint64_t latency_ns = 0;
+    std::uint32_t pid = 0;  // 0: unknown
+    std::string comm;
+    std::string side;     // "app" | "upstream"
+    std::string outcome;  // "established" (slow) | "refused" | "timed_out" | "failed"
+    int error = 0;        // errno the socket failed with
+    std::string source;   // "10.1.2.3:41234", "[fd00::1]:41234"
+    std::string destination;
+    std::string original_destination;  // app side, when the redirect recorded it; else empty
+    unsigned syn_retransmits = 0;
+};
+
+struct ConnectSideTotals {
+    std::uint64_t established = 0;
+    std::uint64_t refused = 0;
+    std::uint64_t timed_out = 0;
+    std::uint64_t other_failures = 0;
+    std::uint64_t syn_retransmits = 0;
+    std::uint64_t latency_sum_us = 0;
+    Log2Histogram latency;
+};
+
+struct TcpTotals {
+    std::uint64_t retransmits = 0;
+    std::uint64_t syn_retransmits = 0;
+    std::uint64_t synack_retransmits = 0;
+    std::uint64_t resets_sent = 0;
+    std::uint64_t resets_received = 0;
+};
+
+struct WorkloadConnections {
+    std::uint32_t workload_id = 0;
+    std::uint64_t netns_cookie = 0;
+    std::array<ConnectSideTotals, MESHLANE_SIDE_MAX> sides;  // enum meshlane_connect_side
+    TcpTotals tcp;
+    std::vector<ConnectionRecord> recent;  // oldest first
+};
+
+struct DropRecord {
+    std::int64_t unix_time_ns = 0;
+    std::uint32_t reason = 0;
+    std::string reason_name;
+    std::string attributed_by;  // "socket" | "device"
+    std::uint32_t ifindex = 0;
+    std::uint16_t protocol = 0;  // ethertype
+    std::uint8_t ip_proto = 0;
+    std::string source;  // empty when the headers were not readable
+    std::string destination;
+    std::uint32_t length = 0;
+    std::uint64_t location = 0;  // kernel address that dropped it
+};
+
+struct DropReasonCount {
+    std::uint32_t reason = 0;
+    std::string reason_name;
+    std::uint64_t count = 0;
+};
+
+struct DropQuery {
+    std::optional<std::uint32_t> reason;
+    std::optional<std::int64_t> since_unix_ns;
+    std::size_t limit = 100;
+};
+
+struct WorkloadDrops {
+    std::uint32_t workload_id = 0;
+    std::uint64_t netns_cookie = 0;
+    std::uint64_t total = 0;                // exact, from the kernel's counters
+    std::vector<DropReasonCount> by_reason;  // exact; filtered by DropQuery::reason
+    std::vector<DropRecord> recent;          // sampled (rate-bounded), newest last
+};
+
+struct ObserverHealth {
+    bool connect_tracking = false;
+    bool drop_tracking = false;
+    std::vector<std::string> problems;  // why a part is unavailable
+    // Kernel-side losses by kind (meshlane_observe_loss), per object: "connect.ringbuf_full".
+    std::map<std::string, std::uint64_t> lost_events;
+    std::uint64_t lost_events_total = 0;
+    std::uint64_t connect_events = 0;  // received by the reader
+    std::uint64_t drop_events = 0;
+    std::uint64_t events_evicted = 0;  // aged out of the bounded recent-event rings
+    std::size_t memory_bytes = 0;      // the aggregate, estimated
+    std::size_t memory_limit_bytes = 0;
+    std::size_t bpf_map_bytes = 0;  // memlock of the observe objects' own maps
+};
+
+class ObservationSource {
+public:
+    virtual ~ObservationSource() = default;
+    // Zero totals when nothing was seen yet for that workload.
+    virtual WorkloadConnections connections(std::uint32_t workload_id,
+                                            std::uint64_t netns_cookie) const = 0;
+    virtual WorkloadDrops drops(std::uint32_t workload_id, std::uint64_t netns_cookie,
+                                const DropQuery& query) const = 0;
+    virtual ObserverHealth health() const = 0;
+    // Resolves a reason name of the running kernel ("NETFILTER_DROP").
+    virtual std::optional<std::uint32_t> drop_reason_value(std::string_view name) const = 0;
+};
+
+}  // namespace meshlane

@@ -1,0 +1,19 @@
+// JSON for the observability views (REST /v1/connections, /v1/drops; the CLI renders these).
+// Times are unix milliseconds, latencies milliseconds (fractional), percentiles estimated from
+// the log2 histogram (never outside the bucket holding the rank).
+#pragma once
+
+#include <string>
+
+#include <boost/json/object.hpp>
+
+#include "agent/observe/observation_source.h"
+
+namespace meshlane {
+
+boost::json::object to_json(const WorkloadConnections& connections, const std::string& name);
+boost::json::object to_json(const WorkloadDrops& drops, const std::string& name);
+boost::json::object to_json(const ObserverHealth& health);
+boost::json::object latency_json(const Log2Histogram& histogram, std::uint64_t sum_us);
+
+}  // namespace meshlane

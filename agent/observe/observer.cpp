@@ -1,0 +1,526 @@
+#include "agent/observe/observer.h"
+
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "agent/loader/bpf_skeleton.h"
+#include "agent/observe/drop_reasons.h"
+#include "observe_connect.skel.h"
+#include "observe_drops.skel.h"
+
+namespace meshlane {
+
+namespace {
+
+struct ObserveConnectOps {
+    using Skeleton = observe_connect_bpf;
+    static Skeleton* open(const bpf_object_open_opts* o) { return observe_connect_bpf__open_opts(o); }
+    static int load(Skeleton* s) { return observe_connect_bpf__load(s); }
+    static void destroy(Skeleton* s) { observe_connect_bpf__destroy(s); }
+};
+
+struct ObserveDropsOps {
+    using Skeleton = observe_drops_bpf;
+    static Skeleton* open(const bpf_object_open_opts* o) { return observe_drops_bpf__open_opts(o); }
+    static int load(Skeleton* s) { return observe_drops_bpf__load(s); }
+    static void destroy(Skeleton* s) { observe_drops_bpf__destroy(s); }
+};
+
+constexpr const char* kLossNames[MESHLANE_LOSS_MAX] = {
+    "ringbuf_full",
+    "rate_limited",
+    "count_map_full",
+    "no_connect_state",
+};
+
+struct LinkDeleter {
+    void operator()(bpf_link* link) const { bpf_link__destroy(link); }
+};
+using LinkPtr = std::unique_ptr<bpf_link, LinkDeleter>;
+
+struct RingBufferDeleter {
+    void operator()(ring_buffer* rb) const { ring_buffer__free(rb); }
+};
+
+std::int64_t clock_ns(clockid_t clock) {
+    timespec ts{};
+    ::clock_gettime(clock, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+bool is_zero(const __u8 (&addr)[16]) {
+    for (auto byte : addr)
+        if (byte) return false;
+    return true;
+}
+
+// "10.1.2.3:80" for v4-mapped, "[fd00::1]:80" otherwise; "" for the zero address.
+std::string endpoint_text(const __u8 (&addr)[16], std::uint16_t port) {
+    if (is_zero(addr)) return {};
+    char text[INET6_ADDRSTRLEN] = {};
+    static constexpr __u8 kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (std::equal(std::begin(kMapped), std::end(kMapped), addr)) {
+        ::inet_ntop(AF_INET, addr + 12, text, sizeof(text));
+        return std::string(text) + ":" + std::to_string(port);
+    }
+    ::inet_ntop(AF_INET6, addr, text, sizeof(text));
+    return "[" + std::string(text) + "]:" + std::to_string(port);
+}
+
+const char* side_name(unsigned side) {
+    return side == MESHLANE_SIDE_APP ? "app" : "upstream";
+}
+
+const char* outcome_name(unsigned outcome) {
+    switch (outcome) {
+        case MESHLANE_CONNECT_ESTABLISHED:
+            return "established";
+        case MESHLANE_CONNECT_REFUSED:
+            return "refused";
+        case MESHLANE_CONNECT_TIMED_OUT:
+            return "timed_out";
+        default:
+            return "failed";
+    }
+}
+
+ConnectSideTotals side_totals(const connect_stats& stats) {
+    ConnectSideTotals totals;
+    totals.established = stats.established;
+    totals.refused = stats.refused;
+    totals.timed_out = stats.timed_out;
+    totals.other_failures = stats.other_failures;
+    totals.syn_retransmits = stats.syn_retransmits;
+    totals.latency_sum_us = stats.latency_sum_us;
+    totals.latency = Log2Histogram::from_raw(stats.latency_hist);
+    return totals;
+}
+
+// memlock of a map as the kernel accounts it (/proc/self/fdinfo).
+std::size_t map_memlock(int fd) {
+    if (fd < 0) return 0;
+    std::ifstream in("/proc/self/fdinfo/" + std::to_string(fd));
+    std::string key;
+    while (in >> key) {
+        if (key == "memlock:") {
+            std::size_t bytes = 0;
+            in >> bytes;
+            return bytes;
+        }
+        std::string rest;
+        std::getline(in, rest);
+    }
+    return 0;
+}
+
+template <typename Skel>
+Status attach_all(Skel* skel, const char* object, std::vector<LinkPtr>& links,
+                  std::vector<std::string>& problems) {
+    bpf_program* program = nullptr;
+    std::size_t attached = 0;
+    bpf_object__for_each_program(program, skel->obj) {
+        errno = 0;
+        bpf_link* link = bpf_program__attach(program);
+        const long err = link ? 0 : (errno ? errno : EINVAL);
+        if (!link) {
+            problems.push_back(std::string(object) + ": attach " + bpf_program__name(program) +
+                               " (" + bpf_program__section_name(program) +
+                               "): " + std::strerror(static_cast<int>(err)));
+            continue;
+        }
+        links.emplace_back(link);
+        ++attached;
+    }
+    if (attached == 0) return Error{ENOTSUP, std::string(object) + ": no program attached"};
+    return Ok{};
+}
+
+}  // namespace
+
+struct Observer::Impl {
+    ObserverOptions options;
+    std::optional<DropReasonNames> reasons;
+
+    // Declaration order is teardown order reversed: reader, ring buffer, links, objects.
+    BpfSkeleton<ObserveConnectOps> connect;
+    BpfSkeleton<ObserveDropsOps> drops;
+    std::vector<LinkPtr> links;
+    std::unique_ptr<ring_buffer, RingBufferDeleter> ring;
+    std::thread reader;
+    std::atomic<bool> stopping{false};
+
+    int workload_map = -1;
+    int connect_stats_map = -1;
+    int tcp_counters_map = -1;
+    int drop_counts_map = -1;
+    int connect_loss_map = -1;
+    int drop_loss_map = -1;
+    std::vector<int> own_maps;
+    int possible_cpus = 1;
+
+    // Filled by ring-buffer callbacks during one poll, merged under the lock after it.
+    std::vector<connect_event> pending_connects;
+    std::vector<drop_event> pending_drops;
+
+    mutable std::mutex mutex;  // guards everything below
+    ObserveAggregate aggregate;
+    std::vector<std::string> problems;
+    std::map<std::string, std::uint64_t> lost_events;
+    std::uint64_t connect_events = 0;
+    std::uint64_t drop_events = 0;
+    bool connect_tracking = false;
+    bool drop_tracking = false;
+
+    explicit Impl(const ObserverOptions& o)
+        : options(o),
+          aggregate(AggregateLimits{o.max_workloads, o.events_per_workload, o.events_total}) {}
+
+    Status load_connect(const std::string& map_dir);
+    Status load_drops(const std::string& map_dir);
+    void run();
+    void drain(std::int64_t realtime_offset_ns);
+    void snapshot();
+    std::uint64_t sum_per_cpu(int map_fd, std::uint32_t key) const;
+};
+
+Status Observer::Impl::load_connect(const std::string& map_dir) {
+    LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = map_dir.c_str());
+    auto skel = BpfSkeleton<ObserveConnectOps>::open(&open_opts, "observe_connect");
+    if (!skel) return skel.error();
+    // Must match RedirectDatapath's size_maps, or libbpf refuses to reuse the pinned map.
+    bpf_map__set_max_entries((*skel)->maps.workload_by_netns, options.max_workloads);
+    bpf_map__set_max_entries((*skel)->maps.connect_stats, options.max_workloads * MESHLANE_SIDE_MAX);
+    bpf_map__set_max_entries((*skel)->maps.tcp_counters, options.max_workloads);
+    (*skel)->rodata->slow_connect_threshold_ns =
+        static_cast<__u64>(options.slow_connect_threshold.count());
+    if (auto loaded = skel->load("observe_connect"); !loaded) return loaded.error();
+    std::vector<std::string> attach_problems;
+    auto attached = attach_all(skel->get(), "observe_connect", links, attach_problems);
+    problems.insert(problems.end(), attach_problems.begin(), attach_problems.end());
+    if (!attached) return attached.error();
+    connect = std::move(*skel);
+    auto* s = connect.get();
+    workload_map = bpf_map__fd(s->maps.workload_by_netns);
+    connect_stats_map = bpf_map__fd(s->maps.connect_stats);
+    tcp_counters_map = bpf_map__fd(s->maps.tcp_counters);
+    connect_loss_map = bpf_map__fd(s->maps.observe_loss);
+    for (auto* map : {s->maps.connect_stats, s->maps.tcp_counters, s->maps.connect_events,
+                      s->maps.connect_state_by_socket, s->maps.observe_loss})
+        own_maps.push_back(bpf_map__fd(map));
+    return Ok{};
+}
+
+Status Observer::Impl::load_drops(const std::string& map_dir) {
+    LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = map_dir.c_str());
+    auto skel = BpfSkeleton<ObserveDropsOps>::open(&open_opts, "observe_drops");
+    if (!skel) return skel.error();
+    bpf_map__set_max_entries((*skel)->maps.workload_by_netns, options.max_workloads);
+    (*skel)->rodata->drop_events_per_second = options.drop_events_per_second;
+    (*skel)->rodata->drop_events_burst = options.drop_events_burst;
+    if (auto loaded = skel->load("observe_drops"); !loaded) return loaded.error();
+    std::vector<std::string> attach_problems;
+    auto attached = attach_all(skel->get(), "observe_drops", links, attach_problems);
+    problems.insert(problems.end(), attach_problems.begin(), attach_problems.end());
+    if (!attached) return attached.error();
+    drops = std::move(*skel);
+    auto* s = drops.get();
+    if (workload_map < 0) workload_map = bpf_map__fd(s->maps.workload_by_netns);
+    drop_counts_map = bpf_map__fd(s->maps.drop_counts);
+    drop_loss_map = bpf_map__fd(s->maps.observe_loss);
+    for (auto* map : {s->maps.drop_counts, s->maps.drop_events, s->maps.drop_event_budget,
+                      s->maps.observe_loss})
+        own_maps.push_back(bpf_map__fd(map));
+    return Ok{};
+}
+
+std::uint64_t Observer::Impl::sum_per_cpu(int map_fd, std::uint32_t key) const {
+    std::vector<std::uint64_t> values(static_cast<std::size_t>(possible_cpus), 0);
+    if (bpf_map_lookup_elem(map_fd, &key, values.data()) != 0) return 0;
+    std::uint64_t total = 0;
+    for (auto v : values) total += v;
+    return total;
+}
+
+void Observer::Impl::drain(std::int64_t realtime_offset_ns) {
+    if (pending_connects.empty() && pending_drops.empty()) return;
+    std::lock_guard lock(mutex);
+    for (const auto& event : pending_connects)
+        aggregate.add_connect_event(event, static_cast<std::int64_t>(event.timestamp_ns) +
+                                               realtime_offset_ns);
+    for (const auto& event : pending_drops)
+        aggregate.add_drop_event(event, static_cast<std::int64_t>(event.timestamp_ns) +
+                                            realtime_offset_ns);
+    connect_events += pending_connects.size();
+    drop_events += pending_drops.size();
+    pending_connects.clear();
+    pending_drops.clear();
+}
+
+// Reads the kernel's exact totals for every enrolled workload, outside the lock, then swaps
+// them in. drop_counts entries of namespaces that are no longer enrolled are deleted here.
+void Observer::Impl::snapshot() {
+    std::unordered_map<std::uint64_t, WorkloadTotals> totals;
+    std::uint64_t key = 0, next = 0;
+    const void* previous = nullptr;
+    while (bpf_map_get_next_key(workload_map, previous, &next) == 0) {
+        workload_config config{};
+        if (bpf_map_lookup_elem(workload_map, &next, &config) == 0) {
+            WorkloadTotals& t = totals[next];
+            t.workload_id = config.workload_id;
+            t.netns_cookie = next;
+        }
+        key = next;
+        previous = &key;
+    }
+    for (auto& [cookie, t] : totals) {
+        if (connect_stats_map >= 0) {
+            for (std::uint32_t side = 0; side < MESHLANE_SIDE_MAX; ++side) {
+                std::uint32_t index = t.workload_id * MESHLANE_SIDE_MAX + side;
+                connect_stats stats{};
+                if (bpf_map_lookup_elem(connect_stats_map, &index, &stats) == 0 &&
+                    stats.netns_cookie == cookie)
+                    t.sides[side] = side_totals(stats);
+            }
+        }
+        if (tcp_counters_map >= 0) {
+            tcp_counters counters{};
+            if (bpf_map_lookup_elem(tcp_counters_map, &t.workload_id, &counters) == 0 &&
+                counters.netns_cookie == cookie)
+                t.tcp = {counters.retransmits, counters.syn_retransmits,
+                         counters.synack_retransmits, counters.resets_sent,
+                         counters.resets_received};
+        }
+    }
+    if (drop_counts_map >= 0) {
+        std::vector<drop_count_key> stale;
+        drop_count_key dkey{}, dnext{};
+        const void* dprevious = nullptr;
+        while (bpf_map_get_next_key(drop_counts_map, dprevious, &dnext) == 0) {
+            auto it = totals.find(dnext.netns_cookie);
+            std::uint64_t count = 0;
+            if (it == totals.end())
+                stale.push_back(dnext);
+            else if (bpf_map_lookup_elem(drop_counts_map, &dnext, &count) == 0)
+                it->second.drops_by_reason[dnext.reason] = count;
+            dkey = dnext;
+            dprevious = &dkey;
+        }
+        for (const auto& k : stale) bpf_map_delete_elem(drop_counts_map, &k);
+    }
+    std::map<std::string, std::uint64_t> losses;
+    for (std::uint32_t kind = 0; kind < MESHLANE_LOSS_MAX; ++kind) {
+        if (connect_loss_map >= 0)
+            losses[std::string("connect.") + kLossNames[kind]] = sum_per_cpu(connect_loss_map, kind);
+        if (drop_loss_map >= 0)
+            losses[std::string("drops.") + kLossNames[kind]] = sum_per_cpu(drop_loss_map, kind);
+    }
+    std::vector<WorkloadTotals> list;
+    list.reserve(totals.size());
+    for (auto& [cookie, t] : totals) list.push_back(std::move(t));
+    std::lock_guard lock(mutex);
+    aggregate.apply_snapshot(std::move(list));
+    lost_events = std::move(losses);
+}
+
+void Observer::Impl::run() {
+    auto next_snapshot = std::chrono::steady_clock::now();
+    while (!stopping.load(std::memory_order_relaxed)) {
+        const int polled =
+            ring ? ring_buffer__poll(ring.get(), static_cast<int>(options.poll_timeout.count()))
+                 : 0;
+        if (!ring) std::this_thread::sleep_for(options.poll_timeout);
+        if (polled < 0 && polled != -EINTR) {
+            spdlog::warn("observe: ring buffer poll: {}", std::strerror(-polled));
+            std::this_thread::sleep_for(options.poll_timeout);
+        }
+        // bpf_ktime_get_ns() is CLOCK_MONOTONIC; views want wall-clock time.
+        drain(clock_ns(CLOCK_REALTIME) - clock_ns(CLOCK_MONOTONIC));
+        if (std::chrono::steady_clock::now() >= next_snapshot) {
+            snapshot();
+            next_snapshot = std::chrono::steady_clock::now() + options.snapshot_interval;
+        }
+    }
+}
+
+Observer::Observer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Observer::~Observer() { stop(); }
+
+Result<std::unique_ptr<Observer>> Observer::start(const ObserverOptions& options) {
+    if (options.max_workloads == 0 || options.max_workloads > 65536)
+        return Error::invalid("max_workloads must be within 1..65536");
+    auto impl = std::make_unique<Impl>(options);
+    impl->possible_cpus = libbpf_num_possible_cpus();
+    if (impl->possible_cpus <= 0) return Error::from_libbpf(impl->possible_cpus, "count CPUs");
+
+    auto reasons = DropReasonNames::load_running_kernel();
+    if (reasons)
+        impl->reasons = std::move(*reasons);
+    else
+        impl->problems.push_back("drop reasons shown as numbers: " + reasons.error().message);
+
+    const std::string map_dir = options.pin_root + "/maps";
+    if (auto loaded = impl->load_connect(map_dir); loaded)
+        impl->connect_tracking = true;
+    else
+        impl->problems.push_back("connect tracking unavailable: " + loaded.error().message);
+    if (auto loaded = impl->load_drops(map_dir); loaded)
+        impl->drop_tracking = true;
+    else
+        impl->problems.push_back("drop tracking unavailable: " + loaded.error().message);
+    if (!impl->connect_tracking && !impl->drop_tracking)
+        return Error{ENOTSUP, "no observe program could be loaded: " + impl->problems.back()};
+
+    // Callbacks run on the reader thread inside ring_buffer__poll: copy, merge after the poll.
+    auto on_connect_event = [](void* context, void* data, std::size_t size) -> int {
+        if (size < sizeof(connect_event)) return 0;
+        connect_event event{};
+        std::memcpy(&event, data, sizeof(event));
+        static_cast<Impl*>(context)->pending_connects.push_back(event);
+        return 0;
+    };
+    auto on_drop_event = [](void* context, void* data, std::size_t size) -> int {
+        if (size < sizeof(drop_event)) return 0;
+        drop_event event{};
+        std::memcpy(&event, data, sizeof(event));
+        static_cast<Impl*>(context)->pending_drops.push_back(event);
+        return 0;
+    };
+    Impl* raw = impl.get();
+    if (impl->connect_tracking) {
+        impl->ring.reset(ring_buffer__new(bpf_map__fd(impl->connect->maps.connect_events),
+                                          on_connect_event, raw, nullptr));
+        if (!impl->ring) return Error::last_errno("ring buffer for connect_events");
+    }
+    if (impl->drop_tracking) {
+        const int fd = bpf_map__fd(impl->drops->maps.drop_events);
+        if (impl->ring) {
+            if (int err = ring_buffer__add(impl->ring.get(), fd, on_drop_event, raw); err)
+                return Error::from_libbpf(err, "ring buffer for drop_events");
+        } else {
+            impl->ring.reset(ring_buffer__new(fd, on_drop_event, raw, nullptr));
+            if (!impl->ring) return Error::last_errno("ring buffer for drop_events");
+        }
+    }
+    for (const auto& problem : impl->problems) spdlog::warn("observe: {}", problem);
+    impl->reader = std::thread([raw] { raw->run(); });
+    return std::unique_ptr<Observer>(new Observer(std::move(impl)));
+}
+
+void Observer::stop() {
+    if (!impl_) return;
+    impl_->stopping.store(true);
+    if (impl_->reader.joinable()) impl_->reader.join();
+    impl_->ring.reset();
+    impl_->links.clear();
+}
+
+WorkloadConnections Observer::connections(std::uint32_t workload_id,
+                                          std::uint64_t netns_cookie) const {
+    WorkloadConnections view;
+    view.workload_id = workload_id;
+    view.netns_cookie = netns_cookie;
+    std::lock_guard lock(impl_->mutex);
+    const auto* workload = impl_->aggregate.find(netns_cookie);
+    if (!workload) return view;
+    view.sides = workload->totals.sides;
+    view.tcp = workload->totals.tcp;
+    for (const auto& stored : workload->connects) {
+        const auto& e = stored.event;
+        ConnectionRecord record;
+        record.unix_time_ns = stored.unix_time_ns;
+        record.latency_ns = e.latency_ns;
+        record.pid = e.pid;
+        record.comm.assign(reinterpret_cast<const char*>(e.comm),
+                           strnlen(reinterpret_cast<const char*>(e.comm), sizeof(e.comm)));
+        record.side = side_name(e.side);
+        record.outcome = outcome_name(e.outcome);
+        record.error = e.error;
+        record.source = endpoint_text(e.saddr, e.sport);
+        record.destination = endpoint_text(e.daddr, e.dport);
+        if (e.orig_dport) record.original_destination = endpoint_text(e.orig_daddr, e.orig_dport);
+        record.syn_retransmits = e.syn_retransmits;
+        view.recent.push_back(std::move(record));
+    }
+    return view;
+}
+
+WorkloadDrops Observer::drops(std::uint32_t workload_id, std::uint64_t netns_cookie,
+                              const DropQuery& query) const {
+    WorkloadDrops view;
+    view.workload_id = workload_id;
+    view.netns_cookie = netns_cookie;
+    auto name_of = [this](std::uint32_t reason) {
+        return impl_->reasons ? impl_->reasons->name(reason) : "UNKNOWN:" + std::to_string(reason);
+    };
+    std::lock_guard lock(impl_->mutex);
+    const auto* workload = impl_->aggregate.find(netns_cookie);
+    if (!workload) return view;
+    for (const auto& [reason, count] : workload->totals.drops_by_reason) {
+        if (query.reason && *query.reason != reason) continue;
+        view.by_reason.push_back({reason, name_of(reason), count});
+        view.total += count;
+    }
+    std::vector<const ObserveAggregate::StoredDrop*> matching;
+    for (const auto& stored : workload->drops) {
+        if (query.reason && *query.reason != stored.event.reason) continue;
+        if (query.since_unix_ns && stored.unix_time_ns < *query.since_unix_ns) continue;
+        matching.push_back(&stored);
+    }
+    const std::size_t first = matching.size() > query.limit ? matching.size() - query.limit : 0;
+    for (std::size_t i = first; i < matching.size(); ++i) {
+        const auto& e = matching[i]->event;
+        DropRecord record;
+        record.unix_time_ns = matching[i]->unix_time_ns;
+        record.reason = e.reason;
+        record.reason_name = name_of(e.reason);
+        record.attributed_by = e.attributed_by == MESHLANE_DROP_BY_SOCKET ? "socket" : "device";
+        record.ifindex = e.ifindex;
+        record.protocol = e.protocol;
+        record.ip_proto = e.ip_proto;
+        record.source = endpoint_text(e.saddr, e.sport);
+        record.destination = endpoint_text(e.daddr, e.dport);
+        record.length = e.length;
+        record.location = e.location;
+        view.recent.push_back(std::move(record));
+    }
+    return view;
+}
+
+ObserverHealth Observer::health() const {
+    ObserverHealth health;
+    for (int fd : impl_->own_maps) health.bpf_map_bytes += map_memlock(fd);
+    std::lock_guard lock(impl_->mutex);
+    health.connect_tracking = impl_->connect_tracking;
+    health.drop_tracking = impl_->drop_tracking;
+    health.problems = impl_->problems;
+    health.lost_events = impl_->lost_events;
+    for (const auto& [kind, count] : impl_->lost_events) health.lost_events_total += count;
+    health.connect_events = impl_->connect_events;
+    health.drop_events = impl_->drop_events;
+    health.events_evicted = impl_->aggregate.evicted();
+    health.memory_bytes = impl_->aggregate.memory_bytes();
+    health.memory_limit_bytes = impl_->aggregate.memory_limit_bytes();
+    return health;
+}
+
+std::optional<std::uint32_t> Observer::drop_reason_value(std::string_view name) const {
+    if (!impl_->reasons) return std::nullopt;
+    return impl_->reasons->value_of(name);
+}
+
+}  // namespace meshlane

@@ -1,0 +1,62 @@
+// The observability datapath, agent side: loads bpf/observe_connect and bpf/observe_drops
+// (tracepoints; their workload_by_netns is the redirect datapath's pinned map, found through
+// the same pin root), and runs ONE reader thread that drains both ring buffers and snapshots
+// the kernel's counters into an ObserveAggregate. Views read copies through ObservationSource.
+//
+// Lifecycle: start() = open -> size -> load -> attach -> reader running; stop() (or the
+// destructor) joins the reader, then detaches and closes everything. Nothing is pinned but the
+// shared workload map: when the agent is down nothing is collected, and nothing is left behind.
+// A part the kernel refuses (one object failing to load, one tracepoint failing to attach)
+// degrades: it is reported in health().problems and the rest keeps working.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "agent/common/result.h"
+#include "agent/observe/observation_source.h"
+#include "agent/observe/observe_aggregate.h"
+
+namespace meshlane {
+
+struct ObserverOptions {
+    std::string pin_root;  // <bpffs>/<pin_dir>, as given to RedirectDatapath
+    std::uint32_t max_workloads = MESHLANE_MAX_WORKLOADS_DEFAULT;
+    // Established connects at least this slow are streamed as events (failures always are).
+    std::chrono::nanoseconds slow_connect_threshold = std::chrono::milliseconds(500);
+    // Per-CPU token bucket for drop events; counts are exact regardless.
+    std::uint32_t drop_events_per_second = 1000;
+    std::uint32_t drop_events_burst = 200;
+    std::chrono::milliseconds poll_timeout{100};
+    std::chrono::milliseconds snapshot_interval{250};
+    std::size_t events_per_workload = 256;
+    std::size_t events_total = 16384;
+};
+
+class Observer final : public ObservationSource {
+public:
+    // Fails only when neither object could be loaded and attached.
+    static Result<std::unique_ptr<Observer>> start(const ObserverOptions& options);
+    ~Observer() override;
+    Observer(const Observer&) = delete;
+    Observer& operator=(const Observer&) = delete;
+
+    // Joins the reader and detaches every program. Idempotent.
+    void stop();
+
+    WorkloadConnections connections(std::uint32_t workload_id,
+                                    std::uint64_t netns_cookie) const override;
+    WorkloadDrops drops(std::uint32_t workload_id, std::uint64_t netns_cookie,
+                        const DropQuery& query) const override;
+    ObserverHealth health() const override;
+    std::optional<std::uint32_t> drop_reason_value(std::string_view name) const override;
+
+private:
+    struct Impl;
+    explicit Observer(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace meshlane

@@ -1,0 +1,835 @@
+#!/usr/bin/python3
+"""meshlane benchmark driver: direct vs Istio iptables capture vs meshlane (vs meshlane fast path)
+with the same HAProxy sidecars and the same load tools, in namespaces this run creates.
+
+Each configuration gets its own pair of pods (two netns joined by a veth, a cgroup v2 tree per
+pod), set up once; rounds then alternate between the configurations metric by metric, rotating
+the order every round, so slow drift of the machine hits all of them alike. Results are medians
+over the rounds. Everything created carries the run id and is removed on exit, failure and
+signals; `--cleanup-only --run-id ID` removes what a killed run left (bench/run.sh calls it from
+its trap). Processes are ended by PID only. Not a test: nothing may depend on these timings.
+"""
+import argparse
+import ctypes
+import datetime
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH_DIR)
+APP_UID = APP_GID = 1000
+PROXY_UID = PROXY_GID = 1337
+OUTBOUND_PORT, INBOUND_PORT = 15001, 15006
+IPERF_PORT, SOCKPERF_PORT, CRR_PORT = 5201, 11111, 8080
+# sockperf's TCP minimum is 14 bytes (its header) and its maximum 65506; these stand for the
+# 1 B / 1 KiB / 64 KiB messages of the issue.
+RR_SIZES = (14, 1024, 65506)
+CONFIGS = ("direct", "iptables", "meshlane", "meshlane_fast")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+
+
+class Interrupted(Exception):
+    pass
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run(args, check=True, timeout=60, **kwargs):
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, args))} -> exit {proc.returncode}\n"
+                           f"{proc.stdout.strip()}\n{proc.stderr.strip()}")
+    return proc
+
+
+def mount_of(fstype, default=None):
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) >= 3 and fields[2] == fstype:
+                return fields[1]
+    if default:
+        return default
+    raise RuntimeError(f"no {fstype} mount in /proc/mounts")
+
+
+def child_setup(netns_path=None, cgroup_dir=None, uid=None, gid=None):
+    """preexec_fn: cgroup first (the cgroup2 mount is not visible after `ip netns exec`, and we
+    need root), then setns, then drop privileges; PDEATHSIG last (credential changes clear it)."""
+    def setup():
+        if cgroup_dir:
+            with open(os.path.join(cgroup_dir, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        if netns_path:
+            fd = os.open(netns_path, os.O_RDONLY)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {netns_path}")
+            finally:
+                os.close(fd)
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    return setup
+
+
+ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+       "HOME": "/"}
+
+
+def proc_start_time(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return None
+
+
+class Run:
+    """Names and resources of one benchmark run; everything is derived from the run id, so a
+    later `--cleanup-only` finds it all."""
+
+    def __init__(self, run_id, meshlane_bin, crr_bin):
+        self.id = run_id
+        self.meshlane_bin = meshlane_bin
+        self.crr_bin = crr_bin
+        self.workdir = f"/tmp/meshlane-bench-{run_id}"
+        self.cgroup_root = os.path.join(mount_of("cgroup2"), f"mlb-{run_id}")
+        self.pin_name = f"meshlane-bench-{run_id}"
+        self.pin_path = os.path.join(mount_of("bpf", "/sys/fs/bpf"), self.pin_name)
+        self.pids_file = os.path.join(self.workdir, "pids")
+        self.processes = []
+        self.agent = None
+        self.api_socket = os.path.join(self.workdir, "api.sock")
+
+    def netns_name(self, config, pod):
+        return f"mlb-{self.id}-{config.replace('_', '-')}-{pod}"
+
+    # -- processes ---------------------------------------------------------------------------
+    def spawn(self, args, name, netns=None, cgroup=None, uid=None, gid=None):
+        out = open(os.path.join(self.workdir, f"{name}.log"), "ab")
+        try:
+            p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=ENV,
+                                 cwd="/", preexec_fn=child_setup(
+                                     f"/var/run/netns/{netns}" if netns else None, cgroup,
+                                     uid, gid))
+        finally:
+            out.close()
+        p.bench_name = name
+        self.processes.append(p)
+        with open(self.pids_file, "a") as f:
+            f.write(f"{p.pid} {proc_start_time(p.pid)}\n")
+        return p
+
+    def run_in(self, args, netns, cgroup, uid=APP_UID, gid=APP_GID, timeout=60):
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=ENV,
+                              cwd="/", stdin=subprocess.DEVNULL, preexec_fn=child_setup(
+                                  f"/var/run/netns/{netns}", cgroup, uid, gid))
+
+    def stop_processes(self):
+        for p in reversed(self.processes):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 3
+        for p in reversed(self.processes):
+            try:
+                p.wait(timeout=max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+        self.processes = []
+
+    # -- setup ----------------------------------------------------------------------------------
+    def create(self):
+        os.makedirs(self.workdir, mode=0o755)
+        os.chmod(self.workdir, 0o755)
+        os.mkdir(self.cgroup_root)
+
+    def start_agent(self):
+        config = os.path.join(self.workdir, "agent.conf")
+        with open(config, "w") as f:
+            f.write(f"state_dir = {self.workdir}/state\napi_socket = {self.api_socket}\n"
+                    f"pin_dir = {self.pin_name}\nlog_level = info\n")
+        self.agent = self.spawn([self.meshlane_bin, "agent", "--config", config], "agent")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.agent.poll() is not None:
+                raise RuntimeError(f"agent exited {self.agent.returncode}: "
+                                   f"{read_tail(self.workdir, 'agent.log')}")
+            if self.cli("status", check=False).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("agent did not answer `status` within 15 s")
+
+    def cli(self, *args, check=True):
+        return run([self.meshlane_bin, "--server", self.api_socket, *args], check=check,
+                   timeout=30)
+
+
+def read_tail(workdir, name, n=2000):
+    try:
+        with open(os.path.join(workdir, name), errors="replace") as f:
+            return f.read()[-n:]
+    except OSError:
+        return ""
+
+
+def cleanup(run_id, processes_run=None):
+    """Idempotent removal of everything named after run_id. Order: processes (by recorded PID
+    and start time), netns, cgroups (deepest first), BPF pins, workdir."""
+    if processes_run is not None:
+        processes_run.stop_processes()
+    workdir = f"/tmp/meshlane-bench-{run_id}"
+    pids_file = os.path.join(workdir, "pids")
+    if os.path.exists(pids_file):
+        with open(pids_file) as f:
+            for line in f:
+                pid, start = line.split()
+                if proc_start_time(int(pid)) == start:  # still the process we started
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        time.sleep(0.2)
+    netns_dir = "/var/run/netns"
+    if os.path.isdir(netns_dir):
+        for name in os.listdir(netns_dir):
+            if name.startswith(f"mlb-{run_id}-"):
+                run(["ip", "netns", "del", name], check=False)
+    cgroup_root = os.path.join(mount_of("cgroup2"), f"mlb-{run_id}")
+    if os.path.isdir(cgroup_root):
+        for _ in range(50):
+            for dirpath, dirnames, _files in sorted(os.walk(cgroup_root, topdown=False)):
+                try:
+                    os.rmdir(dirpath)
+                except OSError:
+                    pass
+            if not os.path.exists(cgroup_root):
+                break
+            time.sleep(0.1)
+        if os.path.exists(cgroup_root):
+            log(f"warning: could not remove {cgroup_root}")
+    bpffs = mount_of("bpf", "/sys/fs/bpf")
+    for name in os.listdir(bpffs):  # the agent's pins and any prototype's
+        if name == f"meshlane-bench-{run_id}" or name.startswith(f"meshlane-bench-{run_id}-"):
+            shutil.rmtree(os.path.join(bpffs, name), ignore_errors=True)
+    # Keep the logs of a failed run one level up for diagnosis? No: the results file carries
+    # what matters; the workdir goes.
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Topology
+
+
+def haproxy_config():
+    """The same sidecar for iptables and meshlane. Inbound is split v4 (0.0.0.0:15006, where
+    HAProxy 2.6 asks SO_ORIGINAL_DST, needed with REDIRECT) and forwards from 127.0.0.6 like
+    Envoy, so Istio's `-o lo --uid-owner 1337 ! -d 127.0.0.1 -j ISTIO_IN_REDIRECT` rule does not
+    loop. No per-connection logging: it would dominate the connection-rate numbers."""
+    return "\n".join([
+        "global", "    maxconn 8000", "    nbthread 1",
+        "defaults", "    mode tcp", "    timeout connect 3s", "    timeout client 30s",
+        "    timeout server 30s",
+        "frontend outbound", f"    bind 127.0.0.1:{OUTBOUND_PORT}",
+        "    default_backend outbound_dst",
+        "backend outbound_dst", "    server s 0.0.0.0:0",
+        "frontend inbound", f"    bind 0.0.0.0:{INBOUND_PORT}", "    default_backend inbound_dst",
+        "backend inbound_dst", "    server s 0.0.0.0:0 source 127.0.0.6", ""])
+
+
+def istio_iptables_rules():
+    """istio-iptables' IPv4 nat rules for the defaults (capture all, 15008/15020/15021/15090
+    excluded inbound): see /work/shared/DESIGN.md and tests/integration/harness/iptables.py."""
+    lines = ["*nat", ":ISTIO_INBOUND - [0:0]", ":ISTIO_IN_REDIRECT - [0:0]",
+             ":ISTIO_OUTPUT - [0:0]", ":ISTIO_REDIRECT - [0:0]",
+             "-A PREROUTING -p tcp -j ISTIO_INBOUND", "-A OUTPUT -p tcp -j ISTIO_OUTPUT"]
+    for port in (15008, 15020, 15021, 15090):
+        lines.append(f"-A ISTIO_INBOUND -p tcp --dport {port} -j RETURN")
+    lines += ["-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT",
+              f"-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {INBOUND_PORT}",
+              "-A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN"]
+    for match in (f"--uid-owner {PROXY_UID}", f"--gid-owner {PROXY_GID}"):
+        neg = match.replace("--", "! --", 1)
+        lines += [f"-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner {match} "
+                  "-j ISTIO_IN_REDIRECT",
+                  f"-A ISTIO_OUTPUT -o lo -m owner {neg} -j RETURN",
+                  f"-A ISTIO_OUTPUT -m owner {match} -j RETURN"]
+    lines += ["-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN", "-A ISTIO_OUTPUT -j ISTIO_REDIRECT",
+              f"-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}", "COMMIT", ""]
+    return "\n".join(lines)
+
+
+class Pair:
+    """Client pod A and server pod B for one configuration."""
+
+    def __init__(self, bench, config, index):
+        self.bench, self.config = bench, config
+        self.ns = {pod: bench.netns_name(config, pod) for pod in "ab"}
+        self.ip = {"a": f"10.231.{index}.1", "b": f"10.231.{index}.2"}
+        self.cg = {pod: os.path.join(bench.cgroup_root, config, pod) for pod in "ab"}
+        self.sidecars = {}
+
+    def cgroup(self, pod, child):
+        return os.path.join(self.cg[pod], child)
+
+    def create(self):
+        for pod in "ab":
+            for child in ("app", "sidecar"):
+                os.makedirs(self.cgroup(pod, child))
+            run(["ip", "netns", "add", self.ns[pod]])
+            run(["ip", "-n", self.ns[pod], "link", "set", "lo", "up"])
+            # Thousands of connections per second: a wide port range and TIME_WAIT reuse for
+            # connect(), inside the pod netns only.
+            for key, value in (("net.ipv4.ip_local_port_range", "1024 65000"),
+                               ("net.ipv4.tcp_tw_reuse", "1")):
+                run(["ip", "netns", "exec", self.ns[pod], "sysctl", "-qw", f"{key}={value}"])
+        run(["ip", "link", "add", "eth0", "netns", self.ns["a"], "type", "veth", "peer", "name",
+             "eth0", "netns", self.ns["b"]])
+        for pod in "ab":
+            run(["ip", "-n", self.ns[pod], "addr", "add", f"{self.ip[pod]}/24", "dev", "eth0"])
+            run(["ip", "-n", self.ns[pod], "link", "set", "eth0", "up"])
+
+    def apply_iptables(self):
+        for pod in "ab":
+            p = subprocess.run(["ip", "netns", "exec", self.ns[pod], "iptables-restore",
+                                "--noflush"], input=istio_iptables_rules(), capture_output=True,
+                               text=True, timeout=30)
+            if p.returncode != 0:
+                raise RuntimeError(f"iptables-restore in {self.ns[pod]}: {p.stderr}")
+
+    def enroll(self, fast_path):
+        for pod in "ab":
+            args = ["enroll", f"mlb-{self.bench.id}-{self.config.replace('_', '-')}-{pod}",
+                    "--cgroup", self.cg[pod], "--netns", f"/var/run/netns/{self.ns[pod]}"]
+            if fast_path:
+                args.append("--fast-path")
+            self.bench.cli(*args)
+
+    def attach_prototype(self, obj):
+        """bench/prototypes: load OBJ (a sockops + sk_msg pair around one SOCKHASH), attach the
+        sockops program to both pod cgroups next to meshlane's (multi) and the sk_msg program
+        to the map. Pins under <bpffs>/meshlane-bench-<run>-<config>, removed by cleanup()."""
+        pins = os.path.join(mount_of("bpf", "/sys/fs/bpf"),
+                            f"meshlane-bench-{self.bench.id}-{self.config.replace('_', '-')}")
+        run(["bpftool", "prog", "loadall", obj, pins, "pinmaps", os.path.join(pins, "maps")])
+        for pod in "ab":
+            run(["bpftool", "cgroup", "attach", self.cg[pod], "sock_ops", "pinned",
+                 os.path.join(pins, "fastpath_sockops"), "multi"])
+        run(["bpftool", "prog", "attach", "pinned", os.path.join(pins, "fastpath_msg"),
+             "msg_verdict", "pinned", os.path.join(pins, "maps", "fastpath_peers")])
+
+    def start_sidecars(self):
+        for pod in "ab":
+            cfg = os.path.join(self.bench.workdir, f"haproxy-{self.config}-{pod}.cfg")
+            with open(cfg, "w") as f:
+                f.write(haproxy_config())
+            os.chmod(cfg, 0o644)
+            self.sidecars[pod] = self.bench.spawn(
+                ["/usr/sbin/haproxy", "-db", "-f", cfg], f"haproxy-{self.config}-{pod}",
+                netns=self.ns[pod], cgroup=self.cgroup(pod, "sidecar"), uid=PROXY_UID,
+                gid=PROXY_GID)
+            self.wait_listening(pod, (OUTBOUND_PORT, INBOUND_PORT), self.sidecars[pod])
+
+    def start_servers(self):
+        b, app = "b", self.cgroup("b", "app")
+        servers = [
+            (["iperf3", "-s", "-p", str(IPERF_PORT)], "iperf3"),
+            (["sockperf", "sr", "--tcp", "-i", "0.0.0.0", "-p", str(SOCKPERF_PORT)], "sockperf"),
+            ([self.bench.crr_bin, "server", "--listen", f"0.0.0.0:{CRR_PORT}", "--threads", "16"],
+             "crr"),
+        ]
+        for args, name in servers:
+            p = self.bench.spawn(args, f"{name}-{self.config}", netns=self.ns[b], cgroup=app,
+                                 uid=APP_UID, gid=APP_GID)
+            self.wait_listening(b, ({"iperf3": IPERF_PORT, "sockperf": SOCKPERF_PORT,
+                                     "crr": CRR_PORT}[name],), p)
+
+    def wait_listening(self, pod, ports, process, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{process.bench_name} exited {process.returncode}: "
+                                   f"{read_tail(self.bench.workdir, process.bench_name + '.log')}")
+            if listening_ports(process.pid) >= set(ports):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{process.bench_name} not listening on {ports} in {self.ns[pod]}")
+
+    def client(self, args, timeout):
+        return self.bench.run_in(args, self.ns["a"], self.cgroup("a", "app"), timeout=timeout)
+
+    def evidence(self):
+        """Proof that the configuration really captured the traffic, kept with the results."""
+        if self.config == "iptables":
+            out = {}
+            for pod in "ab":
+                text = run(["ip", "netns", "exec", self.ns[pod], "iptables", "-t", "nat", "-L",
+                            "-v", "-n", "-x"]).stdout
+                out[pod] = {chain: int(m.group(1)) for chain, m in (
+                    (c, re.search(rf"\n\s*(\d+)\s+\d+\s+REDIRECT.*\n?", section))
+                    for c, section in split_chains(text)) if m}
+            return {"nat_redirect_packets": out}
+        if self.config.startswith("meshlane") or self.config.startswith("proto_"):
+            out = {}
+            for pod in "ab":
+                name = f"mlb-{self.bench.id}-{self.config.replace('_', '-')}-{pod}"
+                if self.config.startswith("proto_") and pod == "a":
+                    out["prototype_stats"] = self.sockhash_entries()
+                p = self.bench.cli("workload", name, "--json", check=False)
+                try:
+                    out[pod] = json.loads(p.stdout)
+                except ValueError:
+                    out[pod] = p.stdout.strip() or p.stderr.strip()
+            return {"workloads": out}
+        return {}
+
+
+    def sockhash_entries(self):
+        pins = os.path.join(mount_of("bpf", "/sys/fs/bpf"),
+                            f"meshlane-bench-{self.bench.id}-{self.config.replace('_', '-')}")
+        path = os.path.join(pins, "maps", "fastpath_stats")
+        if not os.path.exists(path):
+            return None
+        p = run(["bpftool", "-j", "map", "dump", "pinned", path], check=False)
+        try:
+            values = [int.from_bytes(bytes(int(b, 16) for b in e["value"]), "little")
+                      for e in json.loads(p.stdout)]
+        except (ValueError, KeyError, TypeError):
+            return p.stdout.strip()
+        return dict(zip(("sockets_added", "msgs_redirected", "msgs_not_redirected"), values))
+
+
+def split_chains(text):
+    chains = re.split(r"\nChain ", "\n" + text)
+    for section in chains[1:]:
+        yield section.split()[0], section
+
+
+def listening_ports(pid):
+    found = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A":
+                        found.add(int(fields[1].rsplit(":", 1)[1], 16))
+        except (OSError, StopIteration):
+            pass
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics. Each returns a dict of numbers; "cpu_*" fields are CpuMeter's pods+ksoftirqd CPU per
+# transaction, "machine_cpu_*" the whole-machine /proc/stat equivalent.
+
+
+def machine_busy_seconds():
+    """All CPUs from /proc/stat: user+nice+system+irq+softirq (not idle, iowait, steal)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def ksoftirqd_pids():
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().startswith("ksoftirqd/"):
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+KSOFTIRQD = []
+
+
+class CpuMeter:
+    """CPU spent for one load run. Primary: the configuration's own cgroup tree (client, both
+    sidecars, servers; cpu.stat usage_usec, scheduler-exact, including softirq work done inline
+    in those tasks, as this kernel has no IRQ time accounting) plus the ksoftirqd threads (the
+    softirq work deferred out of them). Secondary: the whole machine from /proc/stat, which
+    also counts any other load on the VM (a compiler next door shows up here)."""
+
+    def __init__(self, pair):
+        self.cgroup_stat = os.path.join(pair.bench.cgroup_root, pair.config, "cpu.stat")
+
+    def _read(self):
+        with open(self.cgroup_stat) as f:
+            usage = int(next(line for line in f if line.startswith("usage_usec")).split()[1])
+        soft = 0
+        for pid in KSOFTIRQD:
+            try:
+                with open(f"/proc/{pid}/schedstat") as f:
+                    soft += int(f.read().split()[0])
+            except OSError:
+                pass
+        return usage / 1e6 + soft / 1e9, machine_busy_seconds()
+
+    def __enter__(self):
+        self.start = self._read()
+        return self
+
+    def __exit__(self, *exc):
+        end = self._read()
+        self.pods, self.machine = end[0] - self.start[0], end[1] - self.start[1]
+        return False
+
+    def per(self, n, scale=1e6):
+        """(pods+ksoftirqd, machine) CPU per unit, in scale units (µs by default)."""
+        if not n:
+            return None, None
+        return self.pods * scale / n, self.machine * scale / n
+
+
+def measure_iperf(pair, seconds):
+    with CpuMeter(pair) as cpu:
+        p = pair.client(["iperf3", "-c", pair.ip["b"], "-p", str(IPERF_PORT), "-t",
+                         str(seconds), "-J"], timeout=seconds + 20)
+    try:
+        data = json.loads(p.stdout)
+        received = data["end"]["sum_received"]
+    except (ValueError, KeyError):
+        raise MetricError(f"iperf3 failed: exit {p.returncode} {p.stdout[-500:]} {p.stderr[-500:]}")
+    pods, machine = cpu.per(received["bytes"] / 1e9, scale=1e3)
+    return {"gbit_s": received["bits_per_second"] / 1e9, "cpu_ms_per_gb": pods,
+            "machine_cpu_ms_per_gb": machine}
+
+
+SOCKPERF_PCT = re.compile(r"percentile\s+([\d.]+)\s*=\s*([\d.]+)")
+SOCKPERF_TOTAL = re.compile(r"Total\s+(\d+)\s+observations")
+
+
+def measure_sockperf(pair, seconds, size):
+    with CpuMeter(pair) as cpu:
+        p = pair.client(["sockperf", "pp", "--tcp", "-i", pair.ip["b"], "-p",
+                         str(SOCKPERF_PORT), "-m", str(size), "-t", str(seconds), "--full-rtt"],
+                        timeout=seconds + 20)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", p.stdout + p.stderr)
+    pct = {float(k): float(v) for k, v in SOCKPERF_PCT.findall(text)}
+    total = SOCKPERF_TOTAL.search(text)
+    if p.returncode != 0 or 50.0 not in pct or not total:
+        raise MetricError(f"sockperf -m {size} failed: exit {p.returncode} {text[-600:]}")
+    n = int(total.group(1))
+    pods, machine = cpu.per(n)
+    return {"p50_us": pct[50.0], "p99_us": pct[99.0], "rtt_per_s": n / seconds,
+            "cpu_us_per_txn": pods, "machine_cpu_us_per_txn": machine}
+
+
+def measure_crr(pair, seconds, threads):
+    with CpuMeter(pair) as cpu:
+        p = pair.client([pair.bench.crr_bin, "client", "--connect", f"{pair.ip['b']}:{CRR_PORT}",
+                         "--threads", str(threads), "--seconds", str(seconds), "--request",
+                         "64", "--response", "64", "--timeout-ms", "2000"],
+                        timeout=seconds + 30)
+    try:
+        data = json.loads(p.stdout)
+    except ValueError:
+        raise MetricError(f"meshlane_crr failed: exit {p.returncode} {p.stderr[-500:]}")
+    pods, machine = cpu.per(data["transactions"])
+    result = {"conn_per_s": data["rate"], "p50_us": data["p50_us"], "p99_us": data["p99_us"],
+              "errors": data["errors"], "cpu_us_per_txn": pods,
+              "machine_cpu_us_per_txn": machine}
+    if data["errors"]:
+        result["error_kinds"] = data["error_kinds"]
+    return result
+
+
+class MetricError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+ROWS = [  # (metric, field, label, better)
+    ("iperf", "gbit_s", "bulk throughput, iperf3 1 stream (Gbit/s)", "higher"),
+    ("iperf", "cpu_ms_per_gb", "  CPU per GB moved (CPU-ms/GB)", "lower"),
+]
+for _size, _label in zip(RR_SIZES, ("14 B", "1 KiB", "64 KiB")):
+    ROWS += [(f"rr_{_size}", "p50_us", f"req/resp {_label} RTT p50 (µs)", "lower"),
+             (f"rr_{_size}", "p99_us", f"req/resp {_label} RTT p99 (µs)", "lower"),
+             (f"rr_{_size}", "cpu_us_per_txn", f"  CPU per round trip {_label} (CPU-µs)",
+              "lower")]
+ROWS += [("crr", "conn_per_s", "new connections/s (connect+64 B req/resp+close)", "higher"),
+         ("crr", "p50_us", "  connection transaction p50 (µs)", "lower"),
+         ("crr", "p99_us", "  connection transaction p99 (µs)", "lower"),
+         ("crr", "cpu_us_per_txn", "  CPU per connection (CPU-µs)", "lower"),
+         ("crr", "errors", "  failed connections (sum over rounds)", "lower")]
+
+
+def medians(samples):
+    """samples[config][metric] = [dict per round] -> med[config][metric][field]."""
+    out = {}
+    for config, metrics in samples.items():
+        out[config] = {}
+        for metric, rounds in metrics.items():
+            fields = {}
+            for r in rounds:
+                for k, v in r.items():
+                    if isinstance(v, (int, float)) and v is not None:
+                        fields.setdefault(k, []).append(v)
+            out[config][metric] = {k: (sum(v) if k == "errors" else statistics.median(v))
+                                   for k, v in fields.items()}
+    return out
+
+
+def fmt(v):
+    if v is None:
+        return "n/a"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def build_table(med, configs_run):
+    protos = [c for c in configs_run if c.startswith("proto_")]
+    header = ["metric (median)", "direct", "iptables", "meshlane", "meshlane+fast path"] + \
+        protos + ["meshlane / iptables", "fast / iptables"] + [f"{p} / meshlane" for p in protos]
+    rows = []
+    for metric, field, label, better in ROWS:
+        vals = {c: med.get(c, {}).get(metric, {}).get(field) for c in list(CONFIGS) + protos}
+        base = vals["iptables"]
+
+        def ratio(c):
+            v = vals[c]
+            if v is None or not base or field == "errors":
+                return "n/a" if v is None or field != "errors" else ""
+            return f"{v / base:.2f}x"
+        def vs_meshlane(c):
+            v, m = vals[c], vals["meshlane"]
+            return f"{v / m:.2f}x" if v is not None and m and field != "errors" else ""
+        rows.append([label] + [fmt(vals[c]) if c in configs_run else "n/a"
+                               for c in list(CONFIGS) + protos] +
+                    [ratio("meshlane"), ratio("meshlane_fast") if "meshlane_fast" in configs_run
+                     else "n/a"] + [vs_meshlane(p) for p in protos])
+    return header, rows
+
+
+def render_text(header, rows):
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                               for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header), "-" * (sum(widths) + 2 * len(widths))] + [line(r) for r in rows])
+
+
+def render_markdown(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def background_busy_percent(seconds=1.0):
+    """How busy the machine is while we do nothing: other tenants' load skews everything."""
+    before = machine_busy_seconds()
+    time.sleep(seconds)
+    return (machine_busy_seconds() - before) * 100 / seconds / os.cpu_count()
+
+
+def fast_path_supported(meshlane_bin):
+    p = run([meshlane_bin, "enroll", "--help"], check=False)
+    return "--fast-path" in (p.stdout + p.stderr)
+
+
+def git_rev():
+    p = run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], check=False)
+    rev = p.stdout.strip() or "unknown"
+    dirty = run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
+                check=False).stdout.strip()
+    return rev, bool(dirty)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="about one minute instead of five")
+    ap.add_argument("--rounds", type=int, help="rounds (default 5, quick 2)")
+    ap.add_argument("--seconds", type=float, help="seconds per load run (default 2, quick 1)")
+    ap.add_argument("--crr-threads", type=int, default=4, help="concurrent CRR clients")
+    ap.add_argument("--configs", default="direct,iptables,meshlane,meshlane_fast")
+    ap.add_argument("--meshlane-bin", default=os.environ.get("MESHLANE_BIN",
+                                                             f"{REPO}/build/meshlane"))
+    ap.add_argument("--crr-bin", default=f"{REPO}/build-bench/bench/meshlane_crr")
+    ap.add_argument("--results-dir", default=os.path.join(BENCH_DIR, "results"))
+    ap.add_argument("--run-id", default=None)
+    ap.add_argument("--prototype", action="append", default=[], metavar="NAME=OBJ",
+                    help="extra column: meshlane + a bench/prototypes object (sockops+sk_msg)")
+    ap.add_argument("--cleanup-only", action="store_true",
+                    help="remove what run --run-id left behind, then exit")
+    args = ap.parse_args()
+
+    if os.geteuid() != 0:
+        sys.exit("bench: needs root (netns, cgroups, BPF, iptables)")
+    run_id = args.run_id or secrets.token_hex(3)
+    if args.cleanup_only:
+        cleanup(run_id)
+        return 0
+    rounds = args.rounds or (2 if args.quick else 5)
+    seconds = args.seconds or (1.0 if args.quick else 2.0)
+    iperf_seconds = max(1, int(round(seconds)))
+    for binary in (args.meshlane_bin, args.crr_bin):
+        if not os.access(binary, os.X_OK):
+            sys.exit(f"bench: {binary} not found (build it first; bench/run.sh does)")
+
+    wanted = [c for c in args.configs.split(",") if c]
+    prototypes = {}
+    for spec in args.prototype:
+        name, _, obj = spec.partition("=")
+        if not os.path.exists(obj):
+            sys.exit(f"bench: prototype object {obj} not found (bench/prototypes/build.sh)")
+        prototypes[f"proto_{name}"] = obj
+        wanted.append(f"proto_{name}")
+    fast = fast_path_supported(args.meshlane_bin)
+    configs = [c for c in wanted if c != "meshlane_fast" or fast]
+    if "meshlane_fast" in wanted and not fast:
+        log("`meshlane enroll --help` has no --fast-path: the fast-path column is n/a")
+
+    def on_signal(signum, _frame):
+        raise Interrupted(signal.Signals(signum).name)
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, on_signal)
+
+    KSOFTIRQD.extend(ksoftirqd_pids())
+    background_before = background_busy_percent()
+    if background_before > 10:
+        log(f"warning: the machine is already {background_before:.0f}% busy without us: "
+            "expect noisy numbers")
+    bench = Run(run_id, args.meshlane_bin, args.crr_bin)
+    rev, dirty = git_rev()
+    started = datetime.datetime.now()
+    samples = {c: {} for c in configs}
+    failures = []
+    evidence = {}
+    try:
+        log(f"run {run_id}: configs {configs}, {rounds} rounds, {seconds:g} s per load")
+        bench.create()
+        pairs = {c: Pair(bench, c, i + 1) for i, c in enumerate(configs)}
+        if any(c.startswith("meshlane") for c in configs):
+            bench.start_agent()
+        for c, pair in pairs.items():
+            pair.create()
+            if c == "iptables":
+                pair.apply_iptables()
+            elif c.startswith("meshlane") or c.startswith("proto_"):
+                pair.enroll(fast_path=(c == "meshlane_fast"))  # before the sidecars, as Istio
+                if c.startswith("proto_"):
+                    pair.attach_prototype(prototypes[c])
+            if c != "direct":
+                pair.start_sidecars()
+            pair.start_servers()
+        # Warm-up and a smoke check per configuration (not recorded).
+        for c, pair in pairs.items():
+            r = measure_crr(pair, 0.3, 1)
+            if r["errors"] or not r["conn_per_s"]:
+                raise RuntimeError(f"{c}: smoke connection failed: {r}")
+
+        metrics = [("iperf", lambda p: measure_iperf(p, iperf_seconds))]
+        metrics += [(f"rr_{s}", lambda p, s=s: measure_sockperf(p, seconds, s)) for s in RR_SIZES]
+        metrics += [("crr", lambda p: measure_crr(p, seconds, args.crr_threads))]
+        for r in range(rounds):
+            order = configs[r % len(configs):] + configs[:r % len(configs)]
+            log(f"round {r + 1}/{rounds} (order {', '.join(order)})")
+            for metric, fn in metrics:
+                for c in order:
+                    try:
+                        result = fn(pairs[c])
+                    except (MetricError, subprocess.TimeoutExpired) as e:
+                        failures.append({"round": r + 1, "config": c, "metric": metric,
+                                         "error": str(e)[-800:]})
+                        log(f"  {c} {metric}: FAILED {str(e)[:300]}")
+                        continue
+                    samples[c].setdefault(metric, []).append(result)
+                    if result.get("errors"):
+                        log(f"  {c} {metric}: {result['errors']} failed connections "
+                            f"{result.get('error_kinds')}")
+        for c, pair in pairs.items():
+            evidence[c] = pair.evidence()
+    except Interrupted as e:
+        log(f"interrupted ({e}); cleaning up")
+        cleanup(run_id, bench)
+        return 130
+    except Exception:
+        if os.path.isdir(bench.workdir):
+            log("agent log tail:\n" + read_tail(bench.workdir, "agent.log"))
+        cleanup(run_id, bench)
+        raise
+    cleanup(run_id, bench)
+    background_after = background_busy_percent()
+
+    med = medians(samples)
+    header, rows = build_table(med, configs)
+    kernel = os.uname().release
+    rev_text = rev + ("-dirty" if dirty else "")
+    title = (f"meshlane bench {started:%Y-%m-%d %H:%M} rev {rev_text} kernel {kernel}, "
+             f"{os.cpu_count()} CPUs, {rounds} rounds x {seconds:g} s"
+             f"{' (quick)' if args.quick else ''}")
+    notes = [f"sockperf ping-pong --full-rtt, message sizes {RR_SIZES} (sockperf's TCP min/max "
+             "stand for 1 B and 64 KiB)",
+             f"CRR: meshlane_crr, {args.crr_threads} concurrent clients, 64 B each way, server "
+             "closes first",
+             "CPU = CPU time of this configuration's cgroups (client, sidecars, servers) + "
+             "ksoftirqd, per transaction; the whole-machine /proc/stat figure (incl. softirq, "
+             "and any other load) is in the JSON as machine_cpu_*",
+             f"machine busy before the run: {background_before:.0f}% of all CPUs, after: "
+             f"{background_after:.0f}% (load not ours; >10% means noisy numbers)",
+             "ratios: value / iptables value (for throughput >1 is better, for latency and CPU "
+             "<1 is better)"]
+    if not fast:
+        notes.append("meshlane+fast path: n/a (the binary has no `enroll --fast-path`)")
+    text = render_text(header, rows)
+    print(title)
+    print(text)
+    for n in notes:
+        print(f"  - {n}")
+    if failures:
+        print(f"  - {len(failures)} measurement(s) failed: see JSON 'failures'")
+
+    os.makedirs(args.results_dir, exist_ok=True)
+    stem = os.path.join(args.results_dir,
+                        f"{started:%Y%m%d-%H%M%S}-{rev_text}{'-quick' if args.quick else ''}")
+    with open(stem + ".md", "w") as f:
+        f.write(f"# {title}\n\n{render_markdown(header, rows)}\n\n")
+        f.write("\n".join(f"- {n}" for n in notes) + "\n")
+        if failures:
+            f.write(f"\n## Failed measurements\n\n" + "\n".join(
+                f"- round {x['round']} {x['config']} {x['metric']}: `{x['error'][:300]}`"
+                for x in failures) + "\n")
+    with open(stem + ".json", "w") as f:
+        json.dump({"title": title, "revision": rev_text, "kernel": kernel,
+                   "cpus": os.cpu_count(), "date": started.isoformat(timespec="seconds"),
+                   "rounds": rounds, "seconds": seconds, "quick": args.quick,
+                   "configs": configs, "fast_path_supported": fast,
+                   "background_busy_percent": [background_before, background_after],
+                   "loadavg_after": open("/proc/loadavg").read().split()[:3], "medians": med,
+                   "samples": samples, "failures": failures, "capture_evidence": evidence,
+                   "notes": notes}, f, indent=1)
+    print(f"results: {stem}.md {stem}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
