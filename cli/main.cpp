@@ -6,6 +6,7 @@
 
 #include "agent/daemon/agent.h"
 #include "cli/commands.h"
+#include "cli/observe_commands.h"
 
 namespace {
 
@@ -91,6 +92,17 @@ int main(int argc, char** argv) {
         "uninstall", "Remove every link, pin and map meshlane created (agent must be stopped)");
     uninstall->add_option("--config", config, "The agent's configuration file (default: built-in)");
 
+    cli::ObserveFlags observe_flags;
+    auto* conns = app.add_subcommand("conns", "TCP connect latency, failures, retransmits, resets");
+    auto* drops = app.add_subcommand("drops", "Kernel packet drops by reason, recent drop events");
+    for (auto* view : {conns, drops}) {
+        view->add_option("--workload", observe_flags.workload, "Only this workload");
+        view->add_option("--limit", observe_flags.limit, "Recent events to show")
+            ->capture_default_str();
+        view->add_flag("--json", observe_flags.json, "Print the agent's JSON reply");
+    }
+    drops->add_option("--reason", observe_flags.reason, "Only this reason, e.g. NETFILTER_DROP");
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::Success& e) {
@@ -107,5 +119,7 @@ int main(int argc, char** argv) {
     if (workload->parsed()) return cli::run_workload(global, name, json);
     if (status->parsed()) return cli::run_status(global, json);
     if (uninstall->parsed()) return cli::run_uninstall(config);
+    if (conns->parsed()) return cli::run_conns(global, observe_flags);
+    if (drops->parsed()) return cli::run_drops(global, observe_flags);
     return cli::kExitUsage;
 }
