@@ -81,8 +81,10 @@ static __always_inline void sock_tuple(const struct sock* sk, __u8 saddr[16], __
         addr_from_v4(saddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
         addr_from_v4(daddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
     } else {
-        BPF_CORE_READ_INTO(saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-        BPF_CORE_READ_INTO(daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+        /* Explicit sizes: saddr/daddr are pointers here, so BPF_CORE_READ_INTO's sizeof(*dst)
+         * would copy one byte. */
+        bpf_core_read(saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+        bpf_core_read(daddr, 16, &sk->__sk_common.skc_v6_daddr);
     }
 }
 

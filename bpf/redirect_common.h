@@ -83,7 +83,7 @@ struct {
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, MESHLANE_MAX_WORKLOADS_DEFAULT * MESHLANE_REDIRECT_COUNTER_MAX);
+    __uint(max_entries, MESHLANE_MAX_WORKLOADS_DEFAULT * MESHLANE_REDIRECT_COUNTER_STRIDE);
     __type(key, __u32);
     __type(value, __u64);
     __uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -92,7 +92,7 @@ struct {
 static __always_inline void count(__u32 workload_id, __u32 counter) {
     if (counter >= MESHLANE_REDIRECT_COUNTER_MAX)
         return;
-    __u32 index = workload_id * MESHLANE_REDIRECT_COUNTER_MAX + counter;
+    __u32 index = workload_id * MESHLANE_REDIRECT_COUNTER_STRIDE + counter;
     __u64* value = bpf_map_lookup_elem(&redirect_counters, &index);
     if (value)
         *value += 1;

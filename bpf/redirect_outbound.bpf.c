@@ -26,6 +26,26 @@ static __always_inline bool socket_bound_to_passthrough(struct bpf_sock* sk) {
     return addr_is_inbound_passthrough(src);
 }
 
+/* Is anything listening on the proxy's outbound port in this netns? A socket lookup, so the
+ * answer follows the proxy's listen() and exit with no agent involved. */
+static __always_inline bool outbound_listener_up(struct bpf_sock_addr* ctx, __u16 port, bool v6) {
+    struct bpf_sock_tuple tuple = {};
+    struct bpf_sock* sk;
+    if (v6) {
+        tuple.ipv6.daddr[3] = bpf_htonl(1);
+        tuple.ipv6.dport = bpf_htons(port);
+        sk = bpf_sk_lookup_tcp(ctx, &tuple, sizeof(tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
+    } else {
+        tuple.ipv4.daddr = bpf_htonl(0x7f000001);
+        tuple.ipv4.dport = bpf_htons(port);
+        sk = bpf_sk_lookup_tcp(ctx, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+    }
+    if (!sk)
+        return false;
+    bpf_sk_release(sk);
+    return true;
+}
+
 /* Applies ISTIO_OUTPUT to one connect(). On redirect, stores the original destination on the
  * socket and returns the port to send it to; returns 0 to leave the connect alone. */
 static __always_inline __u16 decide_outbound(struct bpf_sock_addr* ctx,
@@ -52,6 +72,12 @@ static __always_inline __u16 decide_outbound(struct bpf_sock_addr* ctx,
     };
     __u32 counter = 0;
     enum outbound_verdict verdict = outbound_decide(&facts, &counter);
+    if (verdict == OUTBOUND_REDIRECT && (cfg->flags & MESHLANE_WL_STARTUP_PASSTHROUGH) &&
+        !outbound_listener_up(ctx, cfg->outbound_port, family == AF_INET6 && !addr_is_v4_mapped(dst))) {
+        /* Startup policy "passthrough": the proxy is not listening yet, go direct. */
+        verdict = OUTBOUND_PASS;
+        counter = MESHLANE_CNT_OUTBOUND_STARTUP_PASSTHROUGH;
+    }
     count(wid, counter);
     if (verdict == OUTBOUND_PASS)
         return 0;

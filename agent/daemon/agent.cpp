@@ -18,28 +18,19 @@
 
 #include "agent/common/unique_fd.h"
 #include "agent/daemon/config.h"
+#include "agent/events/event_bus.h"
+#include "agent/daemon/prerequisites.h"
+#include "agent/loader/libbpf_log.h"
 #include "agent/loader/mounts.h"
 #include "agent/loader/redirect_datapath.h"
 #include "agent/observe/observer.h"
 #include "agent/workload/workload_manager.h"
+#include "api/grpc/grpc_server.h"
 #include "api/rest/rest_server.h"
 
 namespace meshlane {
 
 namespace {
-
-int libbpf_to_spdlog(enum libbpf_print_level level, const char* format, va_list args) {
-    char line[2048];
-    int n = std::vsnprintf(line, sizeof(line), format, args);
-    std::string text(line);
-    while (!text.empty() && text.back() == '\n') text.pop_back();
-    // Warnings carry the verifier log tail when a program is rejected: keep them visible.
-    if (level == LIBBPF_WARN)
-        spdlog::warn("{}", text);
-    else
-        spdlog::debug("{}", text);
-    return n;
-}
 
 // One agent per state directory: a second one would fight over pins and the socket.
 Result<UniqueFd> lock_state_dir(const std::string& state_dir) {
@@ -84,13 +75,25 @@ int run_agent(const std::string& config_path) {
         return 1;
     }
     spdlog::set_level(spdlog::level::from_str(config->log_level));
-    libbpf_set_print(libbpf_to_spdlog);
+    install_libbpf_logger();
 
     auto lock = lock_state_dir(config->state_dir);
     if (!lock) {
         spdlog::error("{}{}", lock.error().message, privilege_hint(lock.error()));
         return 1;
     }
+    // Probe everything first: one report naming each missing feature beats the first verifier
+    // error of the first program that needs it.
+    const PrerequisiteReport prerequisites =
+        probe_prerequisites(kernel_probe_environment(config->bpffs));
+    if (!prerequisites.all_available()) {
+        spdlog::error("kernel prerequisites missing; nothing was loaded or changed:\n{}"
+                      "meshlane needs every capability above to intercept a workload",
+                      prerequisites.describe());
+        return 1;
+    }
+    spdlog::info("kernel prerequisites: all {} probed features present",
+                 prerequisites.probes.size());
     auto cgroup2 = cgroup2_mount();
     if (!cgroup2) {
         spdlog::error("{}", cgroup2.error().message);
@@ -108,13 +111,10 @@ int run_agent(const std::string& config_path) {
                       privilege_hint(datapath.error()));
         return 1;
     }
-    ManagerOptions manager_options{config->state_dir, *cgroup2,
-                                   {{"cgroup_connect", true},
-                                    {"cgroup_getsockopt", true},
-                                    {"cgroup_getpeername", true},
-                                    {"sockops", true},
-                                    {"sk_lookup", true},
-                                    {"sk_storage", true}}};
+    ManagerOptions manager_options{config->state_dir, *cgroup2, prerequisites.features()};
+    // Declared before everything that publishes or subscribes, so it outlives them all.
+    events::EventBus event_bus;
+    manager_options.events = &event_bus;
     WorkloadManager manager(**datapath, manager_options);
     if (auto restored = manager.restore(); !restored) {
         spdlog::error("restore workloads from {}: {}", config->state_dir, restored.error().message);
@@ -130,23 +130,33 @@ int run_agent(const std::string& config_path) {
     rest::RestServerOptions rest_options;
     rest_options.unix_socket_path = config->api_socket;
     if (observer) rest_options.observations = observer->get();
+    rest_options.events = &event_bus;
     rest::RestServer server(io, manager, rest_options);
     if (auto started = server.start(); !started) {
         spdlog::error("API: {}", started.error().message);
         return 1;
     }
+    grpc_api::GrpcServer grpc_server(manager, &event_bus, {.unix_socket_path = config->grpc_socket});
+    if (auto started = grpc_server.start(); !started) {
+        spdlog::error("{}", started.error().message);
+        return 1;
+    }
     boost::asio::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](const boost::system::error_code&, int signal) {
         spdlog::info("signal {}: stopping; the datapath stays pinned and keeps intercepting", signal);
+        // Closing the bus ends every event stream first, so neither server waits on one.
+        event_bus.close();
         server.stop();
+        grpc_server.stop();
         io.stop();
     });
     boost::asio::steady_timer reconcile_timer(io);
     schedule_reconcile(reconcile_timer, manager,
                        std::chrono::milliseconds(config->reconcile_interval_ms));
 
-    spdlog::info("meshlane agent {} ready: API on {}, pins under {}, cgroup2 at {}",
-                 MESHLANE_VERSION, config->api_socket, pin_root, *cgroup2);
+    spdlog::info("meshlane agent {} ready: API on {} (REST) and {} (gRPC), pins under {}, "
+                 "cgroup2 at {}",
+                 MESHLANE_VERSION, config->api_socket, config->grpc_socket, pin_root, *cgroup2);
     io.run();
     return 0;
 }

@@ -9,6 +9,7 @@ namespace meshlane {
 const std::string_view kDefaultConfigText = R"(# meshlane agent, embedded default
 state_dir = /run/meshlane
 api_socket = /run/meshlane/api.sock
+grpc_socket = /run/meshlane/grpc.sock
 pin_dir = meshlane
 log_level = info
 max_workloads = 4096
@@ -57,6 +58,8 @@ Result<AgentConfig> parse_agent_config(std::string_view text, std::string_view o
             config.state_dir = value;
         } else if (key == "api_socket") {
             config.api_socket = value;
+        } else if (key == "grpc_socket") {
+            config.grpc_socket = value;
         } else if (key == "bpffs") {
             config.bpffs = value;
         } else if (key == "pin_dir") {
@@ -79,9 +82,12 @@ Result<AgentConfig> parse_agent_config(std::string_view text, std::string_view o
             return Error::invalid(where + ": unknown key '" + key + "'");
         }
     }
-    for (const auto* path : {&config.state_dir, &config.api_socket})
+    for (const auto* path : {&config.state_dir, &config.api_socket, &config.grpc_socket})
         if (path->empty() || path->front() != '/')
-            return Error::invalid(std::string(origin) + ": state_dir and api_socket must be absolute paths");
+            return Error::invalid(std::string(origin) +
+                                  ": state_dir, api_socket and grpc_socket must be absolute paths");
+    if (config.grpc_socket == config.api_socket)
+        return Error::invalid(std::string(origin) + ": grpc_socket must differ from api_socket");
     return config;
 }
 

@@ -14,6 +14,7 @@ namespace meshlane {
 struct AgentConfig {
     std::string state_dir = "/run/meshlane";
     std::string api_socket = "/run/meshlane/api.sock";
+    std::string grpc_socket = "/run/meshlane/grpc.sock";
     std::string bpffs;                 // empty: the mounted bpffs, or mount /sys/fs/bpf
     std::string pin_dir = "meshlane";  // directory name under bpffs
     std::string log_level = "info";    // debug | info | warn | error

@@ -17,14 +17,16 @@ namespace fs = std::filesystem;
 
 namespace {
 
-Status ensure_agent_stopped(const std::string& state_dir) {
+// Takes the agent's lock and keeps it for the whole uninstall, so no agent can start (and
+// re-create pins) half-way through. An invalid fd: no agent ever ran with this state_dir.
+Result<UniqueFd> lock_out_agent(const std::string& state_dir) {
     const std::string path = state_dir + "/agent.lock";
     UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
-    if (!fd.valid()) return Ok{};  // never ran here
+    if (!fd.valid()) return UniqueFd();
     if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0)
         return Error{EBUSY, "a meshlane agent is running with state_dir " + state_dir +
                                 "; stop it first (the datapath stays pinned until uninstall)"};
-    return Ok{};
+    return fd;
 }
 
 // Links first (detaching them is what stops interception), then everything else.
@@ -47,7 +49,8 @@ Status detach_links(const fs::path& workloads_dir, UninstallReport& report) {
 Result<UninstallReport> uninstall(const std::string& config_path) {
     auto config = load_agent_config(config_path);
     if (!config) return config.error();
-    if (auto stopped = ensure_agent_stopped(config->state_dir); !stopped) return stopped.error();
+    auto lock = lock_out_agent(config->state_dir);
+    if (!lock) return lock.error();
     auto bpffs = config->bpffs.empty() ? find_mount_point("bpf") : Result<std::string>(config->bpffs);
     UninstallReport report;
     if (bpffs) {

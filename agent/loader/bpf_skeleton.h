@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "agent/common/result.h"
+#include "agent/loader/libbpf_log.h"
 
 namespace meshlane {
 
@@ -46,9 +47,16 @@ public:
         return owner;
     }
 
+    // A rejected program is named in the error, with the tail of its verifier log.
     Status load(const std::string& what) {
+        (void)take_program_rejection();
         int err = Ops::load(skel_);
-        if (err) return Error::from_libbpf(err, "load BPF object " + what);
+        if (err) {
+            Error error = Error::from_libbpf(err, "load BPF object " + what);
+            if (auto rejected = take_program_rejection())
+                error.message += ": " + rejected->describe();
+            return error;
+        }
         return Ok{};
     }
 

@@ -11,6 +11,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <functional>
 
 #include <spdlog/spdlog.h>
 
@@ -82,6 +83,7 @@ constexpr const char* kCounterNames[MESHLANE_REDIRECT_COUNTER_MAX] = {
     "orig_dst_tuple_lost",
     "proxy_listener_registered",
     "getpeername_rewritten",
+    "outbound_startup_passthrough",
 };
 
 bool path_exists(const std::string& path) {
@@ -170,7 +172,7 @@ static void size_maps(Skel* skel, std::uint32_t max_workloads) {
     bpf_map__set_max_entries(skel->maps.workload_by_netns, max_workloads);
     bpf_map__set_max_entries(skel->maps.inbound_listener, max_workloads * MESHLANE_LISTENER_SLOTS);
     bpf_map__set_max_entries(skel->maps.redirect_counters,
-                             max_workloads * MESHLANE_REDIRECT_COUNTER_MAX);
+                             max_workloads * MESHLANE_REDIRECT_COUNTER_STRIDE);
 }
 
 static std::string pinned_map_hint(const std::string& map_dir) {
@@ -210,56 +212,76 @@ Result<std::unique_ptr<RedirectDatapath>> RedirectDatapath::load(const DatapathO
     return datapath;
 }
 
-static Status put_port(int map_fd, std::uint32_t id, std::uint16_t port, std::uint8_t kind) {
+namespace {
+
+port_rule_key port_key(std::uint32_t id, std::uint16_t port, std::uint8_t kind) {
     port_rule_key key{};
     key.workload_id = id;
     key.port = port;
     key.kind = kind;
-    std::uint8_t one = 1;
-    if (bpf_map_update_elem(map_fd, &key, &one, BPF_ANY) != 0)
-        return Error::last_errno("write port rule " + std::to_string(port));
-    return Ok{};
+    return key;
 }
 
-static Status put_cidr(int map_fd, std::uint32_t id, const std::array<std::uint8_t, 16>& addr,
-                       bool is_v4, unsigned mapped_prefix_len, std::uint32_t kind) {
+cidr_rule_key cidr_key(std::uint32_t id, const std::array<std::uint8_t, 16>& addr, bool is_v4,
+                       unsigned mapped_prefix_len, std::uint32_t kind) {
     cidr_rule_key key{};
     key.prefixlen = MESHLANE_CIDR_KEY_PREFIX_BITS + mapped_prefix_len;
     key.workload_id = htonl(id);
     key.kind = htonl(MESHLANE_CIDR_KEY_KIND(kind, is_v4));
     std::memcpy(key.addr, addr.data(), 16);
-    std::uint8_t one = 1;
-    if (bpf_map_update_elem(map_fd, &key, &one, BPF_ANY) != 0)
-        return Error::last_errno("write CIDR rule");
+    return key;
+}
+
+template <typename Key>
+bool same_key(const Key& a, const Key& b) {
+    return std::memcmp(&a, &b, sizeof(Key)) == 0;
+}
+
+// Rules are replaced write-then-prune: every wanted entry is written first, then the entries of
+// the workload that are no longer wanted are deleted. A running workload (agent restart,
+// address refresh) never sees a moment without its rules: a missing pod-local CIDR would send
+// the proxy's own forward to the app back into the inbound listener.
+template <typename Key>
+Status replace_entries(int map_fd, const std::vector<Key>& wanted,
+                       const std::function<bool(const Key&)>& owned, const char* what) {
+    const std::uint8_t one = 1;
+    for (const auto& key : wanted)
+        if (bpf_map_update_elem(map_fd, &key, &one, BPF_ANY) != 0)
+            return Error::last_errno(std::string("write ") + what);
+    for (const auto& key : keys_of<Key>(map_fd)) {
+        if (!owned(key)) continue;
+        bool keep = false;
+        for (const auto& w : wanted) keep = keep || same_key(key, w);
+        if (!keep && bpf_map_delete_elem(map_fd, &key) != 0 && errno != ENOENT)
+            return Error::last_errno(std::string("delete stale ") + what);
+    }
     return Ok{};
 }
 
-static void delete_cidrs(int map_fd, std::uint32_t id, bool only_pod_local) {
-    for (const auto& key : keys_of<cidr_rule_key>(map_fd)) {
-        if (ntohl(key.workload_id) != id) continue;
-        if (only_pod_local && (ntohl(key.kind) >> 8) != MESHLANE_CIDR_POD_LOCAL) continue;
-        bpf_map_delete_elem(map_fd, &key);
-    }
+void add_pod_addresses(std::vector<cidr_rule_key>& keys, std::uint32_t id,
+                       const std::vector<PodAddress>& pod_addresses) {
+    for (const auto& address : pod_addresses)
+        keys.push_back(cidr_key(id, address.addr, address.is_v4, 128, MESHLANE_CIDR_POD_LOCAL));
 }
+
+bool is_pod_local(const cidr_rule_key& key) {
+    return (ntohl(key.kind) >> 8) == MESHLANE_CIDR_POD_LOCAL;
+}
+
+}  // namespace
 
 Status RedirectDatapath::write_pod_addresses(std::uint32_t id,
                                              const std::vector<PodAddress>& pod_addresses) {
-    delete_cidrs(impl_->cidr_rules, id, true);
-    for (const auto& address : pod_addresses) {
-        if (auto put = put_cidr(impl_->cidr_rules, id, address.addr, address.is_v4, 128,
-                                MESHLANE_CIDR_POD_LOCAL);
-            !put)
-            return put.error().with_context("pod address " + address.text);
-    }
-    return Ok{};
+    std::vector<cidr_rule_key> wanted;
+    add_pod_addresses(wanted, id, pod_addresses);
+    return replace_entries<cidr_rule_key>(
+        impl_->cidr_rules, wanted,
+        [id](const cidr_rule_key& key) { return ntohl(key.workload_id) == id && is_pod_local(key); },
+        "pod address rule");
 }
 
 Status RedirectDatapath::write_rules(std::uint32_t id, const WorkloadSpec& spec,
                                      const std::vector<PodAddress>& pod_addresses) {
-    for (const auto& key : keys_of<port_rule_key>(impl_->port_rules))
-        if (key.workload_id == id) bpf_map_delete_elem(impl_->port_rules, &key);
-    delete_cidrs(impl_->cidr_rules, id, false);
-
     struct PortList {
         const std::vector<std::uint16_t>& ports;
         std::uint8_t kind;
@@ -272,21 +294,26 @@ Status RedirectDatapath::write_rules(std::uint32_t id, const WorkloadSpec& spec,
         {spec.include_inbound_ports, MESHLANE_PORT_INCLUDE_INBOUND},
         {spec.include_outbound_ports, MESHLANE_PORT_INCLUDE_OUTBOUND},
     };
+    std::vector<port_rule_key> ports;
     for (const auto& list : lists)
-        for (auto port : list.ports)
-            if (auto put = put_port(impl_->port_rules, id, port, list.kind); !put) return put;
+        for (auto port : list.ports) ports.push_back(port_key(id, port, list.kind));
+    std::vector<cidr_rule_key> cidrs;
     for (const auto& cidr : spec.exclude_cidrs)
-        if (auto put = put_cidr(impl_->cidr_rules, id, cidr.addr, cidr.is_v4,
-                                cidr.mapped_prefix_len(), MESHLANE_CIDR_EXCLUDE);
-            !put)
-            return put.error().with_context("exclude-cidrs " + cidr.to_string());
+        cidrs.push_back(cidr_key(id, cidr.addr, cidr.is_v4, cidr.mapped_prefix_len(),
+                                 MESHLANE_CIDR_EXCLUDE));
     if (!spec.include_all_cidrs)
         for (const auto& cidr : spec.include_cidrs)
-            if (auto put = put_cidr(impl_->cidr_rules, id, cidr.addr, cidr.is_v4,
-                                    cidr.mapped_prefix_len(), MESHLANE_CIDR_INCLUDE);
-                !put)
-                return put.error().with_context("include-cidrs " + cidr.to_string());
-    return write_pod_addresses(id, pod_addresses);
+            cidrs.push_back(cidr_key(id, cidr.addr, cidr.is_v4, cidr.mapped_prefix_len(),
+                                     MESHLANE_CIDR_INCLUDE));
+    add_pod_addresses(cidrs, id, pod_addresses);
+    if (auto put = replace_entries<port_rule_key>(
+            impl_->port_rules, ports,
+            [id](const port_rule_key& key) { return key.workload_id == id; }, "port rule");
+        !put)
+        return put;
+    return replace_entries<cidr_rule_key>(
+        impl_->cidr_rules, cidrs,
+        [id](const cidr_rule_key& key) { return ntohl(key.workload_id) == id; }, "CIDR rule");
 }
 
 Status RedirectDatapath::attach(const AttachTarget& target) {
@@ -359,16 +386,23 @@ Status RedirectDatapath::detach(const std::string& name) {
 }
 
 Status RedirectDatapath::clear_workload(std::uint32_t id) {
-    for (const auto& key : keys_of<port_rule_key>(impl_->port_rules))
-        if (key.workload_id == id) bpf_map_delete_elem(impl_->port_rules, &key);
-    delete_cidrs(impl_->cidr_rules, id, false);
+    if (auto cleared = replace_entries<port_rule_key>(
+            impl_->port_rules, {}, [id](const port_rule_key& key) { return key.workload_id == id; },
+            "port rule");
+        !cleared)
+        return cleared;
+    if (auto cleared = replace_entries<cidr_rule_key>(
+            impl_->cidr_rules, {},
+            [id](const cidr_rule_key& key) { return ntohl(key.workload_id) == id; }, "CIDR rule");
+        !cleared)
+        return cleared;
     for (unsigned slot = 0; slot < MESHLANE_LISTENER_SLOTS; ++slot) {
         std::uint32_t key = id * MESHLANE_LISTENER_SLOTS + slot;
         bpf_map_delete_elem(impl_->listener_map, &key);
     }
     std::vector<std::uint64_t> zeros(static_cast<std::size_t>(impl_->possible_cpus), 0);
     for (std::uint32_t c = 0; c < MESHLANE_REDIRECT_COUNTER_MAX; ++c) {
-        std::uint32_t key = id * MESHLANE_REDIRECT_COUNTER_MAX + c;
+        std::uint32_t key = id * MESHLANE_REDIRECT_COUNTER_STRIDE + c;
         if (bpf_map_update_elem(impl_->counters_map, &key, zeros.data(), BPF_ANY) != 0)
             return Error::last_errno("reset counters");
     }
@@ -408,7 +442,7 @@ RedirectCounters RedirectDatapath::counters(std::uint32_t id) const {
     RedirectCounters totals{};
     std::vector<std::uint64_t> per_cpu(static_cast<std::size_t>(impl_->possible_cpus));
     for (std::uint32_t c = 0; c < MESHLANE_REDIRECT_COUNTER_MAX; ++c) {
-        std::uint32_t key = id * MESHLANE_REDIRECT_COUNTER_MAX + c;
+        std::uint32_t key = id * MESHLANE_REDIRECT_COUNTER_STRIDE + c;
         if (bpf_map_lookup_elem(impl_->counters_map, &key, per_cpu.data()) != 0) continue;
         for (auto v : per_cpu) totals[c] += v;
     }

@@ -136,6 +136,13 @@ void WorkloadManager::adopt_listeners_locked(const Record& record) {
     }
 }
 
+void WorkloadManager::publish(const char* type, const std::string& name,
+                              std::map<std::string, std::string> details) const {
+    if (options_.events == nullptr) return;
+    options_.events->publish(
+        events::Event{.type = type, .workload = name, .details = std::move(details)});
+}
+
 Result<EnrollResult> WorkloadManager::enroll(const WorkloadSpec& spec) {
     if (auto valid = validate(spec); !valid) return valid.error();
     std::lock_guard lock(mutex_);
@@ -170,6 +177,10 @@ Result<EnrollResult> WorkloadManager::enroll(const WorkloadSpec& spec) {
     }
     spdlog::info("enrolled workload {} (id {}, cgroup {}, netns {})", spec.name, record.workload_id,
                  record.cgroup_resolved, spec.netns_path);
+    publish(events::kWorkloadEnrolled, spec.name,
+            {{"workload_id", std::to_string(record.workload_id)},
+             {"cgroup", record.cgroup_resolved},
+             {"netns", spec.netns_path}});
     return EnrollResult{EnrollOutcome::kCreated, status_of_locked(record)};
 }
 
@@ -183,6 +194,7 @@ Result<bool> WorkloadManager::unenroll(const std::string& name) {
     if (!torn) return torn.error().with_context("unenroll " + name);
     if (!saved) return saved.error().with_context("unenroll " + name);
     spdlog::info("unenrolled workload {}", name);
+    publish(events::kWorkloadUnenrolled, name);
     return true;
 }
 
@@ -319,6 +331,7 @@ Status WorkloadManager::restore() {
             spdlog::warn("workload {}: its {} is gone; removing it", name,
                          !cgroup || cgroup->id != record.cgroup_id ? "cgroup" : "netns");
             (void)tear_down_locked(record);
+            publish(events::kWorkloadRemoved, name, {{"reason", "netns or cgroup gone at restart"}});
             continue;
         }
         record.addresses = netns->addresses;
@@ -351,6 +364,8 @@ void WorkloadManager::reconcile() {
         if (!still_present(record)) {
             spdlog::info("workload {}: netns or cgroup disappeared; removing its datapath state",
                          it->first);
+            publish(events::kWorkloadRemoved, it->first,
+                    {{"reason", "netns or cgroup disappeared"}});
             (void)tear_down_locked(record);
             it = records_.erase(it);
             changed = true;

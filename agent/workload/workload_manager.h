@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/events/event_bus.h"
 #include "agent/loader/redirect_datapath.h"
 #include "agent/workload/workload_registry.h"
 
@@ -18,6 +19,8 @@ struct ManagerOptions {
     std::string state_dir;
     std::string cgroup2_mount;
     std::map<std::string, bool> features;  // reported in status
+    // Receives workload_enrolled / workload_unenrolled / workload_removed; may be null.
+    events::EventBus* events = nullptr;
 };
 
 class WorkloadManager : public WorkloadRegistry {
@@ -58,6 +61,8 @@ private:
     bool still_present(const Record& record) const;
     WorkloadStatus status_of_locked(const Record& record) const;
     static workload_config config_of(const Record& record);
+    void publish(const char* type, const std::string& name,
+                 std::map<std::string, std::string> details = {}) const;
 
     RedirectDatapath& datapath_;
     ManagerOptions options_;

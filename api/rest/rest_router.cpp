@@ -122,7 +122,7 @@ Response error_response(const Error& error) {
     return error_response(status, error_code_for_status(status), error.message);
 }
 
-Response RestRouter::dispatch(const Request& request) const {
+Response RestRouter::dispatch(const Request& request, StreamingReply* streaming) const {
     const auto path = path_of(request.target());
     std::vector<http::verb> allowed;
     for (const auto& route : routes()) {
@@ -135,7 +135,8 @@ Response RestRouter::dispatch(const Request& request) const {
                     http::status::payload_too_large, "payload_too_large",
                     "request body exceeds " + std::to_string(body_limit_) + " bytes");
             }
-            return route.handler(RouteContext{registry_, request, params, observations_});
+            return route.handler(
+                RouteContext{registry_, request, params, observations_, events_, streaming});
         }
         allowed.push_back(route.method);
     }
@@ -150,15 +151,28 @@ Response RestRouter::dispatch(const Request& request) const {
     return response;
 }
 
-Response RestRouter::handle(const Request& request) const {
+Response RestRouter::handle(const Request& request) const { return handle(request, nullptr); }
+
+Response RestRouter::handle(const Request& request, StreamingReply& streaming) const {
+    return handle(request, &streaming);
+}
+
+Response RestRouter::handle(const Request& request, StreamingReply* streaming) const {
     Response response;
     try {
-        response = dispatch(request);
+        response = dispatch(request, streaming);
     } catch (const std::exception& e) {
+        if (streaming != nullptr) streaming->subscription.reset();
         response = error_response(http::status::internal_server_error, "internal",
                                   std::string("internal error: ") + e.what());
     }
     response.version(request.version());
+    if (streaming != nullptr && streaming->subscription) {
+        // The body follows as chunks and ends with the connection.
+        response.keep_alive(false);
+        response.chunked(true);
+        return response;
+    }
     response.keep_alive(request.keep_alive());
     response.prepare_payload();
     return response;

@@ -10,6 +10,7 @@
 #include <boost/beast/http/verb.hpp>
 #include <boost/json/value.hpp>
 #include <cstddef>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "agent/common/result.h"
+#include "agent/events/event_bus.h"
 #include "agent/workload/workload_registry.h"
 
 namespace meshlane {
@@ -45,12 +47,26 @@ class PathParams {
     std::vector<std::pair<std::string, std::string>> params_;
 };
 
+// A streaming route (GET /v1/events?follow=true) answers with the response header only and
+// fills this: the session then writes `backlog` and the subscription's items, one NDJSON line
+// each (`encode`), as chunks until the client leaves or the agent stops.
+struct StreamingReply {
+    bool allowed = false;  // in: the session has a free streaming slot (else the route says 429)
+    std::unique_ptr<events::Subscription> subscription;  // out: set when streaming
+    std::vector<events::StreamItem> backlog;              // out: sent before live items
+    std::string (*encode)(const events::StreamItem&) = nullptr;
+};
+
 struct RouteContext {
     WorkloadRegistry& registry;
     const Request& request;
     const PathParams& params;
     // The observability views' data; null when the agent runs without it (handlers answer 503).
     const ObservationSource* observations = nullptr;
+    // The agent's event bus (GET /v1/events, /metrics); null: those routes answer 503.
+    events::EventBus* events = nullptr;
+    // Null when the caller cannot stream (RestRouter::handle without a StreamingReply).
+    StreamingReply* streaming = nullptr;
 };
 
 using Handler = Response (*)(const RouteContext&);
@@ -83,19 +99,28 @@ http::status http_status_for_errno(int code);
 class RestRouter {
   public:
     explicit RestRouter(WorkloadRegistry& registry, std::size_t body_limit = kDefaultBodyLimit,
-                        const ObservationSource* observations = nullptr)
-        : registry_(registry), body_limit_(body_limit), observations_(observations) {}
+                        const ObservationSource* observations = nullptr,
+                        events::EventBus* events = nullptr)
+        : registry_(registry),
+          body_limit_(body_limit),
+          observations_(observations),
+          events_(events) {}
 
     // Never throws: handler exceptions become 500. Copies version and keep-alive from the
     // request and sets Content-Length.
     Response handle(const Request& request) const;
+    // The same, for a transport that can stream: when `streaming.subscription` is set on return,
+    // the response is a header only (no Content-Length; the session sends a chunked body).
+    Response handle(const Request& request, StreamingReply& streaming) const;
 
   private:
-    Response dispatch(const Request& request) const;
+    Response handle(const Request& request, StreamingReply* streaming) const;
+    Response dispatch(const Request& request, StreamingReply* streaming) const;
 
     WorkloadRegistry& registry_;
     std::size_t body_limit_;
     const ObservationSource* observations_;
+    events::EventBus* events_;
 };
 
 }  // namespace meshlane::rest

@@ -4,6 +4,7 @@
 #include <array>
 #include <boost/json.hpp>
 
+#include "api/rest/agent_routes.h"
 #include "api/rest/observe_routes.h"
 #include "api/rest/rest_router.h"
 
@@ -97,6 +98,15 @@ constexpr auto kRoutes = std::to_array<Route>({
      "drop events and lost-event counts (?workload=NAME&reason=NETFILTER_DROP&since=UNIX_MS"
      "&limit=N).",
      false, list_drops},
+    {http::verb::get, "/v1/events",
+     "Workload lifecycle events as NDJSON: recent history, then live with follow=true "
+     "(?follow=true&workload=NAME&type=workload_enrolled,workload_removed&since=UNIX_MS); "
+     "lost-event notices in the stream; 429 beyond the streaming-client cap.",
+     false, list_events},
+    {http::verb::get, "/metrics",
+     "Prometheus text format 0.0.4: redirect decisions, SO_ORIGINAL_DST lookups, listeners, "
+     "enrolment, lost events, build info, process RSS/CPU.",
+     false, get_metrics},
 });
 
 }  // namespace

@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
@@ -15,6 +17,7 @@
 #include <boost/beast/core/basic_stream.hpp>
 #include <boost/beast/core/error.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/chunk_encode.hpp>
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
@@ -37,7 +40,7 @@ constexpr auto kAwait = asio::as_tuple(asio::use_awaitable);
 struct detail::ServerState {
     ServerState(asio::io_context& io_context, WorkloadRegistry& registry, RestServerOptions opts)
         : io(io_context),
-          router(registry, opts.body_limit, opts.observations),
+          router(registry, opts.body_limit, opts.observations, opts.events),
           options(std::move(opts)) {}
 
     asio::io_context& io;
@@ -47,6 +50,7 @@ struct detail::ServerState {
     std::optional<std::pair<dev_t, ino_t>> unix_socket_identity;  // what stop() may unlink
     bool stopped = false;
     std::size_t active = 0;
+    std::size_t streaming = 0;
     std::uint64_t next_session_id = 0;
     std::map<std::uint64_t, std::function<void()>> closers;  // open sessions, for stop()
 };
@@ -170,6 +174,87 @@ asio::awaitable<bool> write_response(Stream& stream, Response& response,
     co_return !ec;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Streaming responses (GET /v1/events?follow=true): header, then one chunk per batch of NDJSON
+// lines until the client goes away, the agent stops or the bus closes. Every chunk write has
+// the write timeout, so a client that stops reading loses its slot once the socket buffer is
+// full; meanwhile its bounded bus queue drops (and counts) what it cannot take.
+// ---------------------------------------------------------------------------------------------
+
+class StreamSlot {
+  public:
+    explicit StreamSlot(detail::ServerState& state) : state_(state) { ++state_.streaming; }
+    ~StreamSlot() { --state_.streaming; }
+    StreamSlot(const StreamSlot&) = delete;
+    StreamSlot& operator=(const StreamSlot&) = delete;
+
+  private:
+    detail::ServerState& state_;
+};
+
+constexpr std::size_t kStreamBatch = 256;
+// With nothing to send, the loop still wakes this often (bus notifications wake it earlier).
+constexpr std::chrono::seconds kStreamIdleWake{5};
+
+template <typename Stream>
+asio::awaitable<bool> write_chunk(Stream& stream, const std::string& text,
+                                  const RestServerOptions& options) {
+    stream.expires_after(options.read_timeout);
+    auto [ec, bytes] = co_await asio::async_write(stream, http::make_chunk(asio::buffer(text)), kAwait);
+    // An armed expiry with no operation pending would fail the next operation at once.
+    stream.expires_never();
+    co_return !ec;
+}
+
+template <typename Stream>
+asio::awaitable<void> serve_stream(Stream& stream, detail::ServerState& state, Response& head,
+                                   StreamingReply& reply) {
+    StreamSlot slot(state);
+    auto wake = std::make_shared<asio::steady_timer>(state.io);
+    auto client_gone = std::make_shared<bool>(false);
+    // Publishers run on any thread: hop to the io_context before touching the timer.
+    reply.subscription->set_notifier([&io = state.io, weak = std::weak_ptr(wake)] {
+        asio::post(io, [weak] {
+            if (auto timer = weak.lock()) timer->cancel();
+        });
+    });
+    // The client sends nothing after its request; readability means it closed (or broke the
+    // protocol): either way the stream ends.
+    stream.socket().async_wait(asio::socket_base::wait_read,
+                               [wake, client_gone](const boost::system::error_code&) {
+                                   *client_gone = true;
+                                   wake->cancel();
+                               });
+    http::response<http::empty_body> header{head.base()};
+    http::response_serializer<http::empty_body> serializer{header};
+    stream.expires_after(state.options.read_timeout);
+    auto [header_ec, header_bytes] = co_await http::async_write_header(stream, serializer, kAwait);
+    stream.expires_never();
+    if (header_ec) co_return;
+
+    std::string text;
+    for (auto& item : reply.backlog) text += reply.encode(item);
+    reply.backlog.clear();
+    if (!text.empty() && !co_await write_chunk(stream, text, state.options)) co_return;
+    for (;;) {
+        if (state.stopped || *client_gone) co_return;
+        auto items = reply.subscription->poll(kStreamBatch);
+        if (items.empty()) {
+            if (reply.subscription->closed()) break;
+            wake->expires_after(kStreamIdleWake);
+            co_await wake->async_wait(kAwait);
+            continue;
+        }
+        text.clear();
+        for (const auto& item : items) text += reply.encode(item);
+        if (!co_await write_chunk(stream, text, state.options)) co_return;
+    }
+    // The bus closed (agent stopping): end the body properly.
+    stream.expires_after(state.options.read_timeout);
+    co_await asio::async_write(stream, http::make_chunk_last(), kAwait);
+    stream.expires_never();
+}
+
 template <typename Stream>
 asio::awaitable<void> serve_connection(Stream& stream, detail::ServerState& state) {
     beast::flat_buffer buffer;
@@ -182,9 +267,16 @@ asio::awaitable<void> serve_connection(Stream& stream, detail::ServerState& stat
             }
             break;
         }
-        auto response = state.router.handle(parser.get());
-        spdlog::debug("api: {} {} -> {}", std::string(parser.get().method_string()),
-                      std::string(parser.get().target()), response.result_int());
+        StreamingReply streaming;
+        streaming.allowed = state.streaming < state.options.max_streaming_clients;
+        auto response = state.router.handle(parser.get(), streaming);
+        spdlog::debug("api: {} {} -> {}{}", std::string(parser.get().method_string()),
+                      std::string(parser.get().target()), response.result_int(),
+                      streaming.subscription ? " (stream)" : "");
+        if (streaming.subscription) {
+            co_await serve_stream(stream, state, response, streaming);
+            break;
+        }
         if (!co_await write_response(stream, response, state.options)) break;
         if (!response.keep_alive() || state.stopped) break;
     }
@@ -274,6 +366,18 @@ Status bind_unix_acceptor(UnixProtocol::acceptor& acceptor, const std::string& p
 
 }  // namespace
 
+Status prepare_unix_socket_path(const std::string& path) {
+    if (path.empty() || path.front() != '/')
+        return Error::invalid("socket path \"" + path + "\" must be absolute");
+    if (path.size() >= sizeof(sockaddr_un{}.sun_path)) {
+        return Error{ENAMETOOLONG, "socket path " + path + " is longer than " +
+                                       std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) +
+                                       " bytes"};
+    }
+    if (auto s = create_parent_directories(path); !s) return s;
+    return remove_stale_socket(path);
+}
+
 RestServer::RestServer(asio::io_context& io, WorkloadRegistry& registry, RestServerOptions options)
     : state_(std::make_shared<detail::ServerState>(io, registry, std::move(options))) {}
 
@@ -325,5 +429,7 @@ void RestServer::stop() {
 }
 
 std::size_t RestServer::active_connections() const { return state_->active; }
+
+std::size_t RestServer::active_streams() const { return state_->streaming; }
 
 }  // namespace meshlane::rest

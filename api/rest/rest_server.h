@@ -20,7 +20,10 @@
 
 namespace meshlane {
 class ObservationSource;  // agent/observe/observation_source.h
+namespace events {
+class EventBus;  // agent/events/event_bus.h
 }
+}  // namespace meshlane
 
 namespace meshlane::rest {
 
@@ -38,7 +41,16 @@ struct RestServerOptions {
     std::size_t max_connections = 256;
     // Serves /v1/connections and /v1/drops when set; must outlive the server.
     const ObservationSource* observations = nullptr;
+    // Serves /v1/events (and its /metrics families) when set; must outlive the server.
+    events::EventBus* events = nullptr;
+    // Open GET /v1/events?follow=true streams; beyond, 429. Streams count as connections too.
+    std::size_t max_streaming_clients = 32;
 };
+
+// For any unix-socket server of the agent (REST, gRPC): creates missing parent directories
+// (0755), removes a stale socket file only when it is a socket nobody accepts on, and refuses to
+// replace anything else or a live socket.
+Status prepare_unix_socket_path(const std::string& path);
 
 class RestServer {
   public:
@@ -58,6 +70,7 @@ class RestServer {
     void stop();
 
     std::size_t active_connections() const;
+    std::size_t active_streams() const;
 
   private:
     std::shared_ptr<detail::ServerState> state_;

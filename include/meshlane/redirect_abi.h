@@ -135,7 +135,10 @@ struct proxy_tuple_key {
 #define MESHLANE_LISTENER_SLOTS 2
 
 /* Per-workload counters: redirect_counters is a PERCPU_ARRAY indexed by
- * workload_id * MESHLANE_REDIRECT_COUNTER_MAX + counter. Names in agent/ must match order. */
+ * workload_id * MESHLANE_REDIRECT_COUNTER_STRIDE + counter. The stride is fixed so that adding
+ * a counter does not change the pinned map's size (an agent upgrade re-uses it). Names in
+ * agent/ must match the order. */
+#define MESHLANE_REDIRECT_COUNTER_STRIDE 32
 enum meshlane_redirect_counter {
     MESHLANE_CNT_OUTBOUND_REDIRECTED = 0,
     MESHLANE_CNT_OUTBOUND_PASS_EXCLUDED_PORT,
@@ -155,7 +158,13 @@ enum meshlane_redirect_counter {
     MESHLANE_CNT_ORIG_DST_TUPLE_LOST,
     MESHLANE_CNT_PROXY_LISTENER_REGISTERED,
     MESHLANE_CNT_GETPEERNAME_REWRITTEN,
+    MESHLANE_CNT_OUTBOUND_STARTUP_PASSTHROUGH,
     MESHLANE_REDIRECT_COUNTER_MAX
 };
+#ifdef __cplusplus
+static_assert(MESHLANE_REDIRECT_COUNTER_MAX <= MESHLANE_REDIRECT_COUNTER_STRIDE, "grow the stride");
+#else
+_Static_assert(MESHLANE_REDIRECT_COUNTER_MAX <= MESHLANE_REDIRECT_COUNTER_STRIDE, "grow the stride");
+#endif
 
 #endif /* MESHLANE_REDIRECT_ABI_H */

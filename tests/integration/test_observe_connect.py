@@ -48,8 +48,8 @@ def test_local_connect_to_closed_port_is_refused_with_reset(meshed, agent):
     topo = meshed
     result = topo.a.client("127.0.0.1", CLOSED_PORT)
     assert not result["ok"] and result.get("errno") == 111, result  # ECONNREFUSED
-    w = wait_for_conns(agent, topo.a, lambda w: w["upstream"]["refused"] >= 1,
-                       "a refused upstream connect in A")
+    w = wait_for_conns(agent, topo.a, lambda w: w["upstream"]["refused"] >= 1
+                       and w["tcp"]["resets_sent"] >= 1, "a refused upstream connect in A")
     assert w["tcp"]["resets_received"] >= 1, w["tcp"]
     assert w["tcp"]["resets_sent"] >= 1, w["tcp"]  # A's own kernel answered for port 9
     refused = [e for e in w["recent"] if e["outcome"] == "refused"
@@ -67,8 +67,8 @@ def test_meshed_connect_to_closed_port_is_refused_in_server_pod(meshed, agent):
     proxy succeeded."""
     topo = meshed
     topo.a.client(topo.b.ip4, CLOSED_PORT)
-    b = wait_for_conns(agent, topo.b, lambda w: w["upstream"]["refused"] >= 1,
-                       "a refused upstream connect in B")
+    b = wait_for_conns(agent, topo.b, lambda w: w["upstream"]["refused"] >= 1
+                       and w["tcp"]["resets_sent"] >= 1, "a refused upstream connect in B")
     assert b["tcp"]["resets_received"] >= 1 and b["tcp"]["resets_sent"] >= 1, b["tcp"]
     assert any(e["outcome"] == "refused" and e["destination"].endswith(f":{CLOSED_PORT}")
                for e in b["recent"]), b["recent"]
@@ -88,9 +88,10 @@ def test_first_syn_dropped_shows_one_second_connect_and_netfilter_drop(meshed, a
     result = topo.a.client(topo.b.ip4, APP_PORT, timeout=8.0)
     assert result.get("ok"), result
 
-    a = wait_for_conns(agent, topo.a, lambda w: any(
+    # Events arrive at once; totals with the next map snapshot (250 ms): wait for both.
+    a = wait_for_conns(agent, topo.a, lambda w: w["tcp"]["syn_retransmits"] >= 1 and any(
         e["side"] == "upstream" and e["outcome"] == "established" for e in w["recent"]),
-        "A's slow upstream connect event")
+        "A's slow upstream connect event and its SYN retransmit")
     slow = [e for e in a["recent"] if e["side"] == "upstream" and e["outcome"] == "established"
             and e["destination"] == f"{topo.b.ip4}:{APP_PORT}"]
     assert slow, a["recent"]

@@ -9,7 +9,8 @@ namespace meshlane {
 namespace {
 
 bool same(const AgentConfig& a, const AgentConfig& b) {
-    return a.state_dir == b.state_dir && a.api_socket == b.api_socket && a.bpffs == b.bpffs &&
+    return a.state_dir == b.state_dir && a.api_socket == b.api_socket &&
+           a.grpc_socket == b.grpc_socket && a.bpffs == b.bpffs &&
            a.pin_dir == b.pin_dir && a.log_level == b.log_level &&
            a.max_workloads == b.max_workloads &&
            a.reconcile_interval_ms == b.reconcile_interval_ms;
@@ -46,6 +47,8 @@ TEST(AgentConfig, ErrorsNameTheLineAndKey) {
         {"log_level = loud\n", "log_level"},
         {"state_dir\n", "expected key = value"},
         {"state_dir = relative\n", "absolute"},
+        {"grpc_socket = grpc.sock\n", "absolute"},
+        {"grpc_socket = /run/meshlane/api.sock\n", "must differ"},
     };
     for (const auto& c : cases) {
         auto parsed = parse_agent_config(c.text, "t");

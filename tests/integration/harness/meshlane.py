@@ -42,6 +42,7 @@ class Agent:
         self.dir = f"/tmp/meshlane-agent-{self.id}"
         self.state_dir = os.path.join(self.dir, "state")
         self.api_socket = os.path.join(self.dir, "api.sock")
+        self.grpc_socket = os.path.join(self.dir, "grpc.sock")
         self.config_path = os.path.join(self.dir, "agent.conf")
         self.log_path = os.path.join(self.dir, "agent.log")
         self.pin_dir_name = f"meshlane-test-{self.id}"
@@ -56,6 +57,7 @@ class Agent:
             f.write("# written by tests/integration/harness/meshlane.py\n"
                     f"state_dir = {self.state_dir}\n"
                     f"api_socket = {self.api_socket}\n"
+                    f"grpc_socket = {self.grpc_socket}\n"
                     f"pin_dir = {self.pin_dir_name}\n"
                     "log_level = debug\n")
 

@@ -58,7 +58,7 @@ class Pod:
                                  description=f"app of {self.name}")
         finally:
             err.close()
-        util.wait_until(lambda: process.poll() is not None or self.listening(ports),
+        util.wait_until(lambda: process.poll() is not None or self.listening(ports, pid=process.pid),
                         timeout=5, message=f"app in {self.name} listening on {list(ports)}")
         if process.poll() is not None:
             raise RuntimeError(f"app in {self.name} exited {process.returncode}")

@@ -1,0 +1,216 @@
+#include "api/grpc/grpc_server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/resource_quota.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+
+#include "agent/events/event_bus.h"
+#include "api/grpc/proto_convert.h"
+#include "api/meshlane.grpc.pb.h"
+#include "api/rest/rest_server.h"
+
+namespace meshlane::grpc_api {
+
+namespace {
+
+constexpr std::size_t kStreamBatch = 256;
+// How often an idle stream checks for cancellation and shutdown.
+constexpr std::chrono::milliseconds kStreamPoll{200};
+
+class AgentService final : public v1::Agent::Service {
+  public:
+    AgentService(WorkloadRegistry& registry, events::EventBus* events, std::size_t max_streams)
+        : registry_(registry), events_(events), max_streams_(max_streams) {}
+
+    void stop() { stopping_ = true; }
+    std::size_t active_streams() const { return streams_; }
+
+    grpc::Status Health(grpc::ServerContext*, const v1::HealthRequest*,
+                        v1::HealthResponse* response) override {
+        response->set_status("ok");
+        return grpc::Status::OK;
+    }
+
+    grpc::Status Status(grpc::ServerContext*, const v1::StatusRequest*,
+                        v1::StatusResponse* response) override {
+        to_proto(registry_.status(), *response);
+        if (events_ != nullptr) {
+            const auto stats = events_->stats();
+            auto& out = *response->mutable_events();
+            out.set_published(stats.published);
+            out.set_lost(stats.dropped);
+            out.set_subscribers(static_cast<std::uint32_t>(stats.subscribers));
+        }
+        return grpc::Status::OK;
+    }
+
+    grpc::Status ListWorkloads(grpc::ServerContext*, const v1::ListWorkloadsRequest*,
+                               v1::ListWorkloadsResponse* response) override {
+        for (const auto& status : registry_.list()) to_proto(status, *response->add_workloads());
+        return grpc::Status::OK;
+    }
+
+    grpc::Status GetWorkload(grpc::ServerContext*, const v1::GetWorkloadRequest* request,
+                             v1::Workload* response) override {
+        if (auto valid = validate_name(request->name()); !valid)
+            return to_grpc_status(valid.error());
+        auto status = registry_.get(request->name());
+        if (!status) return to_grpc_status(status.error());
+        to_proto(*status, *response);
+        return grpc::Status::OK;
+    }
+
+    grpc::Status Enroll(grpc::ServerContext*, const v1::EnrollRequest* request,
+                        v1::EnrollResponse* response) override {
+        auto spec = spec_from_proto(request->spec());
+        if (!spec) return to_grpc_status(spec.error());
+        auto result = registry_.enroll(*spec);
+        if (!result) return to_grpc_status(result.error());
+        response->set_created(result->outcome == EnrollOutcome::kCreated);
+        to_proto(result->status, *response->mutable_workload());
+        return grpc::Status::OK;
+    }
+
+    grpc::Status Unenroll(grpc::ServerContext*, const v1::UnenrollRequest* request,
+                          v1::UnenrollResponse* response) override {
+        if (auto valid = validate_name(request->name()); !valid)
+            return to_grpc_status(valid.error());
+        auto removed = registry_.unenroll(request->name());
+        if (!removed) return to_grpc_status(removed.error());
+        response->set_name(request->name());
+        response->set_removed(*removed);
+        return grpc::Status::OK;
+    }
+
+    grpc::Status StreamEvents(grpc::ServerContext* context, const v1::StreamEventsRequest* request,
+                              grpc::ServerWriter<v1::StreamEventsResponse>* writer) override {
+        if (events_ == nullptr)
+            return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the agent runs without events");
+        auto filter = filter_from_proto(*request);
+        if (!filter) return to_grpc_status(filter.error());
+        StreamSlot slot(streams_, max_streams_);
+        if (!slot.acquired())
+            return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                "too many open event streams (limit " +
+                                    std::to_string(max_streams_) + "); retry later");
+        std::vector<events::Event> history;
+        std::unique_ptr<events::Subscription> subscription;
+        if (request->follow()) subscription = events_->subscribe(*filter, &history);
+        else history = events_->history(*filter);
+        for (auto& event : history)
+            if (!write(writer, events::StreamItem{std::move(event)})) return cancelled();
+        if (!subscription) return grpc::Status::OK;
+        while (!context->IsCancelled() && !stopping_) {
+            auto items = subscription->wait(kStreamBatch, kStreamPoll);
+            if (items.empty() && subscription->closed()) break;
+            for (const auto& item : items)
+                if (!write(writer, item)) return cancelled();
+        }
+        return grpc::Status::OK;
+    }
+
+  private:
+    // Counts an open stream for the cap; released on every exit path.
+    class StreamSlot {
+      public:
+        StreamSlot(std::atomic<std::size_t>& streams, std::size_t max) : streams_(streams) {
+            acquired_ = ++streams_ <= max;
+        }
+        ~StreamSlot() { --streams_; }
+        StreamSlot(const StreamSlot&) = delete;
+        StreamSlot& operator=(const StreamSlot&) = delete;
+        bool acquired() const { return acquired_; }
+
+      private:
+        std::atomic<std::size_t>& streams_;
+        bool acquired_ = false;
+    };
+
+    static bool write(grpc::ServerWriter<v1::StreamEventsResponse>* writer,
+                      const events::StreamItem& item) {
+        v1::StreamEventsResponse response;
+        to_proto(item, response);
+        return writer->Write(response);
+    }
+    static grpc::Status cancelled() {
+        return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+    }
+
+    WorkloadRegistry& registry_;
+    events::EventBus* events_;
+    const std::size_t max_streams_;
+    std::atomic<std::size_t> streams_{0};
+    std::atomic<bool> stopping_{false};
+};
+
+}  // namespace
+
+struct GrpcServer::Impl {
+    Impl(WorkloadRegistry& registry, events::EventBus* events, GrpcServerOptions opts)
+        : options(std::move(opts)), service(registry, events, options.max_streams) {}
+    GrpcServerOptions options;
+    AgentService service;
+    std::unique_ptr<grpc::Server> server;
+    std::optional<std::pair<dev_t, ino_t>> socket_identity;
+};
+
+GrpcServer::GrpcServer(WorkloadRegistry& registry, events::EventBus* events,
+                       GrpcServerOptions options)
+    : impl_(std::make_unique<Impl>(registry, events, std::move(options))) {}
+
+GrpcServer::~GrpcServer() { stop(); }
+
+Status GrpcServer::start() {
+    const std::string& path = impl_->options.unix_socket_path;
+    if (impl_->server) return Error{EALREADY, "gRPC server already started on " + path};
+    if (auto prepared = rest::prepare_unix_socket_path(path); !prepared)
+        return prepared.error().with_context("gRPC");
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+    grpc::ServerBuilder builder;
+    int bound = 0;
+    builder.AddListeningPort("unix:" + path, grpc::InsecureServerCredentials(), &bound);
+    builder.RegisterService(&impl_->service);
+    builder.SetMaxReceiveMessageSize(impl_->options.max_receive_message_bytes);
+    grpc::ResourceQuota quota("meshlane-grpc");
+    quota.SetMaxThreads(impl_->options.max_threads);
+    builder.SetResourceQuota(quota);
+    impl_->server = builder.BuildAndStart();
+    if (!impl_->server) return Error{EADDRNOTAVAIL, "gRPC: cannot listen on unix:" + path};
+    // gRPC binds with the process umask; a socket needs write permission to connect, so until
+    // this chmod only root could connect anyway (0755 at most under the usual umask).
+    if (::chmod(path.c_str(), 0600) != 0) {
+        auto error = Error::last_errno("chmod 0600 " + path);
+        stop(std::chrono::milliseconds(0));
+        return error;
+    }
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0) impl_->socket_identity = {st.st_dev, st.st_ino};
+    spdlog::info("grpc: listening on unix:{}", path);
+    return Ok{};
+}
+
+void GrpcServer::stop(std::chrono::milliseconds grace) {
+    if (!impl_->server) return;
+    impl_->service.stop();
+    impl_->server->Shutdown(std::chrono::system_clock::now() + grace);
+    impl_->server->Wait();
+    impl_->server.reset();
+    const std::string& path = impl_->options.unix_socket_path;
+    struct stat st {};
+    if (impl_->socket_identity && ::lstat(path.c_str(), &st) == 0 &&
+        std::pair{st.st_dev, st.st_ino} == *impl_->socket_identity) {
+        ::unlink(path.c_str());
+    }
+    impl_->socket_identity.reset();
+}
+
+std::size_t GrpcServer::active_streams() const { return impl_->service.active_streams(); }
+
+}  // namespace meshlane::grpc_api

@@ -1,0 +1,51 @@
+// The gRPC API (api/meshlane.proto, service meshlane.v1.Agent) with the standard health service
+// and server reflection, on a unix socket (mode 0600: root only). gRPC's synchronous server runs
+// the handlers on its own threads; the registry and event bus are thread-safe.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "agent/common/result.h"
+#include "agent/workload/workload_registry.h"
+
+namespace meshlane::events {
+class EventBus;
+}
+
+namespace meshlane::grpc_api {
+
+struct GrpcServerOptions {
+    std::string unix_socket_path = "/run/meshlane/grpc.sock";
+    // Open StreamEvents calls; beyond, RESOURCE_EXHAUSTED.
+    std::size_t max_streams = 16;
+    // Largest request message (the REST body limit's counterpart).
+    int max_receive_message_bytes = 1 << 20;
+    // Handler threads; streams hold one each while open.
+    int max_threads = 64;
+};
+
+class GrpcServer {
+  public:
+    // `registry` and `events` must outlive the server; `events` may be null (StreamEvents then
+    // answers UNAVAILABLE).
+    GrpcServer(WorkloadRegistry& registry, events::EventBus* events, GrpcServerOptions options);
+    ~GrpcServer();  // stop()
+    GrpcServer(const GrpcServer&) = delete;
+    GrpcServer& operator=(const GrpcServer&) = delete;
+
+    // Same socket-file rules as the REST server: parents created, a stale socket replaced, a
+    // live one or a non-socket refused; then mode 0600.
+    Status start();
+    // Ends open streams, waits up to `grace` for calls in flight, removes the socket. Idempotent.
+    void stop(std::chrono::milliseconds grace = std::chrono::milliseconds(2000));
+
+    std::size_t active_streams() const;
+
+  private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace meshlane::grpc_api

@@ -1,0 +1,166 @@
+#include "api/grpc/proto_convert.h"
+
+#include <boost/json.hpp>
+
+namespace meshlane::grpc_api {
+
+namespace json = boost::json;
+
+grpc::StatusCode status_code_for_errno(int code) {
+    switch (code) {
+        case EINVAL:
+            return grpc::StatusCode::INVALID_ARGUMENT;
+        case ENOENT:
+            return grpc::StatusCode::NOT_FOUND;
+        case EEXIST:
+            return grpc::StatusCode::ALREADY_EXISTS;
+        case EPERM:
+        case EACCES:
+            return grpc::StatusCode::PERMISSION_DENIED;
+        default:
+            return grpc::StatusCode::INTERNAL;
+    }
+}
+
+grpc::Status to_grpc_status(const Error& error) {
+    return grpc::Status(status_code_for_errno(error.code), error.message);
+}
+
+namespace {
+
+template <typename Repeated>
+json::array to_array(const Repeated& values) {
+    json::array out;
+    for (const auto& value : values) out.emplace_back(value);
+    return out;
+}
+
+// "*" or a list, from the optional all-flag and the list; both set is ambiguous.
+Result<json::value> selection(bool has_all, bool all, json::array list, const char* field) {
+    if (has_all && all && !list.empty())
+        return Error::invalid(std::string("include_all_") + field + " and include_" + field +
+                              " are exclusive");
+    if ((has_all && all) || (!has_all && list.empty())) return json::value("*");
+    return json::value(std::move(list));
+}
+
+}  // namespace
+
+Result<WorkloadSpec> spec_from_proto(const v1::WorkloadSpec& proto) {
+    json::object object;
+    object["name"] = proto.name();
+    object["cgroup"] = proto.cgroup();
+    object["netns"] = proto.netns();
+    if (proto.has_proxy_uid()) object["proxy_uid"] = proto.proxy_uid();
+    if (proto.has_proxy_gid()) object["proxy_gid"] = proto.proxy_gid();
+    if (proto.has_outbound_port()) object["outbound_port"] = proto.outbound_port();
+    if (proto.has_inbound_port()) object["inbound_port"] = proto.inbound_port();
+    object["exclude_outbound_ports"] = to_array(proto.exclude_outbound_ports());
+    object["exclude_inbound_ports"] = to_array(proto.exclude_inbound_ports());
+    auto cidrs = selection(proto.has_include_all_cidrs(), proto.include_all_cidrs(),
+                           to_array(proto.include_cidrs()), "cidrs");
+    if (!cidrs) return cidrs.error();
+    object["include_cidrs"] = *cidrs;
+    object["exclude_cidrs"] = to_array(proto.exclude_cidrs());
+    auto inbound = selection(proto.has_include_all_inbound_ports(),
+                             proto.include_all_inbound_ports(),
+                             to_array(proto.include_inbound_ports()), "inbound_ports");
+    if (!inbound) return inbound.error();
+    object["include_inbound_ports"] = *inbound;
+    object["include_outbound_ports"] = to_array(proto.include_outbound_ports());
+    if (proto.has_proxy_self_to_inbound())
+        object["proxy_self_to_inbound"] = proto.proxy_self_to_inbound();
+    if (proto.has_startup_policy()) object["startup_policy"] = proto.startup_policy();
+    auto spec = workload_spec_from_json(object);
+    if (!spec) return spec.error();
+    if (auto valid = validate(*spec); !valid) return valid.error();
+    return spec;
+}
+
+void to_proto(const WorkloadSpec& spec, v1::WorkloadSpec& out) {
+    out.set_name(spec.name);
+    out.set_cgroup(spec.cgroup_path);
+    out.set_netns(spec.netns_path);
+    out.set_proxy_uid(spec.proxy_uid);
+    out.set_proxy_gid(spec.proxy_gid);
+    out.set_outbound_port(spec.outbound_port);
+    out.set_inbound_port(spec.inbound_port);
+    for (auto port : spec.exclude_outbound_ports) out.add_exclude_outbound_ports(port);
+    for (auto port : spec.exclude_inbound_ports) out.add_exclude_inbound_ports(port);
+    out.set_include_all_cidrs(spec.include_all_cidrs);
+    for (const auto& cidr : spec.include_cidrs) out.add_include_cidrs(cidr.to_string());
+    for (const auto& cidr : spec.exclude_cidrs) out.add_exclude_cidrs(cidr.to_string());
+    out.set_include_all_inbound_ports(spec.include_all_inbound_ports);
+    for (auto port : spec.include_inbound_ports) out.add_include_inbound_ports(port);
+    for (auto port : spec.include_outbound_ports) out.add_include_outbound_ports(port);
+    out.set_proxy_self_to_inbound(spec.proxy_self_to_inbound);
+    out.set_startup_policy(std::string(to_string(spec.startup_policy)));
+}
+
+void to_proto(const WorkloadStatus& status, v1::Workload& out) {
+    out.set_name(status.spec.name);
+    to_proto(status.spec, *out.mutable_spec());
+    out.set_workload_id(status.workload_id);
+    out.set_cgroup_resolved(status.cgroup_resolved);
+    out.set_cgroup_id(status.cgroup_id);
+    out.set_netns_cookie(status.netns_cookie);
+    out.set_netns_inode(status.netns_inode);
+    for (const auto& address : status.pod_addresses) out.add_pod_addresses(address);
+    for (const auto& program : status.programs) {
+        auto& p = *out.add_programs();
+        p.set_program(program.program);
+        p.set_attach_to(program.attach_to);
+        p.set_pin(program.pin);
+        p.set_link_id(program.link_id);
+        p.set_prog_id(program.prog_id);
+    }
+    out.set_inbound_listener_v4(status.inbound_listener_v4);
+    out.set_inbound_listener_v6(status.inbound_listener_v6);
+    for (const auto& [name, value] : status.counters) (*out.mutable_counters())[name] = value;
+}
+
+void to_proto(const AgentStatus& status, v1::StatusResponse& out) {
+    out.set_version(status.version);
+    out.set_kernel(status.kernel);
+    out.set_bpffs_pin_dir(status.bpffs_pin_dir);
+    out.set_cgroup2_mount(status.cgroup2_mount);
+    out.set_state_dir(status.state_dir);
+    out.set_workloads(static_cast<std::uint32_t>(status.workloads));
+    out.set_max_workloads(status.max_workloads);
+    for (const auto& [name, present] : status.features) (*out.mutable_features())[name] = present;
+}
+
+void to_proto(const events::StreamItem& item, v1::StreamEventsResponse& out) {
+    if (const auto* event = std::get_if<events::Event>(&item)) {
+        auto& e = *out.mutable_event();
+        e.set_sequence(event->sequence);
+        e.set_time_unix_ms(event->unix_time_ms);
+        e.set_type(event->type);
+        e.set_workload(event->workload);
+        for (const auto& [key, value] : event->details) (*e.mutable_details())[key] = value;
+    } else {
+        const auto& lost = std::get<events::LostEvents>(item);
+        out.mutable_lost_events()->set_count(lost.count);
+        out.mutable_lost_events()->set_time_unix_ms(lost.unix_time_ms);
+    }
+}
+
+Result<events::EventFilter> filter_from_proto(const v1::StreamEventsRequest& request) {
+    events::EventFilter filter;
+    if (!request.workload().empty()) {
+        if (auto valid = validate_name(request.workload()); !valid) return valid.error();
+        filter.workload = request.workload();
+    }
+    for (const auto& type : request.types()) {
+        const bool valid = !type.empty() && type.size() <= 64 &&
+                           type.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_") ==
+                               std::string::npos;
+        if (!valid) return Error::invalid("type \"" + type + "\" is not an event type");
+        filter.types.insert(type);
+    }
+    if (request.since_unix_ms() < 0) return Error::invalid("since_unix_ms must not be negative");
+    filter.since_unix_ms = request.since_unix_ms();
+    return filter;
+}
+
+}  // namespace meshlane::grpc_api
