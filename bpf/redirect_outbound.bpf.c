@@ -138,71 +138,67 @@ int redirect_connect6(struct bpf_sock_addr* ctx) {
     return 1;
 }
 
-static __always_inline struct orig_dst* app_orig_dst(struct bpf_sock* sk) {
+/* The redirect record stored on this socket in the given role, if any. */
+static __always_inline struct orig_dst* orig_dst_in_role(struct bpf_sock* sk, __u32 role) {
     if (!sk)
         return NULL;
     struct orig_dst* orig = bpf_sk_storage_get(&orig_dst_by_socket, sk, 0, 0);
-    if (!orig || orig->role != MESHLANE_ROLE_APP_SOCKET)
+    if (!orig || orig->role != role)
         return NULL;
     return orig;
+}
+
+static __always_inline struct orig_dst* app_orig_dst(struct bpf_sock* sk) {
+    return orig_dst_in_role(sk, MESHLANE_ROLE_APP_SOCKET);
+}
+
+/* Replaces the address a getpeername/getsockname call returns with the original destination.
+ * IPv4 sockets only take IPv4 answers. */
+static __always_inline bool answer_v4(struct bpf_sock_addr* ctx, const struct orig_dst* orig) {
+    if (!orig || !addr_is_v4_mapped(orig->addr))
+        return false;
+    ctx->user_ip4 = addr_v4(orig->addr);
+    ctx->user_port = bpf_htons(orig->port);
+    return true;
+}
+
+static __always_inline bool answer_v6(struct bpf_sock_addr* ctx, const struct orig_dst* orig) {
+    if (!orig)
+        return false;
+    const __u32* w = (const __u32*)orig->addr;
+    ctx->user_ip6[0] = w[0];
+    ctx->user_ip6[1] = w[1];
+    ctx->user_ip6[2] = w[2];
+    ctx->user_ip6[3] = w[3];
+    ctx->user_port = bpf_htons(orig->port);
+    return true;
 }
 
 SEC("cgroup/getpeername4")
 int redirect_getpeername4(struct bpf_sock_addr* ctx) {
     struct orig_dst* orig = app_orig_dst(ctx->sk);
-    if (!orig || orig->family != AF_INET)
-        return 1;
-    ctx->user_ip4 = addr_v4(orig->addr);
-    ctx->user_port = bpf_htons(orig->port);
-    count(orig->workload_id, MESHLANE_CNT_GETPEERNAME_REWRITTEN);
+    if (answer_v4(ctx, orig))
+        count(orig->workload_id, MESHLANE_CNT_GETPEERNAME_REWRITTEN);
     return 1;
 }
 
 SEC("cgroup/getpeername6")
 int redirect_getpeername6(struct bpf_sock_addr* ctx) {
     struct orig_dst* orig = app_orig_dst(ctx->sk);
-    if (!orig)
-        return 1;
-    const __u32* w = (const __u32*)orig->addr;
-    ctx->user_ip6[0] = w[0];
-    ctx->user_ip6[1] = w[1];
-    ctx->user_ip6[2] = w[2];
-    ctx->user_ip6[3] = w[3];
-    ctx->user_port = bpf_htons(orig->port);
-    count(orig->workload_id, MESHLANE_CNT_GETPEERNAME_REWRITTEN);
+    if (answer_v6(ctx, orig))
+        count(orig->workload_id, MESHLANE_CNT_GETPEERNAME_REWRITTEN);
     return 1;
-}
-
-static __always_inline struct orig_dst* proxy_orig_dst(struct bpf_sock* sk) {
-    if (!sk)
-        return NULL;
-    struct orig_dst* orig = bpf_sk_storage_get(&orig_dst_by_socket, sk, 0, 0);
-    if (!orig || orig->role != MESHLANE_ROLE_PROXY_SOCKET)
-        return NULL;
-    return orig;
 }
 
 SEC("cgroup/getsockname4")
 int redirect_getsockname4(struct bpf_sock_addr* ctx) {
-    struct orig_dst* orig = proxy_orig_dst(ctx->sk);
-    if (!orig || !addr_is_v4_mapped(orig->addr))
-        return 1;
-    ctx->user_ip4 = addr_v4(orig->addr);
-    ctx->user_port = bpf_htons(orig->port);
+    answer_v4(ctx, orig_dst_in_role(ctx->sk, MESHLANE_ROLE_PROXY_SOCKET));
     return 1;
 }
 
 SEC("cgroup/getsockname6")
 int redirect_getsockname6(struct bpf_sock_addr* ctx) {
-    struct orig_dst* orig = proxy_orig_dst(ctx->sk);
-    if (!orig)
-        return 1;
-    const __u32* w = (const __u32*)orig->addr;
-    ctx->user_ip6[0] = w[0];
-    ctx->user_ip6[1] = w[1];
-    ctx->user_ip6[2] = w[2];
-    ctx->user_ip6[3] = w[3];
-    ctx->user_port = bpf_htons(orig->port);
+    answer_v6(ctx, orig_dst_in_role(ctx->sk, MESHLANE_ROLE_PROXY_SOCKET));
     return 1;
 }
 

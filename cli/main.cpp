@@ -6,6 +6,7 @@
 
 #include "agent/daemon/agent.h"
 #include "cli/commands.h"
+#include "cli/diagnose_commands.h"
 #include "cli/observe_commands.h"
 
 namespace {
@@ -92,6 +93,16 @@ int main(int argc, char** argv) {
         "uninstall", "Remove every link, pin and map meshlane created (agent must be stopped)");
     uninstall->add_option("--config", config, "The agent's configuration file (default: built-in)");
 
+    auto* diagnose = app.add_subcommand(
+        "diagnose", "Name the cause of interception failures: cause, evidence, fix (exit 4 when "
+                    "a critical finding exists)");
+    diagnose->add_option("name", name, "Workload name")->required();
+    diagnose->add_flag("--json", json, "Print the agent's JSON reply");
+    auto* verify = app.add_subcommand(
+        "verify", "Check interception hop by hop with an in-pod probe (exit 4 when a check fails)");
+    verify->add_option("name", name, "Workload name")->required();
+    verify->add_flag("--json", json, "Print the agent's JSON reply");
+
     cli::ObserveFlags observe_flags;
     auto* conns = app.add_subcommand("conns", "TCP connect latency, failures, retransmits, resets");
     auto* drops = app.add_subcommand("drops", "Kernel packet drops by reason, recent drop events");
@@ -119,6 +130,8 @@ int main(int argc, char** argv) {
     if (workload->parsed()) return cli::run_workload(global, name, json);
     if (status->parsed()) return cli::run_status(global, json);
     if (uninstall->parsed()) return cli::run_uninstall(config);
+    if (diagnose->parsed()) return cli::run_diagnose(global, name, json);
+    if (verify->parsed()) return cli::run_verify(global, name, json);
     if (conns->parsed()) return cli::run_conns(global, observe_flags);
     if (drops->parsed()) return cli::run_drops(global, observe_flags);
     return cli::kExitUsage;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <boost/json.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <memory>
 
@@ -154,8 +155,10 @@ Result<PluginConfig> parse_config(std::string_view stdin_text) {
             if (!cgroup) return cgroup.error().with_context("runtimeConfig");
             if (config.cgroup.empty()) config.cgroup = *cgroup;
         }
-        if (auto read = read_annotations(member(*runtime, "podAnnotations"), config.annotations); !read)
-            return read.error().with_context("runtimeConfig");
+        // "podAnnotations", or containerd's own capability name for the pod's annotations.
+        for (const char* key : {"podAnnotations", "io.kubernetes.cri.pod-annotations"})
+            if (auto read = read_annotations(member(*runtime, key), config.annotations); !read)
+                return read.error().with_context("runtimeConfig");
     }
     if (const auto* args = member(root, "args"); args != nullptr) {
         const json::value* cni = member(*args, "cni");
@@ -212,6 +215,15 @@ Result<std::optional<WorkloadSpec>> build_spec(const PluginConfig& config, const
     if (spec.cgroup_path.empty())
         return Error::invalid("no pod cgroup: the runtime passed no runtimeConfig.cgroupPath, "
                               "args.cni.cgroup is unset and no cgroupRoot is configured");
+    // Runtimes name cgroups from the cgroup root ("/kubepods/burstable/pod<uid>"), not by their
+    // mount path: such a path goes to the agent relative to its cgroup2 mount.
+    std::error_code ec;
+    if (spec.cgroup_path.front() == '/' && !std::filesystem::is_directory(spec.cgroup_path, ec))
+        spec.cgroup_path = spec.cgroup_path.substr(spec.cgroup_path.find_first_not_of('/') ==
+                                                           std::string::npos
+                                                       ? spec.cgroup_path.size()
+                                                       : spec.cgroup_path.find_first_not_of('/'));
+    if (spec.cgroup_path.empty()) return Error::invalid("cgroupPath: the cgroup root is not a pod cgroup");
 
     for (const auto& [key, value] : config.annotations) {
         if (key.rfind(kIstioPrefix, 0) != 0) continue;

@@ -27,7 +27,9 @@
 
 #include <boost/beast/http/verb.hpp>
 #include <boost/json/value.hpp>
+#include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>

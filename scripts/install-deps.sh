@@ -7,11 +7,24 @@ packages=(
   build-essential cmake pkg-config clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
   linux-libc-dev libspdlog-dev libfmt-dev libcli11-dev libboost1.81-dev libboost-json1.81-dev
   libgtest-dev googletest
+  # build: the gRPC API (api/meshlane.proto; grpc++_reflection ships in libgrpc++-dev)
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  # build (MESHLANE_BUILD_FUZZ): libFuzzer and ASan runtimes for clang 14
+  libclang-rt-14-dev
   # run
   iproute2
   # test: the sidecar stand-in, clients, baseline and fault injection
   haproxy iptables python3 python3-pytest curl openssl gnutls-bin
+  # test: the independent gRPC client (reflection by hand) and the OpenAPI document
+  python3-grpcio python3-protobuf python3-yaml
+  # test: the chained CNI plugin runs after Debian's bridge + host-local
+  containernetworking-plugins
 )
+# test (label deploy): manifest validation installs kubernetes-models with npm; keep a Node that
+# is already there (e.g. NodeSource, which bundles npm and conflicts with Debian's npm).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  packages+=(nodejs npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -8,3 +8,8 @@ cd "$(dirname "$0")/.."
 ./scripts/build.sh
 cd build
 ctest --output-on-failure --timeout 900 "$@"
+# The fuzz targets, briefly (a separate clang build); MESHLANE_SKIP_FUZZ=1 skips them.
+if [[ -z "${MESHLANE_SKIP_FUZZ:-}" ]]; then
+  cd ..
+  ./scripts/fuzz.sh
+fi

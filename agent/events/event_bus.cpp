@@ -102,8 +102,7 @@ std::uint64_t Subscription::dropped() const {
 
 // ---------------------------------------------------------------------------------------------
 
-EventBus::EventBus(EventBusOptions options)
-    : state_(std::make_shared<detail::BusState>(options)) {}
+EventBus::EventBus(EventBusOptions options) : state_(std::make_shared<detail::BusState>(options)) {}
 
 EventBus::~EventBus() { close(); }
 

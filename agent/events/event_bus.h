@@ -49,8 +49,8 @@ struct LostEvents {
 using StreamItem = std::variant<Event, LostEvents>;
 
 struct EventFilter {
-    std::string workload;         // empty: any
-    std::set<std::string> types;  // empty: any
+    std::string workload;            // empty: any
+    std::set<std::string> types;     // empty: any
     std::int64_t since_unix_ms = 0;  // history only: events at or after this time
     bool matches(const Event& event) const;
 };
@@ -90,7 +90,8 @@ class Subscription {
 
   private:
     friend class EventBus;
-    Subscription(std::shared_ptr<detail::BusState> bus, std::shared_ptr<detail::SubscriberState> me);
+    Subscription(std::shared_ptr<detail::BusState> bus,
+                 std::shared_ptr<detail::SubscriberState> me);
     std::shared_ptr<detail::BusState> bus_;
     std::shared_ptr<detail::SubscriberState> me_;
 };

@@ -22,8 +22,8 @@ json::object to_json(const LostEvents& lost) {
 }
 
 std::string to_ndjson(const StreamItem& item) {
-    std::string line = std::visit([](const auto& value) { return json::serialize(to_json(value)); },
-                                  item);
+    std::string line =
+        std::visit([](const auto& value) { return json::serialize(to_json(value)); }, item);
     line += '\n';
     return line;
 }

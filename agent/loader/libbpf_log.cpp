@@ -46,14 +46,14 @@ int print_to_spdlog(enum libbpf_print_level level, const char* format, va_list a
     const std::string text = format_message(format, args);
     const bool about_load = note_libbpf_message(text, last_rejection);
     if (level != LIBBPF_WARN) {
-        spdlog::debug("libbpf: {}", text);
+        spdlog::debug("{}", text);
     } else if (about_load && text.find(kBeginLog) != std::string::npos && last_rejection) {
         // The whole verifier log can be thousands of lines: its tail says why.
-        spdlog::warn("libbpf: verifier log of {} (last {} lines):\n{}", last_rejection->program,
+        spdlog::warn("verifier log of {} (last {} lines):\n{}", last_rejection->program,
                      kVerifierLogTailLines, last_rejection->log_tail);
-        spdlog::debug("libbpf: {}", text);
+        spdlog::debug("{}", text);
     } else {
-        spdlog::warn("libbpf: {}", text);
+        spdlog::warn("{}", text);
     }
     return static_cast<int>(text.size());
 }

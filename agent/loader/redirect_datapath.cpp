@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -161,8 +162,12 @@ RedirectDatapath::RedirectDatapath(DatapathOptions options)
     : options_(std::move(options)), impl_(std::make_unique<Impl>()) {}
 RedirectDatapath::~RedirectDatapath() = default;
 
+// bpffs refuses names containing '.' (EPERM), which workload names may hold ("shop.web-0"):
+// the directory spells '.' as '~', a character workload names never contain.
 std::string RedirectDatapath::workload_pin_dir(const std::string& name) const {
-    return options_.pin_root + "/workloads/" + name;
+    std::string dir_name = name;
+    std::replace(dir_name.begin(), dir_name.end(), '.', '~');
+    return options_.pin_root + "/workloads/" + dir_name;
 }
 
 // Map sizes depend on max_workloads; the same values must be set on every object that shares
@@ -480,7 +485,11 @@ std::vector<std::string> RedirectDatapath::pinned_workloads() const {
     std::error_code ec;
     for (const auto& entry :
          std::filesystem::directory_iterator(options_.pin_root + "/workloads", ec))
-        if (entry.is_directory()) names.push_back(entry.path().filename().string());
+        if (entry.is_directory()) {
+            std::string name = entry.path().filename().string();
+            std::replace(name.begin(), name.end(), '~', '.');
+            names.push_back(std::move(name));
+        }
     return names;
 }
 

@@ -321,13 +321,15 @@ void Observer::Impl::snapshot() {
         }
         for (const auto& k : stale) bpf_map_delete_elem(drop_counts_map, &k);
     }
+    // Only the kinds each object can produce, so every reported name means something.
     std::map<std::string, std::uint64_t> losses;
-    for (std::uint32_t kind = 0; kind < MESHLANE_LOSS_MAX; ++kind) {
-        if (connect_loss_map >= 0)
+    if (connect_loss_map >= 0)
+        for (std::uint32_t kind : {MESHLANE_LOSS_RINGBUF_FULL, MESHLANE_LOSS_NO_CONNECT_STATE})
             losses[std::string("connect.") + kLossNames[kind]] = sum_per_cpu(connect_loss_map, kind);
-        if (drop_loss_map >= 0)
+    if (drop_loss_map >= 0)
+        for (std::uint32_t kind : {MESHLANE_LOSS_RINGBUF_FULL, MESHLANE_LOSS_RATE_LIMITED,
+                                   MESHLANE_LOSS_COUNT_MAP_FULL})
             losses[std::string("drops.") + kLossNames[kind]] = sum_per_cpu(drop_loss_map, kind);
-    }
     std::vector<WorkloadTotals> list;
     list.reserve(totals.size());
     for (auto& [cookie, t] : totals) list.push_back(std::move(t));

@@ -1,8 +1,8 @@
 #include "api/grpc/grpc_server.h"
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/resource_quota.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
@@ -101,8 +101,10 @@ class AgentService final : public v1::Agent::Service {
                                     std::to_string(max_streams_) + "); retry later");
         std::vector<events::Event> history;
         std::unique_ptr<events::Subscription> subscription;
-        if (request->follow()) subscription = events_->subscribe(*filter, &history);
-        else history = events_->history(*filter);
+        if (request->follow())
+            subscription = events_->subscribe(*filter, &history);
+        else
+            history = events_->history(*filter);
         for (auto& event : history)
             if (!write(writer, events::StreamItem{std::move(event)})) return cancelled();
         if (!subscription) return grpc::Status::OK;

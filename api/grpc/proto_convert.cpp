@@ -62,9 +62,9 @@ Result<WorkloadSpec> spec_from_proto(const v1::WorkloadSpec& proto) {
     if (!cidrs) return cidrs.error();
     object["include_cidrs"] = *cidrs;
     object["exclude_cidrs"] = to_array(proto.exclude_cidrs());
-    auto inbound = selection(proto.has_include_all_inbound_ports(),
-                             proto.include_all_inbound_ports(),
-                             to_array(proto.include_inbound_ports()), "inbound_ports");
+    auto inbound =
+        selection(proto.has_include_all_inbound_ports(), proto.include_all_inbound_ports(),
+                  to_array(proto.include_inbound_ports()), "inbound_ports");
     if (!inbound) return inbound.error();
     object["include_inbound_ports"] = *inbound;
     object["include_outbound_ports"] = to_array(proto.include_outbound_ports());
@@ -152,9 +152,9 @@ Result<events::EventFilter> filter_from_proto(const v1::StreamEventsRequest& req
         filter.workload = request.workload();
     }
     for (const auto& type : request.types()) {
-        const bool valid = !type.empty() && type.size() <= 64 &&
-                           type.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_") ==
-                               std::string::npos;
+        const bool valid =
+            !type.empty() && type.size() <= 64 &&
+            type.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_") == std::string::npos;
         if (!valid) return Error::invalid("type \"" + type + "\" is not an event type");
         filter.types.insert(type);
     }

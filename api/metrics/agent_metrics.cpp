@@ -30,8 +30,10 @@ Labels view(const Series& series) {
 
 void write_family(MetricsWriter& out, bool counter, std::string_view name, std::string_view help,
                   const std::vector<Series>& samples) {
-    if (counter) out.counter(name, help);
-    else out.gauge(name, help);
+    if (counter)
+        out.counter(name, help);
+    else
+        out.gauge(name, help);
     for (const auto& series : samples) out.sample(view(series), series.value);
 }
 
@@ -68,12 +70,14 @@ void write_workload_metrics(MetricsWriter& out, WorkloadRegistry& registry) {
 
     out.gauge("meshlane_build_info", "Agent version and the kernel it runs on (always 1).");
     out.sample({{"version", agent.version}, {"kernel", agent.kernel}}, std::uint64_t{1});
-    out.gauge("meshlane_kernel_feature_available", "Kernel features probed at start (1 = present).");
+    out.gauge("meshlane_kernel_feature_available",
+              "Kernel features probed at start (1 = present).");
     for (const auto& [feature, present] : agent.features)
         out.sample({{"feature", feature}}, std::uint64_t{present ? 1u : 0u});
     out.gauge("meshlane_workloads_enrolled", "Workloads currently enrolled.");
     out.sample({}, static_cast<std::uint64_t>(workloads.size()));
-    out.gauge("meshlane_workloads_max", "Workloads the datapath maps are sized for (max_workloads).");
+    out.gauge("meshlane_workloads_max",
+              "Workloads the datapath maps are sized for (max_workloads).");
     out.sample({}, static_cast<std::uint64_t>(agent.max_workloads));
 
     std::vector<Series> info, listeners, decisions, orig_dst, other;
@@ -92,7 +96,8 @@ void write_workload_metrics(MetricsWriter& out, WorkloadRegistry& registry) {
                 decisions.push_back({{{"workload", name}, {"decision", counter}}, value});
             } else if (starts_with(counter, "orig_dst_")) {
                 orig_dst.push_back(
-                    {{{"workload", name}, {"result", counter.substr(sizeof("orig_dst_") - 1)}}, value});
+                    {{{"workload", name}, {"result", counter.substr(sizeof("orig_dst_") - 1)}},
+                     value});
             } else if (counter == "proxy_listener_registered") {
                 registrations.push_back({{{"workload", name}}, value});
             } else if (counter == "getpeername_rewritten") {
@@ -140,7 +145,8 @@ void write_process_metrics(MetricsWriter& out, const ProcessStats& stats) {
     out.sample({}, stats.resident_bytes);
     out.gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.");
     out.sample({}, stats.virtual_bytes);
-    out.gauge("process_start_time_seconds", "Start time of the process since unix epoch in seconds.");
+    out.gauge("process_start_time_seconds",
+              "Start time of the process since unix epoch in seconds.");
     out.sample({}, stats.start_time_seconds);
     out.gauge("process_open_fds", "Number of open file descriptors.");
     out.sample({}, stats.open_fds);
@@ -177,8 +183,8 @@ Result<ProcessStats> parse_proc_stat(std::string_view stat, std::uint64_t boot_t
     ProcessStats stats;
     const auto ticks = static_cast<double>(ticks_per_second);
     stats.cpu_seconds = static_cast<double>(field(14) + field(15)) / ticks;
-    stats.start_time_seconds = static_cast<double>(boot_time_seconds) +
-                               static_cast<double>(field(22)) / ticks;
+    stats.start_time_seconds =
+        static_cast<double>(boot_time_seconds) + static_cast<double>(field(22)) / ticks;
     stats.virtual_bytes = field(23);
     stats.resident_bytes = field(24) * static_cast<std::uint64_t>(page_size);
     if (!parsed) return Error::invalid("/proc/self/stat: a numeric field does not parse");

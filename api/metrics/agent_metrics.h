@@ -20,7 +20,7 @@ class EventBus;
 namespace meshlane::metrics {
 
 struct ProcessStats {
-    double cpu_seconds = 0;         // user + system
+    double cpu_seconds = 0;  // user + system
     std::uint64_t resident_bytes = 0;
     std::uint64_t virtual_bytes = 0;
     double start_time_seconds = 0;  // unix time

@@ -39,10 +39,14 @@ std::string MetricsWriter::escape_label_value(std::string_view value) {
     std::string out;
     out.reserve(value.size());
     for (const char c : value) {
-        if (c == '\\') out += "\\\\";
-        else if (c == '"') out += "\\\"";
-        else if (c == '\n') out += "\\n";
-        else out += c;
+        if (c == '\\')
+            out += "\\\\";
+        else if (c == '"')
+            out += "\\\"";
+        else if (c == '\n')
+            out += "\\n";
+        else
+            out += c;
     }
     return out;
 }
@@ -52,9 +56,12 @@ std::string MetricsWriter::escape_help(std::string_view help) {
     std::string out;
     out.reserve(help.size());
     for (const char c : help) {
-        if (c == '\\') out += "\\\\";
-        else if (c == '\n') out += "\\n";
-        else out += c;
+        if (c == '\\')
+            out += "\\\\";
+        else if (c == '\n')
+            out += "\\n";
+        else
+            out += c;
     }
     return out;
 }
@@ -94,7 +101,8 @@ void MetricsWriter::histogram(std::string_view name, std::string_view help) {
 
 void MetricsWriter::require(Type type, const char* what) const {
     if (type_ == Type::kNone) throw std::logic_error(std::string(what) + " before any family");
-    const bool ok = type == Type::kHistogram ? type_ == Type::kHistogram : type_ != Type::kHistogram;
+    const bool ok =
+        type == Type::kHistogram ? type_ == Type::kHistogram : type_ != Type::kHistogram;
     if (!ok) throw std::logic_error(std::string(what) + " does not fit family " + family_);
 }
 
@@ -106,7 +114,8 @@ void MetricsWriter::write_sample(std::string_view suffix, const Labels& labels, 
     std::set<std::string_view> names;
     auto add = [&](const Label& label) {
         if (!valid_label_name(label.name) || (extra != &label && label.name == "le"))
-            throw std::logic_error(fmt::format("invalid label name '{}' in {}", label.name, series));
+            throw std::logic_error(
+                fmt::format("invalid label name '{}' in {}", label.name, series));
         if (!names.insert(label.name).second)
             throw std::logic_error(fmt::format("label '{}' repeated in {}", label.name, series));
         if (!rendered.empty()) rendered += ',';

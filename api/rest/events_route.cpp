@@ -31,7 +31,8 @@ Result<std::set<std::string>> parse_types(std::string_view text) {
         const bool valid = !type.empty() && type.size() <= 64 &&
                            type.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_") ==
                                std::string_view::npos;
-        if (!valid) return Error::invalid("type \"" + std::string(type) + "\" is not an event type");
+        if (!valid)
+            return Error::invalid("type \"" + std::string(type) + "\" is not an event type");
         types.emplace(type);
     }
     return types;

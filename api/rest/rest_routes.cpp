@@ -5,6 +5,7 @@
 #include <boost/json.hpp>
 
 #include "api/rest/agent_routes.h"
+#include "api/rest/diagnose_routes.h"
 #include "api/rest/observe_routes.h"
 #include "api/rest/rest_router.h"
 
@@ -19,7 +20,14 @@ Response health(const RouteContext&) {
 }
 
 Response agent_status(const RouteContext& context) {
-    return json_response(http::status::ok, to_json(context.registry.status()));
+    auto status = to_json(context.registry.status());
+    if (context.events != nullptr) {
+        const auto stats = context.events->stats();
+        status["events"] = {{"published", stats.published},
+                            {"lost", stats.dropped},
+                            {"subscribers", stats.subscribers}};
+    }
+    return json_response(http::status::ok, status);
 }
 
 Response list_workloads(const RouteContext& context) {
@@ -88,6 +96,14 @@ constexpr auto kRoutes = std::to_array<Route>({
     {http::verb::delete_, "/v1/workloads/{name}",
      "Unenroll a workload; idempotent (\"removed\": false when it was not enrolled).", true,
      unenroll_workload},
+    {http::verb::get, "/v1/workloads/{name}/diagnose",
+     "Findings that name the cause of an interception failure: severity, cause, evidence "
+     "(counts, sockets, pids, times) and fix.",
+     false, diagnose_workload},
+    {http::verb::post, "/v1/workloads/{name}/verify",
+     "Hop-by-hop check: programs read back from the kernel, an outbound probe from inside the "
+     "pod (never leaves it), SO_ORIGINAL_DST answered, inbound listener registered.",
+     true, verify_workload},
     {http::verb::get, "/v1/connections",
      "TCP connect latency (p50/p90/p99, log2 histogram), refused/timed-out connects, "
      "retransmits and resets per workload, app and upstream sides apart, with recent slow or "

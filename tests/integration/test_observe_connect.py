@@ -140,3 +140,33 @@ def test_views_list_every_workload(meshed, agent, view):
     data = agent.cli_json(view)
     assert sorted(w["name"] for w in data["workloads"]) == sorted(
         [meshed.a.name, meshed.b.name]), data
+
+
+def test_drop_flood_counts_exactly_and_reports_lost_events(meshed, agent):
+    """5000 UDP datagrams dropped by netfilter in B within a fraction of a second: the per-reason
+    count is exact, events beyond the kernel's per-CPU token bucket are reported as lost
+    (drops.rate_limited), and the agent stays within its memory bound."""
+    topo = meshed
+    count, port = 5000, 9999
+    topo.b.exec("iptables", "-A", "INPUT", "-i", topo.b.veth, "-p", "udp", "--dport", str(port),
+                "-j", "DROP")
+    sender = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+              f"for _ in range({count}): s.sendto(b'x' * 32, ('{topo.b.ip4}', {port}))\n")
+    result = topo.a.run([util.PYTHON, "-c", sender], timeout=30)
+    assert result.returncode == 0, result.stderr
+
+    def counted():
+        w, observer = drops(agent, topo.b, "--reason", "NETFILTER_DROP", "--limit", "10000")
+        return (w, observer) if w["total"] >= count else None
+    w, observer = util.wait_until(counted, timeout=10, interval=0.2,
+                                  message=f"{count} NETFILTER_DROP in B")
+    assert w["total"] == count, w["by_reason"]
+    assert 0 < len(w["recent"]) < count, len(w["recent"])
+    assert observer["lost_events"]["drops.rate_limited"] > 0, observer
+    assert observer["lost_events_total"] >= observer["lost_events"]["drops.rate_limited"]
+    # Every drop is either delivered as an event or counted as lost, never silently missing.
+    delivered = observer["drop_events"]
+    lost = observer["lost_events"]["drops.rate_limited"] + observer["lost_events"][
+        "drops.ringbuf_full"]
+    assert delivered + lost >= count, observer
+    assert observer["memory_bytes"] <= observer["memory_limit_bytes"], observer

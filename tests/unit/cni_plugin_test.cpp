@@ -90,7 +90,8 @@ TEST(CniPlugin, AddEnrollsAndPassesPrevResultThrough) {
     EXPECT_EQ(h.calls[0].target, "/v1/workloads");
     const auto& body = h.calls[0].body->as_object();
     EXPECT_EQ(body.at("name").as_string(), "shop.web-0");
-    EXPECT_EQ(body.at("cgroup").as_string(), "/kubepods/pod1");
+    // Not a directory here: sent relative to the agent's cgroup2 mount.
+    EXPECT_EQ(body.at("cgroup").as_string(), "kubepods/pod1");
     EXPECT_EQ(body.at("netns").as_string(), "/var/run/netns/cni-1");
 }
 
@@ -108,7 +109,7 @@ TEST(CniPlugin, IstioAnnotationsBecomeTheSpec) {
     ASSERT_EQ(out.exit_code, 0) << out.output;
     auto spec = workload_spec_from_json(*h.calls.at(0).body);
     ASSERT_TRUE(spec) << spec.error().message;
-    EXPECT_EQ(spec->exclude_outbound_ports, (std::vector<std::uint16_t>{9999, 5432}));
+    EXPECT_EQ(spec->exclude_outbound_ports, (std::vector<std::uint16_t>{5432, 9999}));
     EXPECT_EQ(spec->exclude_inbound_ports, (std::vector<std::uint16_t>{2222}));
     EXPECT_FALSE(spec->include_all_inbound_ports);
     EXPECT_EQ(spec->include_inbound_ports, (std::vector<std::uint16_t>{8080, 9090}));
@@ -125,7 +126,7 @@ TEST(CniPlugin, AnnotationsFromArgsConvention) {
         "traffic.sidecar.istio.io/excludeOutboundPorts":"1234"}}},)"));
     ASSERT_EQ(out.exit_code, 0) << out.output;
     auto spec = workload_spec_from_json(*h.calls.at(0).body);
-    EXPECT_EQ(spec->cgroup_path, "/kubepods/pod2");
+    EXPECT_EQ(spec->cgroup_path, "kubepods/pod2");
     EXPECT_EQ(spec->exclude_outbound_ports, (std::vector<std::uint16_t>{1234}));
 }
 

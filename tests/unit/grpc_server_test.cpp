@@ -26,9 +26,8 @@ class GrpcServerTest : public ::testing::Test {
         ASSERT_NE(::mkdtemp(pattern), nullptr);
         dir_ = pattern;
         path_ = dir_ + "/run/grpc.sock";
-        server_ = std::make_unique<GrpcServer>(registry_, &bus_,
-                                               GrpcServerOptions{.unix_socket_path = path_,
-                                                                 .max_streams = 2});
+        server_ = std::make_unique<GrpcServer>(
+            registry_, &bus_, GrpcServerOptions{.unix_socket_path = path_, .max_streams = 2});
         auto started = server_->start();
         ASSERT_TRUE(started.ok()) << started.error().message;
         stub_ = v1::Agent::NewStub(

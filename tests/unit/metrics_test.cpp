@@ -26,7 +26,7 @@ namespace {
 struct ParsedSample {
     std::string name;
     std::vector<std::pair<std::string, std::string>> labels;  // unescaped values
-    std::string canonical;                                   // name + sorted labels
+    std::string canonical;                                    // name + sorted labels
     double value = 0;
 };
 
@@ -35,7 +35,8 @@ bool is_name(const std::string& s, bool allow_colon) {
     for (std::size_t i = 0; i < s.size(); ++i) {
         const char c = s[i];
         const bool ok = std::isalpha(static_cast<unsigned char>(c)) || c == '_' ||
-                        (allow_colon && c == ':') || (i > 0 && std::isdigit(static_cast<unsigned char>(c)));
+                        (allow_colon && c == ':') ||
+                        (i > 0 && std::isdigit(static_cast<unsigned char>(c)));
         if (!ok) return false;
     }
     return true;
@@ -61,9 +62,12 @@ std::string parse_sample(const std::string& line, ParsedSample& out) {
             for (; j < line.size() && line[j] != '"'; ++j) {
                 if (line[j] == '\\') {
                     if (++j >= line.size()) return "dangling escape";
-                    if (line[j] == 'n') value += '\n';
-                    else if (line[j] == '\\' || line[j] == '"') value += line[j];
-                    else return "invalid escape \\" + std::string(1, line[j]);
+                    if (line[j] == 'n')
+                        value += '\n';
+                    else if (line[j] == '\\' || line[j] == '"')
+                        value += line[j];
+                    else
+                        return "invalid escape \\" + std::string(1, line[j]);
                 } else if (line[j] == '\n') {
                     return "raw newline in label value";
                 } else {
@@ -81,9 +85,12 @@ std::string parse_sample(const std::string& line, ParsedSample& out) {
     }
     if (i >= line.size() || line[i] != ' ') return "no space before value";
     const std::string value = line.substr(i + 1);
-    if (value == "+Inf") out.value = INFINITY;
-    else if (value == "-Inf") out.value = -INFINITY;
-    else if (value == "NaN") out.value = NAN;
+    if (value == "+Inf")
+        out.value = INFINITY;
+    else if (value == "-Inf")
+        out.value = -INFINITY;
+    else if (value == "NaN")
+        out.value = NAN;
     else {
         std::size_t used = 0;
         try {
@@ -166,8 +173,10 @@ std::vector<std::string> validate_exposition(const std::string& text) {
                 std::string le;
                 base = current;
                 for (const auto& [k, v] : sample.labels) {
-                    if (k == "le") le = v;
-                    else base += "|" + k + "=" + v;
+                    if (k == "le")
+                        le = v;
+                    else
+                        base += "|" + k + "=" + v;
                 }
                 if (le.empty()) problem("bucket without le");
                 if (last_bucket.count(base) && sample.value < last_bucket[base])
@@ -197,16 +206,18 @@ std::vector<std::string> validate_exposition(const std::string& text) {
 // ---------------------------------------------------------------------------------------------
 
 TEST(MetricsValidator, CatchesTheMistakesItLooksFor) {
-    EXPECT_TRUE(validate_exposition("# HELP a_total x\n# TYPE a_total counter\na_total 1\n").empty());
+    EXPECT_TRUE(
+        validate_exposition("# HELP a_total x\n# TYPE a_total counter\na_total 1\n").empty());
     EXPECT_FALSE(validate_exposition("a_total 1\n").empty());  // no HELP/TYPE
     EXPECT_FALSE(validate_exposition("# HELP a x\n# TYPE a counter\na 1\n").empty());
-    EXPECT_FALSE(validate_exposition("# HELP a x\n# TYPE a gauge\na{l=\"x\"} 1\na{l=\"x\"} 2\n").empty());
+    EXPECT_FALSE(
+        validate_exposition("# HELP a x\n# TYPE a gauge\na{l=\"x\"} 1\na{l=\"x\"} 2\n").empty());
     EXPECT_FALSE(validate_exposition("# HELP a x\n# TYPE a gauge\na{l=\"x\\q\"} 1\n").empty());
     EXPECT_FALSE(validate_exposition("# HELP a x\n# TYPE a gauge\na{l=x} 1\n").empty());
-    EXPECT_FALSE(validate_exposition(
-                     "# HELP a x\n# TYPE a gauge\na 1\n# HELP b x\n# TYPE b gauge\nb 1\n"
-                     "# HELP a x\n# TYPE a gauge\n")
-                     .empty());
+    EXPECT_FALSE(
+        validate_exposition("# HELP a x\n# TYPE a gauge\na 1\n# HELP b x\n# TYPE b gauge\nb 1\n"
+                            "# HELP a x\n# TYPE a gauge\n")
+            .empty());
     EXPECT_FALSE(validate_exposition("# HELP a x\n# TYPE a gauge\na one\n").empty());
 }
 
@@ -265,7 +276,9 @@ TEST(MetricsWriter, RefusesWhatPrometheusWouldReject) {
     throws([](MetricsWriter& o) { o.gauge("1bad", "x"); });
     throws([](MetricsWriter& o) { o.gauge("a", "x"), o.gauge("a", "x"); });
     throws([](MetricsWriter& o) { o.sample({}, std::uint64_t{1}); });  // no family
-    throws([](MetricsWriter& o) { o.gauge("a", "x"), o.sample({{"bad-name", "v"}}, std::uint64_t{1}); });
+    throws([](MetricsWriter& o) {
+        o.gauge("a", "x"), o.sample({{"bad-name", "v"}}, std::uint64_t{1});
+    });
     throws([](MetricsWriter& o) { o.gauge("a", "x"), o.sample({{"__x", "v"}}, std::uint64_t{1}); });
     throws([](MetricsWriter& o) {
         o.gauge("a", "x");
@@ -282,7 +295,9 @@ TEST(MetricsWriter, RefusesWhatPrometheusWouldReject) {
         o.histogram_sample({}, {{0.1, 3}, {0.2, 2}}, 0, 3);  // counts not cumulative
     });
     throws([](MetricsWriter& o) { o.histogram("h", "x"), o.sample({}, std::uint64_t{1}); });
-    throws([](MetricsWriter& o) { o.histogram("h", "x"), o.histogram_sample({{"le", "1"}}, {}, 0, 0); });
+    throws([](MetricsWriter& o) {
+        o.histogram("h", "x"), o.histogram_sample({{"le", "1"}}, {}, 0, 0);
+    });
 }
 
 TEST(ProcStat, ParsesTheFieldsProcDocuments) {
@@ -325,7 +340,8 @@ TEST(MetricsEndpoint, ServesValidExpositionWithEveryFamily) {
     const auto problems = validate_exposition(text);
     for (const auto& p : problems) ADD_FAILURE() << p;
     for (const char* expected : {
-             "meshlane_redirect_decisions_total{workload=\"web\",decision=\"outbound_redirected\"} 7\n",
+             "meshlane_redirect_decisions_total{workload=\"web\",decision=\"outbound_redirected\"} "
+             "7\n",
              "meshlane_redirect_decisions_total{workload=\"db\",decision=\"inbound_steered\"} 3\n",
              "meshlane_inbound_listener_registered{workload=\"web\",family=\"ipv4\"} 1\n",
              "meshlane_workloads_enrolled 2\n",

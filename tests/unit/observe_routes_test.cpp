@@ -91,11 +91,11 @@ TEST_F(ObserveRoutesTest, ConnectionsJoinWorkloadNames) {
     auto body = json::parse(response.body());
     const auto& w = body.at("workloads").as_array().at(0);
     EXPECT_EQ(w.at("name").as_string(), "web");
-    EXPECT_EQ(w.at("upstream").at("established").as_uint64(), 4u);
+    EXPECT_EQ(w.at("upstream").at("established").to_number<std::uint64_t>(), 4u);
     EXPECT_GE(w.at("upstream").at("latency").at("p50_ms").as_double(), 524.0);
-    EXPECT_EQ(w.at("tcp").at("syn_retransmits").as_uint64(), 1u);
+    EXPECT_EQ(w.at("tcp").at("syn_retransmits").to_number<std::uint64_t>(), 1u);
     EXPECT_EQ(w.at("recent").as_array().at(0).at("outcome").as_string(), "refused");
-    EXPECT_EQ(body.at("observer").at("lost_events_total").as_uint64(), 3u);
+    EXPECT_EQ(body.at("observer").at("lost_events_total").to_number<std::uint64_t>(), 3u);
 }
 
 TEST_F(ObserveRoutesTest, DropsPassTheQuery) {

@@ -72,6 +72,15 @@ TEST_F(EventsRouteTest, BadQueriesAre400) {
     EXPECT_EQ(get("/v1/events?follow=true").result(), http::status::bad_request);
 }
 
+TEST_F(EventsRouteTest, StatusReportsTheBus) {
+    auto sub = bus_.subscribe({});
+    bus_.publish(event(events::kWorkloadEnrolled, "web"));
+    auto status = json::parse(get("/v1/status").body());
+    EXPECT_EQ(status.at("events").at("published").to_number<int>(), 1);
+    EXPECT_EQ(status.at("events").at("subscribers").to_number<int>(), 1);
+    EXPECT_EQ(status.at("events").at("lost").to_number<int>(), 0);
+}
+
 TEST(EventsRoute, WithoutABusIs503) {
     meshlane::testing::FakeWorkloadRegistry registry;
     RestRouter router(registry);
@@ -149,6 +158,13 @@ class EventsStreamTest : public ::testing::Test {
         ASSERT_TRUE(server_->start().ok());
         thread_ = std::thread([this] { io_.run(); });
     }
+    template <typename F>
+    auto on_io(F f) {
+        std::packaged_task<decltype(f())()> task(f);
+        auto result = task.get_future();
+        boost::asio::post(io_, [&] { task(); });
+        return result.get();
+    }
     void stop_server() {
         if (!server_) return;
         if (thread_.joinable()) {
@@ -157,13 +173,6 @@ class EventsStreamTest : public ::testing::Test {
             thread_.join();
         }
         server_.reset();
-    }
-    template <typename F>
-    auto on_io(F f) {
-        std::packaged_task<decltype(f())()> task(f);
-        auto result = task.get_future();
-        boost::asio::post(io_, [&] { task(); });
-        return result.get();
     }
     std::size_t streams() {
         return on_io([&] { return server_->active_streams(); });
@@ -233,7 +242,8 @@ TEST_F(EventsStreamTest, ClientThatNeverReadsLosesItsSlotAndEventsAreCounted) {
     // Far more than the socket buffer and the subscriber queue hold.
     const std::string big(2000, 'x');
     for (int i = 0; i < 5000; ++i)
-        bus_.publish(events::Event{.type = "test_event", .workload = "w", .details = {{"pad", big}}});
+        bus_.publish(
+            events::Event{.type = "test_event", .workload = "w", .details = {{"pad", big}}});
     EXPECT_TRUE(wait_for_streams(0) || (std::this_thread::sleep_for(3s), wait_for_streams(0)))
         << "the write timeout must end a stream whose client does not read";
     EXPECT_GT(bus_.stats().dropped, 0u);

@@ -160,6 +160,12 @@ def delete_netns(name):
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
 
 
+def delete_link(name):
+    """A host network interface our test created (e.g. a CNI bridge)."""
+    if os.path.exists(f"/sys/class/net/{name}"):
+        subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=10)
+
+
 def remove_tree(path):
     shutil.rmtree(path, ignore_errors=True)
 
@@ -172,6 +178,8 @@ def sweep_record(record):
         remove_cgroup_tree(record["path"])
     elif kind == "netns":
         delete_netns(record["name"])
+    elif kind == "link":
+        delete_link(record["name"])
     elif kind in ("dir", "pin_dir"):
         remove_tree(record["path"])
 

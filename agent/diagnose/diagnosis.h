@@ -1,0 +1,104 @@
+// Diagnose: name the cause of an interception failure. The rules are pure functions of a
+// DiagnosisInput snapshot (unit-tested without root); collector.h builds the snapshot from the
+// kernel and /proc. Each Finding says the cause first, then the evidence (counts, tuples, pids,
+// times), then the fix an operator applies.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <boost/json/object.hpp>
+
+#include "agent/workload/workload_spec.h"
+
+namespace meshlane::diagnose {
+
+enum class Severity { kCritical, kWarning, kInfo };
+std::string_view to_string(Severity severity);
+
+struct Finding {
+    Severity severity = Severity::kWarning;
+    std::string code;  // stable, e.g. "proxy_not_listening_refused"
+    std::string cause;
+    std::vector<std::string> evidence;
+    std::string fix;
+};
+
+// A process in the pod's netns or cgroup.
+struct ProcessInfo {
+    pid_t pid = 0;
+    std::uint32_t uid = 0;  // effective
+    std::uint32_t gid = 0;
+    std::string comm;
+    std::string cgroup;  // relative to the cgroup2 mount, "/a/b"
+    bool in_pod_cgroup = false;  // the pod cgroup or below
+    bool in_netns = false;
+    std::int64_t started_unix_ms = 0;
+};
+
+// A TCP LISTEN socket in the pod's netns (/proc/net/tcp{,6} as seen from inside).
+struct ListenSocket {
+    std::string local;  // "127.0.0.1:15001", "[::]:15006"
+    std::uint16_t port = 0;
+    bool ipv6 = false;
+    std::uint32_t uid = 0;  // socket owner uid from /proc/net/tcp
+    std::uint64_t inode = 0;
+    std::vector<pid_t> pids;  // processes holding it (fd links)
+};
+
+// A cgroup connect4/connect6 program in effect for the pod cgroup.
+struct ConnectProgram {
+    std::string attach_type;  // "connect4" / "connect6"
+    std::uint32_t prog_id = 0;
+    std::string name;
+    std::size_t position = 0;  // index in the kernel's effective (execution) order
+    bool ours = false;
+    std::string attached_at;  // cgroup path it is attached to directly, when found
+};
+
+struct DiagnosisInput {
+    std::string workload;
+    WorkloadSpec spec;
+    std::map<std::string, std::uint64_t> counters;
+    bool inbound_listener_registered = false;
+    std::int64_t collected_at_unix_ms = 0;
+
+    std::vector<ProcessInfo> processes;
+    std::optional<std::vector<ListenSocket>> listeners;  // nullopt: could not be read
+    // `iptables-save -t nat` / `ip6tables-save -t nat` inside the netns; nullopt: not checked.
+    std::optional<std::string> nat_v4;
+    std::optional<std::string> nat_v6;
+    std::optional<std::vector<ConnectProgram>> connect_programs;  // nullopt: query failed
+    // What could not be collected: each becomes an info finding, so a missing check is visible.
+    std::vector<std::string> collection_errors;
+};
+
+std::vector<Finding> diagnose(const DiagnosisInput& input);
+
+// Individual rules (each returns 0 or 1 finding); diagnose() runs them all.
+std::optional<Finding> rule_refused_before_listen(const DiagnosisInput& input);
+std::optional<Finding> rule_proxy_wrong_uid(const DiagnosisInput& input);
+std::optional<Finding> rule_app_runs_as_proxy_uid(const DiagnosisInput& input);
+std::optional<Finding> rule_iptables_chains(const DiagnosisInput& input);
+std::optional<Finding> rule_foreign_connect_program(const DiagnosisInput& input);
+std::optional<Finding> rule_no_inbound_listener(const DiagnosisInput& input);
+std::optional<Finding> rule_orig_dst_unanswered(const DiagnosisInput& input);
+std::optional<Finding> rule_app_port_excluded(const DiagnosisInput& input);
+std::optional<Finding> rule_proxy_port_included(const DiagnosisInput& input);
+
+// ISTIO_* chain names found in an iptables-save text.
+std::vector<std::string> istio_chains(std::string_view iptables_save);
+// LISTEN sockets of a /proc/net/tcp or tcp6 text (every port).
+std::vector<ListenSocket> parse_listen_sockets(std::string_view text, bool ipv6);
+
+bool has_critical(const std::vector<Finding>& findings);
+boost::json::object to_json(const Finding& finding);
+boost::json::object to_json(const DiagnosisInput& input, const std::vector<Finding>& findings);
+
+}  // namespace meshlane::diagnose

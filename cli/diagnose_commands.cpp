@@ -1,0 +1,122 @@
+#include "cli/diagnose_commands.h"
+
+#include <ctime>
+#include <iostream>
+
+#include <boost/json.hpp>
+
+#include "api/rest/unix_http_client.h"
+#include "cli/output.h"
+
+namespace meshlane::cli {
+
+namespace json = boost::json;
+namespace http = boost::beast::http;
+
+namespace {
+
+std::optional<json::value> call(const GlobalOptions& global, http::verb method,
+                                const std::string& target, int& exit_code) {
+    auto reply = rest::http_request(global.server, method, target);
+    if (!reply) {
+        std::cerr << "meshlane: " << reply.error().message << '\n';
+        exit_code = kExitUnreachable;
+        return std::nullopt;
+    }
+    boost::system::error_code ec;
+    auto body = json::parse(reply->body, ec);
+    if (ec) {
+        std::cerr << "meshlane: unexpected reply from the agent (HTTP " << reply->status
+                  << ", not JSON)\n";
+        exit_code = kExitFailed;
+        return std::nullopt;
+    }
+    if (reply->status >= 400) {
+        const auto message = field_text(body, "error");
+        std::cerr << "meshlane: "
+                  << (message != "-" ? message
+                                     : "the agent answered HTTP " + std::to_string(reply->status))
+                  << '\n';
+        exit_code = kExitFailed;
+        return std::nullopt;
+    }
+    exit_code = kExitOk;
+    return body;
+}
+
+std::string upper(std::string text) {
+    for (auto& c : text) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    return text;
+}
+
+std::string utc(std::int64_t ms) {
+    const std::time_t seconds = static_cast<std::time_t>(ms / 1000);
+    std::tm tm{};
+    ::gmtime_r(&seconds, &tm);
+    char buffer[32];
+    std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return buffer;
+}
+
+}  // namespace
+
+int run_diagnose(const GlobalOptions& global, const std::string& name, bool as_json) {
+    int exit_code = kExitOk;
+    auto body = call(global, http::verb::get, "/v1/workloads/" + name + "/diagnose", exit_code);
+    if (!body) return exit_code;
+    const auto& object = body->as_object();
+    const auto& findings = object.at("findings").as_array();
+    const auto critical = object.at("critical").to_number<std::int64_t>();
+    if (as_json) {
+        std::cout << json::serialize(*body) << '\n';
+        return critical > 0 ? kExitProblemFound : kExitOk;
+    }
+    std::cout << "Workload " << name << ": " << findings.size() << " finding(s), " << critical
+              << " critical (at " << utc(object.at("collected_at_unix_ms").to_number<std::int64_t>())
+              << ")\n";
+    if (findings.empty()) {
+        const auto& checked = object.at("checked").as_object();
+        std::cout << "No interception problem found. Checked: " << json::serialize(checked.at("processes"))
+                  << " processes, " << json::serialize(checked.at("listeners"))
+                  << " listening sockets, iptables nat v4/v6, "
+                  << json::serialize(checked.at("connect_programs"))
+                  << " cgroup connect programs, datapath counters.\n";
+        return kExitOk;
+    }
+    for (const auto& value : findings) {
+        const auto& f = value.as_object();
+        std::cout << "\n[" << upper(std::string(f.at("severity").as_string())) << "] "
+                  << f.at("code").as_string().c_str() << "\n";
+        std::cout << "  Cause:    " << f.at("cause").as_string().c_str() << "\n";
+        std::cout << "  Evidence:\n";
+        for (const auto& e : f.at("evidence").as_array())
+            std::cout << "    - " << e.as_string().c_str() << "\n";
+        std::cout << "  Fix:      " << f.at("fix").as_string().c_str() << "\n";
+    }
+    return critical > 0 ? kExitProblemFound : kExitOk;
+}
+
+int run_verify(const GlobalOptions& global, const std::string& name, bool as_json) {
+    int exit_code = kExitOk;
+    auto body = call(global, http::verb::post, "/v1/workloads/" + name + "/verify", exit_code);
+    if (!body) return exit_code;
+    const auto& object = body->as_object();
+    const bool passed = object.at("passed").as_bool();
+    if (as_json) {
+        std::cout << json::serialize(*body) << '\n';
+        return passed ? kExitOk : kExitProblemFound;
+    }
+    std::cout << "Workload " << name << ": " << (passed ? "interception verified" : "VERIFY FAILED")
+              << "\n";
+    for (const auto& value : object.at("checks").as_array()) {
+        const auto& c = value.as_object();
+        std::cout << "\n" << (c.at("passed").as_bool() ? "PASS " : "FAIL ") << "["
+                  << c.at("hop").as_string().c_str() << "] " << c.at("name").as_string().c_str()
+                  << "\n";
+        for (const auto& e : c.at("evidence").as_array())
+            std::cout << "    - " << e.as_string().c_str() << "\n";
+    }
+    return passed ? kExitOk : kExitProblemFound;
+}
+
+}  // namespace meshlane::cli
