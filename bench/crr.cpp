@@ -55,14 +55,12 @@ struct Options {
 }
 
 Options parse(int argc, char** argv) {
-    if (argc < 2)
-        usage("missing mode");
+    if (argc < 2) usage("missing mode");
     Options o;
     o.mode = argv[1];
     for (int i = 2; i < argc; ++i) {
         std::string flag = argv[i];
-        if (i + 1 >= argc)
-            usage(("missing value for " + flag).c_str());
+        if (i + 1 >= argc) usage(("missing value for " + flag).c_str());
         const char* value = argv[++i];
         if (flag == "--listen" || flag == "--connect")
             o.address = value;
@@ -79,17 +77,14 @@ Options parse(int argc, char** argv) {
         else
             usage(("unknown flag " + flag).c_str());
     }
-    if (o.mode != "server" && o.mode != "client")
-        usage("mode must be server or client");
-    if (o.address.empty())
-        usage("missing --listen / --connect");
+    if (o.mode != "server" && o.mode != "client") usage("mode must be server or client");
+    if (o.address.empty()) usage("missing --listen / --connect");
     return o;
 }
 
 sockaddr_in parse_address(const std::string& text) {
     auto colon = text.rfind(':');
-    if (colon == std::string::npos)
-        usage("address must be IPv4:PORT");
+    if (colon == std::string::npos) usage("address must be IPv4:PORT");
     sockaddr_in sin{};
     sin.sin_family = AF_INET;
     sin.sin_port = htons(static_cast<uint16_t>(std::atoi(text.c_str() + colon + 1)));
@@ -156,8 +151,7 @@ int run_server(const Options& o) {
             std::vector<char> request(o.request), response(o.response, 'r');
             for (;;) {
                 int fd = accept(lfd, nullptr, nullptr);
-                if (fd < 0)
-                    continue;
+                if (fd < 0) continue;
                 set_timeouts(fd, o.timeout_ms);
                 if (read_exact(fd, request.data(), request.size()) == 0)
                     write_all(fd, response.data(), response.size());
@@ -165,8 +159,7 @@ int run_server(const Options& o) {
             }
         });
     }
-    for (auto& w : workers)
-        w.join();
+    for (auto& w : workers) w.join();
     return 0;
 }
 
@@ -192,7 +185,8 @@ void run_client_thread(const Options& o, const sockaddr_in& dst, Clock::time_poi
         }
         set_timeouts(fd, o.timeout_ms);
         const char* stage = "connect";
-        int err = connect(fd, reinterpret_cast<const sockaddr*>(&dst), sizeof(dst)) == 0 ? 0 : errno;
+        int err =
+            connect(fd, reinterpret_cast<const sockaddr*>(&dst), sizeof(dst)) == 0 ? 0 : errno;
         if (!err) {
             stage = "send";
             err = write_all(fd, request.data(), request.size());
@@ -210,13 +204,13 @@ void run_client_thread(const Options& o, const sockaddr_in& dst, Clock::time_poi
         }
         ++tally.transactions;
         auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
-        tally.latency_us.push_back(static_cast<uint32_t>(std::min<int64_t>(us.count(), UINT32_MAX)));
+        tally.latency_us.push_back(
+            static_cast<uint32_t>(std::min<int64_t>(us.count(), UINT32_MAX)));
     }
 }
 
 double percentile(std::vector<uint32_t>& v, double p) {
-    if (v.empty())
-        return 0.0;
+    if (v.empty()) return 0.0;
     size_t idx = static_cast<size_t>(p / 100.0 * static_cast<double>(v.size() - 1));
     std::nth_element(v.begin(), v.begin() + static_cast<long>(idx), v.end());
     return v[idx];
@@ -225,8 +219,7 @@ double percentile(std::vector<uint32_t>& v, double p) {
 std::string json_escape(const std::string& s) {
     std::string out;
     for (char c : s) {
-        if (c == '"' || c == '\\')
-            out += '\\';
+        if (c == '"' || c == '\\') out += '\\';
         out += c;
     }
     return out;
@@ -242,15 +235,13 @@ int run_client(const Options& o) {
     for (auto& tally : tallies)
         threads.emplace_back(run_client_thread, std::cref(o), std::cref(dst), deadline,
                              std::ref(tally));
-    for (auto& t : threads)
-        t.join();
+    for (auto& t : threads) t.join();
     double elapsed = std::chrono::duration<double>(Clock::now() - begin).count();
 
     Tally total;
     for (auto& t : tallies) {
         total.transactions += t.transactions;
-        for (auto& [k, v] : t.errors)
-            total.errors[k] += v;
+        for (auto& [k, v] : t.errors) total.errors[k] += v;
         total.latency_us.insert(total.latency_us.end(), t.latency_us.begin(), t.latency_us.end());
     }
     uint64_t error_count = 0;
@@ -262,11 +253,12 @@ int run_client(const Options& o) {
     }
     errors += "}";
     double p50 = percentile(total.latency_us, 50), p99 = percentile(total.latency_us, 99);
-    std::printf("{\"transactions\":%llu,\"errors\":%llu,\"error_kinds\":%s,\"seconds\":%.4f,"
-                "\"rate\":%.1f,\"p50_us\":%.0f,\"p99_us\":%.0f,\"threads\":%d}\n",
-                static_cast<unsigned long long>(total.transactions),
-                static_cast<unsigned long long>(error_count), errors.c_str(), elapsed,
-                static_cast<double>(total.transactions) / elapsed, p50, p99, o.threads);
+    std::printf(
+        "{\"transactions\":%llu,\"errors\":%llu,\"error_kinds\":%s,\"seconds\":%.4f,"
+        "\"rate\":%.1f,\"p50_us\":%.0f,\"p99_us\":%.0f,\"threads\":%d}\n",
+        static_cast<unsigned long long>(total.transactions),
+        static_cast<unsigned long long>(error_count), errors.c_str(), elapsed,
+        static_cast<double>(total.transactions) / elapsed, p50, p99, o.threads);
     return 0;
 }
 

@@ -8,7 +8,6 @@
 #ifndef MESHLANE_BPF_OBSERVE_COMMON_H
 #define MESHLANE_BPF_OBSERVE_COMMON_H
 
-#include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
@@ -16,6 +15,7 @@
 
 #include "meshlane/observe_abi.h"
 #include "meshlane/redirect_abi.h"
+#include "vmlinux.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -41,13 +41,11 @@ struct {
 
 static __always_inline void count_loss(__u32 what) {
     __u64* value = bpf_map_lookup_elem(&observe_loss, &what);
-    if (value)
-        *value += 1;
+    if (value) *value += 1;
 }
 
 static __always_inline __u64 net_cookie_of(const struct net* net) {
-    if (!net)
-        return 0;
+    if (!net) return 0;
     return BPF_CORE_READ(net, net_cookie);
 }
 
@@ -57,8 +55,7 @@ static __always_inline __u64 sock_netns_cookie(const struct sock* sk) {
 
 /* The workload owning a network namespace, NULL for pods that are not enrolled (and the host). */
 static __always_inline struct workload_config* workload_of_netns(__u64 cookie) {
-    if (!cookie)
-        return NULL;
+    if (!cookie) return NULL;
     return bpf_map_lookup_elem(&workload_by_netns, &cookie);
 }
 

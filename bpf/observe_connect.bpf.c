@@ -29,7 +29,7 @@ const volatile __u64 slow_connect_threshold_ns = 500ULL * 1000 * 1000;
 /* ARRAY indexed workload_id * MESHLANE_SIDE_MAX + side; sized by the agent. */
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, MESHLANE_MAX_WORKLOADS_DEFAULT * MESHLANE_SIDE_MAX);
+    __uint(max_entries, MESHLANE_MAX_WORKLOADS_DEFAULT* MESHLANE_SIDE_MAX);
     __type(key, __u32);
     __type(value, struct connect_stats);
 } connect_stats SEC(".maps");
@@ -166,16 +166,14 @@ static __always_inline void connect_finished(struct sock* sk, int newstate,
     __u16 dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
     __u32 side = dport == config->outbound_port ? MESHLANE_SIDE_APP : MESHLANE_SIDE_UPSTREAM;
     struct connect_stats* stats = stats_of(config->workload_id, side, cookie);
-    if (!stats)
-        return;
+    if (!stats) return;
     if (state->syn_retransmits)
         __sync_fetch_and_add(&stats->syn_retransmits, state->syn_retransmits);
 
     if (newstate == TCP_ESTABLISHED) {
         __u64 us = latency_ns / 1000;
         __u32 bucket = log2_bucket(us);
-        if (bucket < MESHLANE_HIST_BUCKETS)
-            __sync_fetch_and_add(&stats->latency_hist[bucket], 1);
+        if (bucket < MESHLANE_HIST_BUCKETS) __sync_fetch_and_add(&stats->latency_hist[bucket], 1);
         __sync_fetch_and_add(&stats->latency_sum_us, us);
         __sync_fetch_and_add(&stats->established, 1);
         if (latency_ns >= slow_connect_threshold_ns)
@@ -201,15 +199,13 @@ static __always_inline void connect_finished(struct sock* sk, int newstate,
 }
 
 SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(observe_sock_set_state, const struct sock* sk, const int oldstate, const int newstate) {
-    if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-        return 0;
-    if (newstate != TCP_SYN_SENT && oldstate != TCP_SYN_SENT)
-        return 0;
+int BPF_PROG(observe_sock_set_state, const struct sock* sk, const int oldstate,
+             const int newstate) {
+    if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP) return 0;
+    if (newstate != TCP_SYN_SENT && oldstate != TCP_SYN_SENT) return 0;
     __u64 cookie = sock_netns_cookie(sk);
     struct workload_config* config = workload_of_netns(cookie);
-    if (!config)
-        return 0;
+    if (!config) return 0;
     if (newstate == TCP_SYN_SENT)
         connect_started((struct sock*)sk);
     else if (newstate == TCP_ESTABLISHED || newstate == TCP_CLOSE)
@@ -221,14 +217,11 @@ SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(observe_receive_reset, struct sock* sk) {
     __u64 cookie = sock_netns_cookie(sk);
     struct workload_config* config = workload_of_netns(cookie);
-    if (!config)
-        return 0;
+    if (!config) return 0;
     struct tcp_counters* counters = counters_of(config->workload_id, cookie);
-    if (counters)
-        __sync_fetch_and_add(&counters->resets_received, 1);
+    if (counters) __sync_fetch_and_add(&counters->resets_received, 1);
     struct connect_state* state = bpf_sk_storage_get(&connect_state_by_socket, sk, 0, 0);
-    if (state && state->active)
-        state->rst_received = 1;
+    if (state && state->active) state->rst_received = 1;
     return 0;
 }
 
@@ -242,11 +235,9 @@ int BPF_PROG(observe_send_reset, const struct sock* sk, const struct sk_buff* sk
     else if (skb)
         cookie = net_cookie_of(BPF_CORE_READ(skb, dev, nd_net.net));
     struct workload_config* config = workload_of_netns(cookie);
-    if (!config)
-        return 0;
+    if (!config) return 0;
     struct tcp_counters* counters = counters_of(config->workload_id, cookie);
-    if (counters)
-        __sync_fetch_and_add(&counters->resets_sent, 1);
+    if (counters) __sync_fetch_and_add(&counters->resets_sent, 1);
     return 0;
 }
 
@@ -254,17 +245,14 @@ SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(observe_retransmit_skb, const struct sock* sk) {
     __u64 cookie = sock_netns_cookie(sk);
     struct workload_config* config = workload_of_netns(cookie);
-    if (!config)
-        return 0;
+    if (!config) return 0;
     struct tcp_counters* counters = counters_of(config->workload_id, cookie);
-    if (!counters)
-        return 0;
+    if (!counters) return 0;
     if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_SYN_SENT) {
         __sync_fetch_and_add(&counters->syn_retransmits, 1);
         struct connect_state* state =
             bpf_sk_storage_get(&connect_state_by_socket, (struct sock*)sk, 0, 0);
-        if (state && state->active && state->syn_retransmits < 255)
-            state->syn_retransmits++;
+        if (state && state->active && state->syn_retransmits < 255) state->syn_retransmits++;
     } else {
         __sync_fetch_and_add(&counters->retransmits, 1);
     }
@@ -275,10 +263,8 @@ SEC("tp_btf/tcp_retransmit_synack")
 int BPF_PROG(observe_retransmit_synack, const struct sock* sk) {
     __u64 cookie = sock_netns_cookie(sk);
     struct workload_config* config = workload_of_netns(cookie);
-    if (!config)
-        return 0;
+    if (!config) return 0;
     struct tcp_counters* counters = counters_of(config->workload_id, cookie);
-    if (counters)
-        __sync_fetch_and_add(&counters->synack_retransmits, 1);
+    if (counters) __sync_fetch_and_add(&counters->synack_retransmits, 1);
     return 0;
 }

@@ -47,7 +47,8 @@ struct {
 } drop_event_budget SEC(".maps");
 
 static __always_inline void count_drop(__u64 cookie, __u32 workload_id, __u32 reason) {
-    struct drop_count_key key = {.netns_cookie = cookie, .workload_id = workload_id, .reason = reason};
+    struct drop_count_key key = {
+        .netns_cookie = cookie, .workload_id = workload_id, .reason = reason};
     __u64* value = bpf_map_lookup_elem(&drop_counts, &key);
     if (!value) {
         __u64 zero = 0;
@@ -69,8 +70,7 @@ static __always_inline void count_drop(__u64 cookie, __u32 workload_id, __u32 re
 static __always_inline bool take_token(void) {
     __u32 zero = 0;
     struct drop_event_tokens* bucket = bpf_map_lookup_elem(&drop_event_budget, &zero);
-    if (!bucket || drop_events_per_second == 0)
-        return false;
+    if (!bucket || drop_events_per_second == 0) return false;
     __u64 now = bpf_ktime_get_ns();
     if (bucket->refilled_ns == 0) {
         bucket->tokens = drop_events_burst;
@@ -80,15 +80,12 @@ static __always_inline bool take_token(void) {
     __u64 earned = elapsed * drop_events_per_second / NSEC_PER_SEC;
     if (earned) {
         bucket->tokens += earned;
-        if (bucket->tokens > drop_events_burst)
-            bucket->tokens = drop_events_burst;
+        if (bucket->tokens > drop_events_burst) bucket->tokens = drop_events_burst;
         /* Advance only by the time the earned tokens account for; keep the remainder. */
         bucket->refilled_ns += earned * NSEC_PER_SEC / drop_events_per_second;
-        if (bucket->tokens == drop_events_burst)
-            bucket->refilled_ns = now;
+        if (bucket->tokens == drop_events_burst) bucket->refilled_ns = now;
     }
-    if (bucket->tokens == 0)
-        return false;
+    if (bucket->tokens == 0) return false;
     bucket->tokens--;
     return true;
 }
@@ -101,30 +98,25 @@ struct ports {
 static __always_inline void read_headers(const struct sk_buff* skb, struct drop_event* event) {
     unsigned char* head = BPF_CORE_READ(skb, head);
     __u16 network = BPF_CORE_READ(skb, network_header);
-    if (!head || network == (__u16)~0U)
-        return;
+    if (!head || network == (__u16)~0U) return;
     struct ports ports = {};
     if (event->protocol == ETH_P_IP) {
         struct iphdr ip;
-        if (bpf_probe_read_kernel(&ip, sizeof(ip), head + network))
-            return;
+        if (bpf_probe_read_kernel(&ip, sizeof(ip), head + network)) return;
         event->ip_proto = ip.protocol;
         addr_from_v4(event->saddr, ip.saddr);
         addr_from_v4(event->daddr, ip.daddr);
         if (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP) {
-            if (bpf_probe_read_kernel(&ports, sizeof(ports), head + network + ip.ihl * 4))
-                return;
+            if (bpf_probe_read_kernel(&ports, sizeof(ports), head + network + ip.ihl * 4)) return;
         }
     } else if (event->protocol == ETH_P_IPV6) {
         struct ipv6hdr ip6;
-        if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + network))
-            return;
+        if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + network)) return;
         event->ip_proto = ip6.nexthdr; /* extension headers are not walked */
         __builtin_memcpy(event->saddr, &ip6.saddr, 16);
         __builtin_memcpy(event->daddr, &ip6.daddr, 16);
         if (ip6.nexthdr == IPPROTO_TCP || ip6.nexthdr == IPPROTO_UDP) {
-            if (bpf_probe_read_kernel(&ports, sizeof(ports), head + network + sizeof(ip6)))
-                return;
+            if (bpf_probe_read_kernel(&ports, sizeof(ports), head + network + sizeof(ip6))) return;
         }
     } else {
         return;
@@ -135,8 +127,7 @@ static __always_inline void read_headers(const struct sk_buff* skb, struct drop_
 
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(observe_kfree_skb, struct sk_buff* skb, void* location, enum skb_drop_reason reason) {
-    if (reason == SKB_NOT_DROPPED_YET || reason == SKB_CONSUMED)
-        return 0;
+    if (reason == SKB_NOT_DROPPED_YET || reason == SKB_CONSUMED) return 0;
     __u8 attributed_by = MESHLANE_DROP_BY_SOCKET;
     struct sock* sk = BPF_CORE_READ(skb, sk);
     __u64 cookie = sk ? sock_netns_cookie(sk) : 0;
@@ -145,8 +136,7 @@ int BPF_PROG(observe_kfree_skb, struct sk_buff* skb, void* location, enum skb_dr
         cookie = net_cookie_of(BPF_CORE_READ(skb, dev, nd_net.net));
     }
     struct workload_config* config = workload_of_netns(cookie);
-    if (!config)
-        return 0;
+    if (!config) return 0;
     count_drop(cookie, config->workload_id, (__u32)reason);
 
     if (!take_token()) {

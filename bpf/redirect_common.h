@@ -7,13 +7,13 @@
 #ifndef MESHLANE_BPF_REDIRECT_COMMON_H
 #define MESHLANE_BPF_REDIRECT_COMMON_H
 
-#include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
 #include "meshlane/redirect_abi.h"
 #include "meshlane/redirect_rules.h"
+#include "vmlinux.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -75,7 +75,7 @@ struct {
 /* The proxy's inbound listening sockets: index workload_id * MESHLANE_LISTENER_SLOTS + slot. */
 struct {
     __uint(type, BPF_MAP_TYPE_SOCKMAP);
-    __uint(max_entries, MESHLANE_MAX_WORKLOADS_DEFAULT * MESHLANE_LISTENER_SLOTS);
+    __uint(max_entries, MESHLANE_MAX_WORKLOADS_DEFAULT* MESHLANE_LISTENER_SLOTS);
     __type(key, __u32);
     __type(value, __u64);
     __uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -83,19 +83,17 @@ struct {
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, MESHLANE_MAX_WORKLOADS_DEFAULT * MESHLANE_REDIRECT_COUNTER_STRIDE);
+    __uint(max_entries, MESHLANE_MAX_WORKLOADS_DEFAULT* MESHLANE_REDIRECT_COUNTER_STRIDE);
     __type(key, __u32);
     __type(value, __u64);
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } redirect_counters SEC(".maps");
 
 static __always_inline void count(__u32 workload_id, __u32 counter) {
-    if (counter >= MESHLANE_REDIRECT_COUNTER_MAX)
-        return;
+    if (counter >= MESHLANE_REDIRECT_COUNTER_MAX) return;
     __u32 index = workload_id * MESHLANE_REDIRECT_COUNTER_STRIDE + counter;
     __u64* value = bpf_map_lookup_elem(&redirect_counters, &index);
-    if (value)
-        *value += 1;
+    if (value) *value += 1;
 }
 
 /* addr[16] <- ::ffff:v4 (v4 in network order). */
@@ -148,24 +146,21 @@ static __always_inline bool addr_is_any(const __u8 addr[16]) {
 /* 127.0.0.0/8 or ::1 */
 static __always_inline bool addr_is_loopback(const __u8 addr[16]) {
     const __u32* w = (const __u32*)addr;
-    if (addr_is_v4_mapped(addr))
-        return (bpf_ntohl(w[3]) >> 24) == 127;
+    if (addr_is_v4_mapped(addr)) return (bpf_ntohl(w[3]) >> 24) == 127;
     return w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == bpf_htonl(1);
 }
 
 /* 127.0.0.1 or ::1 exactly */
 static __always_inline bool addr_is_localhost(const __u8 addr[16]) {
     const __u32* w = (const __u32*)addr;
-    if (addr_is_v4_mapped(addr))
-        return w[3] == bpf_htonl(0x7f000001);
+    if (addr_is_v4_mapped(addr)) return w[3] == bpf_htonl(0x7f000001);
     return w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == bpf_htonl(1);
 }
 
 /* 127.0.0.6 or ::6: the inbound passthrough source Envoy binds. */
 static __always_inline bool addr_is_inbound_passthrough(const __u8 addr[16]) {
     const __u32* w = (const __u32*)addr;
-    if (addr_is_v4_mapped(addr))
-        return w[3] == bpf_htonl(MESHLANE_INBOUND_PASSTHROUGH_V4);
+    if (addr_is_v4_mapped(addr)) return w[3] == bpf_htonl(MESHLANE_INBOUND_PASSTHROUGH_V4);
     return w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == bpf_htonl(6);
 }
 

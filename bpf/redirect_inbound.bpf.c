@@ -18,8 +18,7 @@ const volatile __u64 netns_cookie = 0;
 static __always_inline int assign_listener(struct bpf_sk_lookup* ctx, __u32 slot) {
     __u32 key = workload_id * MESHLANE_LISTENER_SLOTS + slot;
     struct bpf_sock* sk = bpf_map_lookup_elem(&inbound_listener, &key);
-    if (!sk)
-        return -1;
+    if (!sk) return -1;
     long err = bpf_sk_assign(ctx, sk, 0);
     bpf_sk_release(sk);
     return err ? -1 : 0;
@@ -27,12 +26,10 @@ static __always_inline int assign_listener(struct bpf_sk_lookup* ctx, __u32 slot
 
 SEC("sk_lookup")
 int redirect_sk_lookup(struct bpf_sk_lookup* ctx) {
-    if (ctx->protocol != IPPROTO_TCP)
-        return SK_PASS;
+    if (ctx->protocol != IPPROTO_TCP) return SK_PASS;
     __u64 cookie = netns_cookie;
     const struct workload_config* cfg = bpf_map_lookup_elem(&workload_by_netns, &cookie);
-    if (!cfg)
-        return SK_PASS;
+    if (!cfg) return SK_PASS;
     __u32 wid = workload_id;
 
     __u32 family = CTX_READ(ctx->family);
@@ -62,8 +59,8 @@ int redirect_sk_lookup(struct bpf_sk_lookup* ctx) {
     }
 
     /* The V4 slot also holds a dual-stack IPv6 listener (see on_listen). */
-    if (assign_listener(ctx, family == AF_INET ? MESHLANE_LISTENER_SLOT_V4
-                                               : MESHLANE_LISTENER_SLOT_V6) == 0) {
+    if (assign_listener(
+            ctx, family == AF_INET ? MESHLANE_LISTENER_SLOT_V4 : MESHLANE_LISTENER_SLOT_V6) == 0) {
         count(wid, MESHLANE_CNT_INBOUND_STEERED);
         return SK_PASS;
     }

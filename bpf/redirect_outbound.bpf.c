@@ -40,8 +40,7 @@ static __always_inline bool outbound_listener_up(struct bpf_sock_addr* ctx, __u1
         tuple.ipv4.dport = bpf_htons(port);
         sk = bpf_sk_lookup_tcp(ctx, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
     }
-    if (!sk)
-        return false;
+    if (!sk) return false;
     bpf_sk_release(sk);
     return true;
 }
@@ -49,13 +48,12 @@ static __always_inline bool outbound_listener_up(struct bpf_sock_addr* ctx, __u1
 /* Applies ISTIO_OUTPUT to one connect(). On redirect, stores the original destination on the
  * socket and returns the port to send it to; returns 0 to leave the connect alone. */
 static __always_inline __u16 decide_outbound(struct bpf_sock_addr* ctx,
-                                             const struct workload_config* cfg,
-                                             const __u8 dst[16], __u16 dst_port, __u8 family) {
+                                             const struct workload_config* cfg, const __u8 dst[16],
+                                             __u16 dst_port, __u8 family) {
     __u32 wid = cfg->workload_id;
     __u64 uid_gid = bpf_get_current_uid_gid();
     struct bpf_sock* sk = ctx->sk;
-    if (!sk)
-        return 0;
+    if (!sk) return 0;
 
     struct outbound_facts facts = {
         .dst_port_excluded = port_rule(wid, MESHLANE_PORT_EXCLUDE_OUTBOUND, dst_port),
@@ -73,19 +71,18 @@ static __always_inline __u16 decide_outbound(struct bpf_sock_addr* ctx,
     __u32 counter = 0;
     enum outbound_verdict verdict = outbound_decide(&facts, &counter);
     if (verdict == OUTBOUND_REDIRECT && (cfg->flags & MESHLANE_WL_STARTUP_PASSTHROUGH) &&
-        !outbound_listener_up(ctx, cfg->outbound_port, family == AF_INET6 && !addr_is_v4_mapped(dst))) {
+        !outbound_listener_up(ctx, cfg->outbound_port,
+                              family == AF_INET6 && !addr_is_v4_mapped(dst))) {
         /* Startup policy "passthrough": the proxy is not listening yet, go direct. */
         verdict = OUTBOUND_PASS;
         counter = MESHLANE_CNT_OUTBOUND_STARTUP_PASSTHROUGH;
     }
     count(wid, counter);
-    if (verdict == OUTBOUND_PASS)
-        return 0;
+    if (verdict == OUTBOUND_PASS) return 0;
 
     struct orig_dst* orig =
         bpf_sk_storage_get(&orig_dst_by_socket, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-    if (!orig)
-        return 0; /* out of memory: better a direct connection than a black hole */
+    if (!orig) return 0; /* out of memory: better a direct connection than a black hole */
     __builtin_memcpy(orig->addr, dst, 16);
     orig->port = dst_port;
     orig->family = family;
@@ -99,11 +96,9 @@ static __always_inline __u16 decide_outbound(struct bpf_sock_addr* ctx,
 
 SEC("cgroup/connect4")
 int redirect_connect4(struct bpf_sock_addr* ctx) {
-    if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
-        return 1;
+    if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP) return 1;
     const struct workload_config* cfg = workload_of(ctx);
-    if (!cfg)
-        return 1;
+    if (!cfg) return 1;
     __u8 dst[16];
     addr_from_v4(dst, ctx->user_ip4);
     __u16 port = decide_outbound(ctx, cfg, dst, bpf_ntohs((__u16)ctx->user_port), AF_INET);
@@ -116,18 +111,15 @@ int redirect_connect4(struct bpf_sock_addr* ctx) {
 
 SEC("cgroup/connect6")
 int redirect_connect6(struct bpf_sock_addr* ctx) {
-    if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
-        return 1;
+    if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP) return 1;
     const struct workload_config* cfg = workload_of(ctx);
-    if (!cfg)
-        return 1;
+    if (!cfg) return 1;
     __u8 dst[16];
     addr_from_v6(dst, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]);
     bool mapped = addr_is_v4_mapped(dst);
     __u16 port = decide_outbound(ctx, cfg, dst, bpf_ntohs((__u16)ctx->user_port),
                                  mapped ? AF_INET : AF_INET6);
-    if (!port)
-        return 1;
+    if (!port) return 1;
     /* A v4-mapped destination stays IPv4 on the wire, exactly as iptables' IPv4 REDIRECT would
      * treat it: ::ffff:127.0.0.1 reaches the proxy's 127.0.0.1 listener. */
     ctx->user_ip6[0] = 0;
@@ -140,11 +132,9 @@ int redirect_connect6(struct bpf_sock_addr* ctx) {
 
 /* The redirect record stored on this socket in the given role, if any. */
 static __always_inline struct orig_dst* orig_dst_in_role(struct bpf_sock* sk, __u32 role) {
-    if (!sk)
-        return NULL;
+    if (!sk) return NULL;
     struct orig_dst* orig = bpf_sk_storage_get(&orig_dst_by_socket, sk, 0, 0);
-    if (!orig || orig->role != role)
-        return NULL;
+    if (!orig || orig->role != role) return NULL;
     return orig;
 }
 
@@ -155,16 +145,14 @@ static __always_inline struct orig_dst* app_orig_dst(struct bpf_sock* sk) {
 /* Replaces the address a getpeername/getsockname call returns with the original destination.
  * IPv4 sockets only take IPv4 answers. */
 static __always_inline bool answer_v4(struct bpf_sock_addr* ctx, const struct orig_dst* orig) {
-    if (!orig || !addr_is_v4_mapped(orig->addr))
-        return false;
+    if (!orig || !addr_is_v4_mapped(orig->addr)) return false;
     ctx->user_ip4 = addr_v4(orig->addr);
     ctx->user_port = bpf_htons(orig->port);
     return true;
 }
 
 static __always_inline bool answer_v6(struct bpf_sock_addr* ctx, const struct orig_dst* orig) {
-    if (!orig)
-        return false;
+    if (!orig) return false;
     const __u32* w = (const __u32*)orig->addr;
     ctx->user_ip6[0] = w[0];
     ctx->user_ip6[1] = w[1];
@@ -177,16 +165,14 @@ static __always_inline bool answer_v6(struct bpf_sock_addr* ctx, const struct or
 SEC("cgroup/getpeername4")
 int redirect_getpeername4(struct bpf_sock_addr* ctx) {
     struct orig_dst* orig = app_orig_dst(ctx->sk);
-    if (answer_v4(ctx, orig))
-        count(orig->workload_id, MESHLANE_CNT_GETPEERNAME_REWRITTEN);
+    if (answer_v4(ctx, orig)) count(orig->workload_id, MESHLANE_CNT_GETPEERNAME_REWRITTEN);
     return 1;
 }
 
 SEC("cgroup/getpeername6")
 int redirect_getpeername6(struct bpf_sock_addr* ctx) {
     struct orig_dst* orig = app_orig_dst(ctx->sk);
-    if (answer_v6(ctx, orig))
-        count(orig->workload_id, MESHLANE_CNT_GETPEERNAME_REWRITTEN);
+    if (answer_v6(ctx, orig)) count(orig->workload_id, MESHLANE_CNT_GETPEERNAME_REWRITTEN);
     return 1;
 }
 
@@ -256,8 +242,7 @@ static __always_inline void tuple_from_proxy(struct bpf_sock_ops* ctx,
  * exists before the proxy can possibly accept, and a reused 4-tuple overwrites any leftover. */
 static __always_inline void on_app_connect(struct bpf_sock_ops* ctx) {
     struct orig_dst* orig = app_orig_dst(ctx->sk);
-    if (!orig)
-        return;
+    if (!orig) return;
     struct proxy_tuple_key key = {};
     tuple_from_app(ctx, &key);
     struct orig_dst handed = *orig;
@@ -270,8 +255,7 @@ static __always_inline void on_app_connect(struct bpf_sock_ops* ctx) {
 /* The app's socket reaches CLOSE only after the proxy side acknowledged its FIN or after a
  * reset, i.e. after PASSIVE_ESTABLISHED consumed the entry if it ever will. */
 static __always_inline void on_app_close(struct bpf_sock_ops* ctx) {
-    if (!app_orig_dst(ctx->sk))
-        return;
+    if (!app_orig_dst(ctx->sk)) return;
     struct proxy_tuple_key key = {};
     tuple_from_app(ctx, &key);
     bpf_map_delete_elem(&orig_dst_by_tuple, &key);
@@ -281,11 +265,9 @@ static __always_inline void on_app_close(struct bpf_sock_ops* ctx) {
  * place before the proxy can ask for it. */
 static __always_inline void on_proxy_accept(struct bpf_sock_ops* ctx) {
     const struct workload_config* cfg = workload_of(ctx);
-    if (!cfg)
-        return;
+    if (!cfg) return;
     __u16 local_port = (__u16)ctx->local_port;
-    if (local_port != cfg->outbound_port && local_port != cfg->inbound_port)
-        return;
+    if (local_port != cfg->outbound_port && local_port != cfg->inbound_port) return;
     struct proxy_tuple_key key = {};
     tuple_from_proxy(ctx, &key);
     struct orig_dst* handed = bpf_map_lookup_elem(&orig_dst_by_tuple, &key);
@@ -295,23 +277,19 @@ static __always_inline void on_proxy_accept(struct bpf_sock_ops* ctx) {
         return;
     }
     struct bpf_sock* sk = ctx->sk;
-    if (!sk)
-        return;
+    if (!sk) return;
     struct orig_dst* orig =
         bpf_sk_storage_get(&orig_dst_by_socket, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-    if (orig)
-        *orig = *handed;
+    if (orig) *orig = *handed;
     bpf_map_delete_elem(&orig_dst_by_tuple, &key);
 }
 
 /* An IPv6 listener serves IPv4 too unless IPV6_V6ONLY is set. */
 static __always_inline bool listener_is_dual_stack(struct bpf_sock_ops* ctx) {
     struct bpf_sock* bsk = ctx->sk;
-    if (!bsk)
-        return false;
+    if (!bsk) return false;
     struct tcp6_sock* tsk = bpf_skc_to_tcp6_sock(bsk);
-    if (!tsk)
-        return false;
+    if (!tsk) return false;
     struct sock_common* common = &tsk->tcp.inet_conn.icsk_inet.sk.__sk_common;
     return !BPF_CORE_READ_BITFIELD(common, skc_ipv6only);
 }
@@ -327,19 +305,16 @@ static __always_inline void register_listener(struct bpf_sock_ops* ctx, __u32 wo
  * serves. Runs in the proxy's own syscall, so the uid/gid are the listener owner's. */
 static __always_inline void on_listen(struct bpf_sock_ops* ctx) {
     const struct workload_config* cfg = workload_of(ctx);
-    if (!cfg || (__u16)ctx->local_port != cfg->inbound_port)
-        return;
+    if (!cfg || (__u16)ctx->local_port != cfg->inbound_port) return;
     __u64 uid_gid = bpf_get_current_uid_gid();
-    if ((__u32)uid_gid != cfg->proxy_uid && (__u32)(uid_gid >> 32) != cfg->proxy_gid)
-        return;
+    if ((__u32)uid_gid != cfg->proxy_uid && (__u32)(uid_gid >> 32) != cfg->proxy_gid) return;
     __u32 wid = cfg->workload_id;
     if (ctx->family != AF_INET6) {
         register_listener(ctx, wid, MESHLANE_LISTENER_SLOT_V4);
         return;
     }
     register_listener(ctx, wid, MESHLANE_LISTENER_SLOT_V6);
-    if (listener_is_dual_stack(ctx))
-        register_listener(ctx, wid, MESHLANE_LISTENER_SLOT_V4);
+    if (listener_is_dual_stack(ctx)) register_listener(ctx, wid, MESHLANE_LISTENER_SLOT_V4);
 }
 
 SEC("sockops")
@@ -355,8 +330,7 @@ int redirect_sockops(struct bpf_sock_ops* ctx) {
             on_listen(ctx);
             break;
         case BPF_SOCK_OPS_STATE_CB:
-            if (ctx->args[1] == BPF_TCP_CLOSE)
-                on_app_close(ctx);
+            if (ctx->args[1] == BPF_TCP_CLOSE) on_app_close(ctx);
             break;
         default:
             break;
@@ -369,8 +343,7 @@ static __always_inline int write_sockaddr(struct bpf_sockopt* ctx, const struct 
     void* optval_end = ctx->optval_end;
     if (ctx->level == SOL_IP) {
         struct sockaddr_in* sin = optval;
-        if ((void*)(sin + 1) > optval_end || !addr_is_v4_mapped(orig->addr))
-            return -1;
+        if ((void*)(sin + 1) > optval_end || !addr_is_v4_mapped(orig->addr)) return -1;
         sin->sin_family = AF_INET;
         sin->sin_port = bpf_htons(orig->port);
         sin->sin_addr.s_addr = addr_v4(orig->addr);
@@ -378,8 +351,7 @@ static __always_inline int write_sockaddr(struct bpf_sockopt* ctx, const struct 
         ctx->optlen = sizeof(*sin);
     } else {
         struct sockaddr_in6* sin6 = optval;
-        if ((void*)(sin6 + 1) > optval_end)
-            return -1;
+        if ((void*)(sin6 + 1) > optval_end) return -1;
         sin6->sin6_family = AF_INET6;
         sin6->sin6_port = bpf_htons(orig->port);
         sin6->sin6_flowinfo = 0;
@@ -400,11 +372,9 @@ int redirect_getsockopt(struct bpf_sockopt* ctx) {
     if (ctx->optname != SO_ORIGINAL_DST || (ctx->level != SOL_IP && ctx->level != SOL_IPV6))
         return 1;
     struct bpf_sock* sk = ctx->sk;
-    if (!sk || sk->protocol != IPPROTO_TCP)
-        return 1;
+    if (!sk || sk->protocol != IPPROTO_TCP) return 1;
     const struct workload_config* cfg = workload_of(ctx);
-    if (!cfg)
-        return 1;
+    if (!cfg) return 1;
 
     struct orig_dst* stored = bpf_sk_storage_get(&orig_dst_by_socket, sk, 0, 0);
     if (stored && stored->role == MESHLANE_ROLE_PROXY_SOCKET) {
@@ -418,11 +388,9 @@ int redirect_getsockopt(struct bpf_sockopt* ctx) {
         count(cfg->workload_id, MESHLANE_CNT_ORIG_DST_MISS);
         return 1;
     }
-    if (ctx->retval == 0)
-        return 1;
+    if (ctx->retval == 0) return 1;
     struct orig_dst local = {.port = (__u16)sk->src_port};
     sock_src_addr(sk, local.addr);
-    if (write_sockaddr(ctx, &local) == 0)
-        count(cfg->workload_id, MESHLANE_CNT_ORIG_DST_ANSWERED);
+    if (write_sockaddr(ctx, &local) == 0) count(cfg->workload_id, MESHLANE_CNT_ORIG_DST_ANSWERED);
     return 1;
 }

@@ -1,9 +1,8 @@
 #include "cli/diagnose_commands.h"
 
+#include <boost/json.hpp>
 #include <ctime>
 #include <iostream>
-
-#include <boost/json.hpp>
 
 #include "api/rest/unix_http_client.h"
 #include "cli/output.h"
@@ -72,12 +71,13 @@ int run_diagnose(const GlobalOptions& global, const std::string& name, bool as_j
         return critical > 0 ? kExitProblemFound : kExitOk;
     }
     std::cout << "Workload " << name << ": " << findings.size() << " finding(s), " << critical
-              << " critical (at " << utc(object.at("collected_at_unix_ms").to_number<std::int64_t>())
-              << ")\n";
+              << " critical (at "
+              << utc(object.at("collected_at_unix_ms").to_number<std::int64_t>()) << ")\n";
     if (findings.empty()) {
         const auto& checked = object.at("checked").as_object();
-        std::cout << "No interception problem found. Checked: " << json::serialize(checked.at("processes"))
-                  << " processes, " << json::serialize(checked.at("listeners"))
+        std::cout << "No interception problem found. Checked: "
+                  << json::serialize(checked.at("processes")) << " processes, "
+                  << json::serialize(checked.at("listeners"))
                   << " listening sockets, iptables nat v4/v6, "
                   << json::serialize(checked.at("connect_programs"))
                   << " cgroup connect programs, datapath counters.\n";
@@ -110,7 +110,8 @@ int run_verify(const GlobalOptions& global, const std::string& name, bool as_jso
               << "\n";
     for (const auto& value : object.at("checks").as_array()) {
         const auto& c = value.as_object();
-        std::cout << "\n" << (c.at("passed").as_bool() ? "PASS " : "FAIL ") << "["
+        std::cout << "\n"
+                  << (c.at("passed").as_bool() ? "PASS " : "FAIL ") << "["
                   << c.at("hop").as_string().c_str() << "] " << c.at("name").as_string().c_str()
                   << "\n";
         for (const auto& e : c.at("evidence").as_array())

@@ -94,8 +94,9 @@ int main(int argc, char** argv) {
     uninstall->add_option("--config", config, "The agent's configuration file (default: built-in)");
 
     auto* diagnose = app.add_subcommand(
-        "diagnose", "Name the cause of interception failures: cause, evidence, fix (exit 4 when "
-                    "a critical finding exists)");
+        "diagnose",
+        "Name the cause of interception failures: cause, evidence, fix (exit 4 when "
+        "a critical finding exists)");
     diagnose->add_option("name", name, "Workload name")->required();
     diagnose->add_flag("--json", json, "Print the agent's JSON reply");
     auto* verify = app.add_subcommand(

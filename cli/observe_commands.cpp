@@ -1,11 +1,10 @@
 #include "cli/observe_commands.h"
 
+#include <boost/json.hpp>
 #include <ctime>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
-
-#include <boost/json.hpp>
 
 #include "api/rest/unix_http_client.h"
 #include "cli/output.h"
@@ -39,9 +38,9 @@ std::optional<json::value> get(const GlobalOptions& global, const std::string& t
     }
     if (reply->status >= 400) {
         const auto message = field_text(body, "error");
-        exit_code = fail(kExitFailed, message != "-" ? message
-                                                     : "the agent answered HTTP " +
-                                                           std::to_string(reply->status));
+        exit_code = fail(
+            kExitFailed,
+            message != "-" ? message : "the agent answered HTTP " + std::to_string(reply->status));
         return std::nullopt;
     }
     exit_code = kExitOk;

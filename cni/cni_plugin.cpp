@@ -23,7 +23,7 @@ const json::value* member(const json::value& value, std::string_view key) {
 }
 
 Result<std::string> string_member(const json::value& value, std::string_view key,
-                                   const std::string& fallback) {
+                                  const std::string& fallback) {
     const auto* v = member(value, key);
     if (v == nullptr || v->is_null()) return fallback;
     if (!v->is_string()) return Error::invalid(std::string(key) + ": must be a string");
@@ -34,7 +34,8 @@ Status read_annotations(const json::value* value, std::map<std::string, std::str
     if (value == nullptr || value->is_null()) return Ok{};
     if (!value->is_object()) return Error::invalid("podAnnotations: must be an object");
     for (const auto& [key, v] : value->get_object()) {
-        if (!v.is_string()) return Error::invalid("podAnnotations." + std::string(key) + ": must be a string");
+        if (!v.is_string())
+            return Error::invalid("podAnnotations." + std::string(key) + ": must be a string");
         out[std::string(key)] = std::string(v.get_string());
     }
     return Ok{};
@@ -52,7 +53,8 @@ std::string lowercase_name(std::string_view text) {
     std::string out;
     for (char c : text) {
         if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-        bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_';
+        bool ok =
+            (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_';
         out += ok ? c : '-';
     }
     return out;
@@ -84,8 +86,8 @@ std::string reply_error(const rest::HttpReply& reply) {
 
 // ADD: the chained result is the previous plugin's, unchanged, in the config's version.
 std::string add_result(const PluginConfig& config) {
-    json::object result = config.prev_result->is_object() ? config.prev_result->get_object()
-                                                          : json::object{};
+    json::object result =
+        config.prev_result->is_object() ? config.prev_result->get_object() : json::object{};
     result["cniVersion"] = config.cni_version;
     return json::serialize(result);
 }
@@ -115,7 +117,8 @@ std::map<std::string, std::string> parse_cni_args(std::string_view text) {
 Result<PluginConfig> parse_config(std::string_view stdin_text) {
     boost::system::error_code ec;
     json::value root = json::parse(stdin_text, ec);
-    if (ec || !root.is_object()) return Error::invalid("network config on stdin is not a JSON object");
+    if (ec || !root.is_object())
+        return Error::invalid("network config on stdin is not a JSON object");
     PluginConfig config;
     auto version = string_member(root, "cniVersion", "");
     if (!version) return version.error();
@@ -142,7 +145,8 @@ Result<PluginConfig> parse_config(std::string_view stdin_text) {
     if (const auto* v = member(root, "excludeNamespaces"); v != nullptr) {
         if (!v->is_array()) return Error::invalid("excludeNamespaces: must be an array of strings");
         for (const auto& item : v->get_array()) {
-            if (!item.is_string()) return Error::invalid("excludeNamespaces: must be an array of strings");
+            if (!item.is_string())
+                return Error::invalid("excludeNamespaces: must be an array of strings");
             config.exclude_namespaces.emplace_back(item.get_string());
         }
     }
@@ -170,7 +174,8 @@ Result<PluginConfig> parse_config(std::string_view stdin_text) {
             std::map<std::string, std::string> annotations;
             if (auto read = read_annotations(member(*scope, "podAnnotations"), annotations); !read)
                 return read.error().with_context("args");
-            config.annotations.insert(annotations.begin(), annotations.end());  // runtimeConfig wins
+            config.annotations.insert(annotations.begin(),
+                                      annotations.end());  // runtimeConfig wins
         }
     }
     return config;
@@ -180,7 +185,8 @@ std::string workload_name(const std::map<std::string, std::string>& cni_args,
                           const std::string& container_id) {
     auto ns = cni_args.find("K8S_POD_NAMESPACE");
     auto pod = cni_args.find("K8S_POD_NAME");
-    if (ns != cni_args.end() && pod != cni_args.end() && !ns->second.empty() && !pod->second.empty()) {
+    if (ns != cni_args.end() && pod != cni_args.end() && !ns->second.empty() &&
+        !pod->second.empty()) {
         const std::string full = ns->second + "." + pod->second;
         std::string name = lowercase_name(full);
         if (validate_name(name)) return name;
@@ -213,17 +219,19 @@ Result<std::optional<WorkloadSpec>> build_spec(const PluginConfig& config, const
     if (spec.cgroup_path.empty() && !config.cgroup_root.empty() && !env.container_id.empty())
         spec.cgroup_path = config.cgroup_root + "/" + env.container_id;
     if (spec.cgroup_path.empty())
-        return Error::invalid("no pod cgroup: the runtime passed no runtimeConfig.cgroupPath, "
-                              "args.cni.cgroup is unset and no cgroupRoot is configured");
+        return Error::invalid(
+            "no pod cgroup: the runtime passed no runtimeConfig.cgroupPath, "
+            "args.cni.cgroup is unset and no cgroupRoot is configured");
     // Runtimes name cgroups from the cgroup root ("/kubepods/burstable/pod<uid>"), not by their
     // mount path: such a path goes to the agent relative to its cgroup2 mount.
     std::error_code ec;
     if (spec.cgroup_path.front() == '/' && !std::filesystem::is_directory(spec.cgroup_path, ec))
-        spec.cgroup_path = spec.cgroup_path.substr(spec.cgroup_path.find_first_not_of('/') ==
-                                                           std::string::npos
-                                                       ? spec.cgroup_path.size()
-                                                       : spec.cgroup_path.find_first_not_of('/'));
-    if (spec.cgroup_path.empty()) return Error::invalid("cgroupPath: the cgroup root is not a pod cgroup");
+        spec.cgroup_path =
+            spec.cgroup_path.substr(spec.cgroup_path.find_first_not_of('/') == std::string::npos
+                                        ? spec.cgroup_path.size()
+                                        : spec.cgroup_path.find_first_not_of('/'));
+    if (spec.cgroup_path.empty())
+        return Error::invalid("cgroupPath: the cgroup root is not a pod cgroup");
 
     for (const auto& [key, value] : config.annotations) {
         if (key.rfind(kIstioPrefix, 0) != 0) continue;
@@ -304,17 +312,19 @@ Outcome run(const Environment& env, std::string_view stdin_text,
     if (!spec) return failure(version, kInvalidConfig, "pod " + name + ": " + spec.error().message);
     if (!spec->has_value()) {  // passed through by configuration
         if (env.command == "ADD") outcome.output = add_result(*config);
-        outcome.log.push_back("meshlane-cni: " + name + " is not captured (excluded namespace or "
+        outcome.log.push_back("meshlane-cni: " + name +
+                              " is not captured (excluded namespace or "
                               "sidecar.istio.io/inject=false)");
         return outcome;
     }
 
     const bool add = env.command == "ADD";
-    auto reply = add ? client->request(http::verb::post, "/v1/workloads", json::value(to_json(**spec)))
-                     : client->request(http::verb::get, "/v1/workloads/" + name, std::nullopt);
+    auto reply =
+        add ? client->request(http::verb::post, "/v1/workloads", json::value(to_json(**spec)))
+            : client->request(http::verb::get, "/v1/workloads/" + name, std::nullopt);
     if (!reply) {
-        const std::string msg = "meshlane agent unreachable at " + config->agent_socket +
-                                ": pod " + name + " cannot be captured";
+        const std::string msg = "meshlane agent unreachable at " + config->agent_socket + ": pod " +
+                                name + " cannot be captured";
         if (config->fail_open) {
             outcome.log.push_back("meshlane-cni: " + msg + " (failOpen: starting it uncaptured)");
             if (add) outcome.output = add_result(*config);

@@ -92,7 +92,7 @@ Result<std::optional<WorkloadSpec>> build_spec(const PluginConfig& config, const
 
 // The agent, as the plugin sees it; the real one talks to the unix socket.
 class AgentClient {
-public:
+  public:
     virtual ~AgentClient() = default;
     virtual Result<rest::HttpReply> request(boost::beast::http::verb method,
                                             const std::string& target,
@@ -101,7 +101,7 @@ public:
 
 struct Outcome {
     int exit_code = 0;
-    std::string output;  // stdout: a result, a version document, or an error document
+    std::string output;            // stdout: a result, a version document, or an error document
     std::vector<std::string> log;  // stderr lines
 };
 

@@ -17,7 +17,7 @@ std::string env_or_empty(const char* name) {
 }
 
 class SocketAgentClient : public meshlane::cni::AgentClient {
-public:
+  public:
     explicit SocketAgentClient(const meshlane::cni::PluginConfig& config)
         : socket_(config.agent_socket), timeout_(config.timeout_ms) {}
 
@@ -27,7 +27,7 @@ public:
         return meshlane::rest::http_request(socket_, method, target, body, timeout_);
     }
 
-private:
+  private:
     std::string socket_;
     std::chrono::milliseconds timeout_;
 };

@@ -6,7 +6,7 @@ packages=(
   # build
   build-essential cmake pkg-config clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
   linux-libc-dev libspdlog-dev libfmt-dev libcli11-dev libboost1.81-dev libboost-json1.81-dev
-  libgtest-dev googletest
+  libgtest-dev googletest clang-format git
   # build: the gRPC API (api/meshlane.proto; grpc++_reflection ships in libgrpc++-dev)
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   # build (MESHLANE_BUILD_FUZZ): libFuzzer and ASan runtimes for clang 14

@@ -29,13 +29,15 @@ struct Error {
     }
     static Error invalid(std::string message) { return Error{EINVAL, std::move(message)}; }
 
-    Error with_context(const std::string& outer) const { return Error{code, outer + ": " + message}; }
+    Error with_context(const std::string& outer) const {
+        return Error{code, outer + ": " + message};
+    }
 };
 
 template <typename T>
 class [[nodiscard]] Result {
-public:
-    Result(T value) : state_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  public:
+    Result(T value) : state_(std::move(value)) {}      // NOLINT(google-explicit-constructor)
     Result(Error error) : state_(std::move(error)) {}  // NOLINT(google-explicit-constructor)
 
     bool ok() const { return std::holds_alternative<T>(state_); }
@@ -51,7 +53,7 @@ public:
 
     const Error& error() const { return std::get<Error>(state_); }
 
-private:
+  private:
     std::variant<T, Error> state_;
 };
 
@@ -59,7 +61,7 @@ struct Ok {};
 
 template <>
 class [[nodiscard]] Result<void> {
-public:
+  public:
     Result() = default;
     Result(Ok) {}  // NOLINT(google-explicit-constructor)
     Result(Error error) : error_(std::move(error)), failed_(true) {}  // NOLINT
@@ -68,7 +70,7 @@ public:
     explicit operator bool() const { return ok(); }
     const Error& error() const { return error_; }
 
-private:
+  private:
     Error error_;
     bool failed_ = false;
 };

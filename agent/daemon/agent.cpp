@@ -2,6 +2,7 @@
 
 #include <bpf/libbpf.h>
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -14,12 +15,10 @@
 #include <filesystem>
 #include <functional>
 
-#include <spdlog/spdlog.h>
-
 #include "agent/common/unique_fd.h"
 #include "agent/daemon/config.h"
-#include "agent/events/event_bus.h"
 #include "agent/daemon/prerequisites.h"
+#include "agent/events/event_bus.h"
 #include "agent/loader/libbpf_log.h"
 #include "agent/loader/mounts.h"
 #include "agent/loader/redirect_datapath.h"
@@ -87,9 +86,10 @@ int run_agent(const std::string& config_path) {
     const PrerequisiteReport prerequisites =
         probe_prerequisites(kernel_probe_environment(config->bpffs));
     if (!prerequisites.all_available()) {
-        spdlog::error("kernel prerequisites missing; nothing was loaded or changed:\n{}"
-                      "meshlane needs every capability above to intercept a workload",
-                      prerequisites.describe());
+        spdlog::error(
+            "kernel prerequisites missing; nothing was loaded or changed:\n{}"
+            "meshlane needs every capability above to intercept a workload",
+            prerequisites.describe());
         return 1;
     }
     spdlog::info("kernel prerequisites: all {} probed features present",
@@ -136,14 +136,16 @@ int run_agent(const std::string& config_path) {
         spdlog::error("API: {}", started.error().message);
         return 1;
     }
-    grpc_api::GrpcServer grpc_server(manager, &event_bus, {.unix_socket_path = config->grpc_socket});
+    grpc_api::GrpcServer grpc_server(manager, &event_bus,
+                                     {.unix_socket_path = config->grpc_socket});
     if (auto started = grpc_server.start(); !started) {
         spdlog::error("{}", started.error().message);
         return 1;
     }
     boost::asio::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](const boost::system::error_code&, int signal) {
-        spdlog::info("signal {}: stopping; the datapath stays pinned and keeps intercepting", signal);
+        spdlog::info("signal {}: stopping; the datapath stays pinned and keeps intercepting",
+                     signal);
         // Closing the bus ends every event stream first, so neither server waits on one.
         event_bus.close();
         server.stop();
@@ -154,9 +156,10 @@ int run_agent(const std::string& config_path) {
     schedule_reconcile(reconcile_timer, manager,
                        std::chrono::milliseconds(config->reconcile_interval_ms));
 
-    spdlog::info("meshlane agent {} ready: API on {} (REST) and {} (gRPC), pins under {}, "
-                 "cgroup2 at {}",
-                 MESHLANE_VERSION, config->api_socket, config->grpc_socket, pin_root, *cgroup2);
+    spdlog::info(
+        "meshlane agent {} ready: API on {} (REST) and {} (gRPC), pins under {}, "
+        "cgroup2 at {}",
+        MESHLANE_VERSION, config->api_socket, config->grpc_socket, pin_root, *cgroup2);
     io.run();
     return 0;
 }

@@ -20,7 +20,8 @@ namespace {
 
 std::string_view trim(std::string_view s) {
     while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
+        s.remove_suffix(1);
     return s;
 }
 
@@ -63,7 +64,8 @@ Result<AgentConfig> parse_agent_config(std::string_view text, std::string_view o
         } else if (key == "bpffs") {
             config.bpffs = value;
         } else if (key == "pin_dir") {
-            if (value.empty() || value.find('/') != std::string::npos || value == "." || value == "..")
+            if (value.empty() || value.find('/') != std::string::npos || value == "." ||
+                value == "..")
                 return Error::invalid(where + ": pin_dir must be a single directory name");
             config.pin_dir = value;
         } else if (key == "log_level") {

@@ -30,12 +30,15 @@ struct HelperUse {
 };
 
 constexpr HelperUse kHelpers[] = {
-    {"cgroup_sock_addr", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, "get_netns_cookie", BPF_FUNC_get_netns_cookie},
-    {"cgroup_sock_addr", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, "get_current_uid_gid", BPF_FUNC_get_current_uid_gid},
+    {"cgroup_sock_addr", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, "get_netns_cookie",
+     BPF_FUNC_get_netns_cookie},
+    {"cgroup_sock_addr", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, "get_current_uid_gid",
+     BPF_FUNC_get_current_uid_gid},
     {"cgroup_sock_addr", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, "sk_lookup_tcp", BPF_FUNC_sk_lookup_tcp},
     {"cgroup_sock_addr", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, "sk_release", BPF_FUNC_sk_release},
     {"cgroup_sock_addr", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, "sk_storage_get", BPF_FUNC_sk_storage_get},
-    {"cgroup_sock_addr", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, "get_socket_cookie", BPF_FUNC_get_socket_cookie},
+    {"cgroup_sock_addr", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, "get_socket_cookie",
+     BPF_FUNC_get_socket_cookie},
     {"cgroup_sock_addr", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, "ktime_get_ns", BPF_FUNC_ktime_get_ns},
     {"sock_ops", BPF_PROG_TYPE_SOCK_OPS, "get_netns_cookie", BPF_FUNC_get_netns_cookie},
     {"sock_ops", BPF_PROG_TYPE_SOCK_OPS, "get_current_uid_gid", BPF_FUNC_get_current_uid_gid},
@@ -81,9 +84,12 @@ struct MapUse {
     bpf_map_type type;
 };
 constexpr MapUse kMapTypes[] = {
-    {"hash", BPF_MAP_TYPE_HASH},           {"lpm_trie", BPF_MAP_TYPE_LPM_TRIE},
-    {"lru_hash", BPF_MAP_TYPE_LRU_HASH},   {"percpu_array", BPF_MAP_TYPE_PERCPU_ARRAY},
-    {"sk_storage", BPF_MAP_TYPE_SK_STORAGE}, {"sockmap", BPF_MAP_TYPE_SOCKMAP},
+    {"hash", BPF_MAP_TYPE_HASH},
+    {"lpm_trie", BPF_MAP_TYPE_LPM_TRIE},
+    {"lru_hash", BPF_MAP_TYPE_LRU_HASH},
+    {"percpu_array", BPF_MAP_TYPE_PERCPU_ARRAY},
+    {"sk_storage", BPF_MAP_TYPE_SK_STORAGE},
+    {"sockmap", BPF_MAP_TYPE_SOCKMAP},
 };
 
 std::string helper_key(const HelperUse& use) {
@@ -159,7 +165,8 @@ ProbeResult probe_bpf_key(const std::string& key) {
                                      "the kernel does not support this map type");
     for (const auto& use : kHelpers)
         if (key == helper_key(use))
-            return from_libbpf_probe(key, libbpf_probe_bpf_helper(use.prog_type, use.helper, nullptr),
+            return from_libbpf_probe(key,
+                                     libbpf_probe_bpf_helper(use.prog_type, use.helper, nullptr),
                                      "helper not available to this program type");
     return {key, false, "no probe for this feature"};
 }
@@ -214,10 +221,11 @@ std::vector<std::string> PrerequisiteReport::working_capabilities() const {
     const auto available = features();
     std::vector<std::string> out;
     for (const auto& capability : redirect_capabilities()) {
-        bool works = std::all_of(capability.needs.begin(), capability.needs.end(), [&](const auto& k) {
-            auto it = available.find(k);
-            return it != available.end() && it->second;
-        });
+        bool works =
+            std::all_of(capability.needs.begin(), capability.needs.end(), [&](const auto& k) {
+                auto it = available.find(k);
+                return it != available.end() && it->second;
+            });
         if (works) out.push_back(capability.name);
     }
     return out;
@@ -244,8 +252,9 @@ ProbeEnvironment kernel_probe_environment(const std::string& bpffs_wanted) {
     ProbeEnvironment environment;
     environment.btf_probe = []() -> ProbeResult {
         if (::access(kVmlinuxBtf, R_OK) == 0) return {"btf", true, ""};
-        return {"btf", false, std::string(kVmlinuxBtf) + ": " + std::strerror(errno) +
-                                 " (kernel built without CONFIG_DEBUG_INFO_BTF)"};
+        return {"btf", false,
+                std::string(kVmlinuxBtf) + ": " + std::strerror(errno) +
+                    " (kernel built without CONFIG_DEBUG_INFO_BTF)"};
     };
     environment.cgroup2_probe = []() -> ProbeResult {
         auto mount = cgroup2_mount();

@@ -12,14 +12,14 @@
 namespace meshlane {
 
 struct ProbeResult {
-    std::string name;    // feature key, e.g. "prog_type.sk_lookup", "helper.sk_lookup.sk_assign"
+    std::string name;  // feature key, e.g. "prog_type.sk_lookup", "helper.sk_lookup.sk_assign"
     bool available = false;
     std::string detail;  // why not, when missing
 };
 
 // What meshlane does with the features; a capability works when all its features are present.
 struct Capability {
-    std::string name;         // "outbound capture"
+    std::string name;                // "outbound capture"
     std::vector<std::string> needs;  // feature keys
 };
 

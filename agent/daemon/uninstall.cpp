@@ -51,7 +51,8 @@ Result<UninstallReport> uninstall(const std::string& config_path) {
     if (!config) return config.error();
     auto lock = lock_out_agent(config->state_dir);
     if (!lock) return lock.error();
-    auto bpffs = config->bpffs.empty() ? find_mount_point("bpf") : Result<std::string>(config->bpffs);
+    auto bpffs =
+        config->bpffs.empty() ? find_mount_point("bpf") : Result<std::string>(config->bpffs);
     UninstallReport report;
     if (bpffs) {
         report.pin_root = *bpffs + "/" + config->pin_dir;

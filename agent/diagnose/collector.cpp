@@ -12,9 +12,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <cstring>
 #include <functional>
 #include <set>
 #include <sstream>
@@ -138,13 +138,13 @@ std::vector<ProcessInfo> scan_processes(std::uint64_t netns_inode, const std::st
         const std::string base = "/proc/" + name;
         ProcessInfo p;
         p.pid = static_cast<pid_t>(std::stol(name));
-        struct stat st{};
+        struct stat st {};
         p.in_netns = ::stat((base + "/ns/net").c_str(), &st) == 0 && st.st_ino == netns_inode;
         std::istringstream cg(read_text(base + "/cgroup"));
         for (std::string line; std::getline(cg, line);)
             if (line.rfind("0::", 0) == 0) p.cgroup = line.substr(3);
-        p.in_pod_cgroup = !p.cgroup.empty() &&
-                          (p.cgroup == pod_rel || p.cgroup.rfind(pod_rel + "/", 0) == 0);
+        p.in_pod_cgroup =
+            !p.cgroup.empty() && (p.cgroup == pod_rel || p.cgroup.rfind(pod_rel + "/", 0) == 0);
         if (!p.in_netns && !p.in_pod_cgroup) continue;
         const auto status = read_text(base + "/status");
         if (status.empty()) continue;  // gone
@@ -166,7 +166,8 @@ std::vector<ProcessInfo> scan_processes(std::uint64_t netns_inode, const std::st
     return processes;
 }
 
-std::map<std::uint64_t, std::vector<pid_t>> socket_holders(const std::vector<ProcessInfo>& processes) {
+std::map<std::uint64_t, std::vector<pid_t>> socket_holders(
+    const std::vector<ProcessInfo>& processes) {
     std::map<std::uint64_t, std::vector<pid_t>> holders;
     for (const auto& p : processes) {
         if (!p.in_netns) continue;

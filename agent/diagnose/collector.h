@@ -20,9 +20,11 @@ namespace meshlane::diagnose {
 DiagnosisInput collect(const WorkloadStatus& status, const std::string& cgroup2_mount);
 
 // Pieces the verifier re-uses.
-std::vector<ProcessInfo> scan_processes(std::uint64_t netns_inode, const std::string& pod_cgroup_rel);
+std::vector<ProcessInfo> scan_processes(std::uint64_t netns_inode,
+                                        const std::string& pod_cgroup_rel);
 // socket inode -> pids holding it, for the given pids.
-std::map<std::uint64_t, std::vector<pid_t>> socket_holders(const std::vector<ProcessInfo>& processes);
+std::map<std::uint64_t, std::vector<pid_t>> socket_holders(
+    const std::vector<ProcessInfo>& processes);
 // Runs `fn` on a helper thread that joined the netns at `netns_path` (the calling thread keeps
 // its own namespace).
 Status in_netns(const std::string& netns_path, const std::function<void()>& fn);

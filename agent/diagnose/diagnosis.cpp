@@ -3,13 +3,12 @@
 #include <arpa/inet.h>
 
 #include <algorithm>
+#include <boost/json.hpp>
 #include <charconv>
 #include <cstring>
 #include <ctime>
 #include <set>
 #include <sstream>
-
-#include <boost/json.hpp>
 
 #include "meshlane/redirect_abi.h"
 
@@ -19,9 +18,12 @@ namespace json = boost::json;
 
 std::string_view to_string(Severity severity) {
     switch (severity) {
-        case Severity::kCritical: return "critical";
-        case Severity::kWarning: return "warning";
-        case Severity::kInfo: return "info";
+        case Severity::kCritical:
+            return "critical";
+        case Severity::kWarning:
+            return "warning";
+        case Severity::kInfo:
+            return "info";
     }
     return "unknown";
 }
@@ -129,11 +131,12 @@ std::optional<Finding> rule_refused_before_listen(const DiagnosisInput& input) {
                          "inbound_refused_no_listener, since enrolment)");
     f.evidence.push_back("startup policy: " + std::string(to_string(input.spec.startup_policy)));
     if (listening.empty()) {
-        f.evidence.push_back("no socket listens on port " + std::to_string(input.spec.inbound_port) +
-                             " in the pod netns now (at " + utc_text(input.collected_at_unix_ms) +
-                             ")");
+        f.evidence.push_back(
+            "no socket listens on port " + std::to_string(input.spec.inbound_port) +
+            " in the pod netns now (at " + utc_text(input.collected_at_unix_ms) + ")");
     } else {
-        f.evidence.push_back("the proxy listens now: " + describe_socket(input, *listening.front()));
+        f.evidence.push_back("the proxy listens now: " +
+                             describe_socket(input, *listening.front()));
         if (const auto since = proxy_listener_since(input); since > 0)
             f.evidence.push_back("proxy process started at " + utc_text(since) +
                                  "; the refusals happened before it listened");
@@ -143,11 +146,12 @@ std::optional<Finding> rule_refused_before_listen(const DiagnosisInput& input) {
     if (passthrough > 0)
         f.evidence.push_back(std::to_string(passthrough) +
                              " connection(s) bypassed the mesh under the passthrough policy");
-    f.fix = "Start the app after the proxy: set holdApplicationUntilProxyStarts: true "
-            "(proxy.istio.io/config annotation or meshConfig.defaultConfig) or run the proxy as "
-            "a native sidecar (Kubernetes >= 1.29, init container with restartPolicy: Always). "
-            "Or enroll with `--startup-policy passthrough` (connections go direct, unmeshed, until "
-            "the proxy listens; each is counted).";
+    f.fix =
+        "Start the app after the proxy: set holdApplicationUntilProxyStarts: true "
+        "(proxy.istio.io/config annotation or meshConfig.defaultConfig) or run the proxy as "
+        "a native sidecar (Kubernetes >= 1.29, init container with restartPolicy: Always). "
+        "Or enroll with `--startup-policy passthrough` (connections go direct, unmeshed, until "
+        "the proxy listens; each is counted).";
     return f;
 }
 
@@ -168,9 +172,10 @@ std::optional<Finding> rule_proxy_wrong_uid(const DiagnosisInput& input) {
               "listener is not recognised as the proxy's.";
     f.evidence.push_back("configured proxy uid " + std::to_string(input.spec.proxy_uid) + ", gid " +
                          std::to_string(input.spec.proxy_gid));
-    f.fix = "Run the proxy as the configured uid/gid (Istio: runAsUser/runAsGroup 1337 on "
-            "istio-proxy), or re-enroll the workload with --proxy-uid/--proxy-gid matching the "
-            "proxy.";
+    f.fix =
+        "Run the proxy as the configured uid/gid (Istio: runAsUser/runAsGroup 1337 on "
+        "istio-proxy), or re-enroll the workload with --proxy-uid/--proxy-gid matching the "
+        "proxy.";
     return f;
 }
 
@@ -208,8 +213,9 @@ std::optional<Finding> rule_app_runs_as_proxy_uid(const DiagnosisInput& input) {
               std::to_string(input.spec.proxy_gid) +
               "): its outbound traffic is treated as the proxy's own and silently bypasses the "
               "mesh (Istio IST0144 InvalidApplicationUID).";
-    f.fix = "Run the application container with another runAsUser/runAsGroup than the proxy's "
-            "(1337 by default).";
+    f.fix =
+        "Run the application container with another runAsUser/runAsGroup than the proxy's "
+        "(1337 by default).";
     return f;
 }
 
@@ -221,9 +227,9 @@ std::vector<std::string> istio_chains(std::string_view text) {
         if (end == std::string_view::npos) end = text.size();
         auto line = text.substr(start, end - start);
         if (line.rfind(":ISTIO_", 0) == 0) {
-            auto name = line.substr(1, line.find(' ') == std::string_view::npos
-                                           ? std::string_view::npos
-                                           : line.find(' ') - 1);
+            auto name =
+                line.substr(1, line.find(' ') == std::string_view::npos ? std::string_view::npos
+                                                                        : line.find(' ') - 1);
             chains.insert(std::string(name));
         } else if (line.rfind("-A ", 0) == 0) {
             auto j = line.find(" -j ISTIO_");
@@ -259,13 +265,15 @@ std::optional<Finding> rule_iptables_chains(const DiagnosisInput& input) {
     if (f.evidence.empty()) return std::nullopt;
     f.severity = Severity::kCritical;
     f.code = "iptables_double_interception";
-    f.cause = "Istio's iptables capture (ISTIO_* nat chains) is installed in the pod netns as well "
-              "as meshlane's: connections are intercepted twice (REDIRECT after meshlane's "
-              "rewrite), which loops or breaks SO_ORIGINAL_DST.";
-    f.fix = "Remove the istio-init container / istio-cni iptables setup for this pod (meshlane "
-            "replaces it: disable istio-cni or set the sidecar.istio.io/interceptionMode that "
-            "skips iptables), or flush the chains: `nsenter --net=<netns> iptables-save -t nat` "
-            "to review, then delete the ISTIO_* chains.";
+    f.cause =
+        "Istio's iptables capture (ISTIO_* nat chains) is installed in the pod netns as well "
+        "as meshlane's: connections are intercepted twice (REDIRECT after meshlane's "
+        "rewrite), which loops or breaks SO_ORIGINAL_DST.";
+    f.fix =
+        "Remove the istio-init container / istio-cni iptables setup for this pod (meshlane "
+        "replaces it: disable istio-cni or set the sidecar.istio.io/interceptionMode that "
+        "skips iptables), or flush the chains: `nsenter --net=<netns> iptables-save -t nat` "
+        "to review, then delete the ISTIO_* chains.";
     return f;
 }
 
@@ -277,7 +285,7 @@ std::optional<Finding> rule_foreign_connect_program(const DiagnosisInput& input)
         std::size_t our_position = SIZE_MAX;
         for (const auto& q : *input.connect_programs)
             if (q.ours && q.attach_type == p.attach_type) our_position = q.position;
-        std::string order = our_position == SIZE_MAX ? "meshlane's is not attached"
+        std::string order = our_position == SIZE_MAX    ? "meshlane's is not attached"
                             : p.position < our_position ? "runs BEFORE meshlane's"
                                                         : "runs after meshlane's";
         f.evidence.push_back("cgroup " + p.attach_type + " program id " +
@@ -288,13 +296,15 @@ std::optional<Finding> rule_foreign_connect_program(const DiagnosisInput& input)
     if (f.evidence.empty()) return std::nullopt;
     f.severity = Severity::kWarning;
     f.code = "foreign_connect_program";
-    f.cause = "Another cgroup connect4/connect6 program is in effect for the pod cgroup besides "
-              "meshlane's (e.g. a CNI socket load balancer): it can rewrite the destination "
-              "before meshlane sees it (service VIP already translated) or after (undoing the "
-              "redirect).";
-    f.fix = "Check which agent owns the program (`bpftool prog show id ID`, `bpftool cgroup "
-            "tree`); configure it to skip pods meshlane captures, or make it run after meshlane "
-            "(e.g. Cilium: socketLB.hostNamespaceOnly=true).";
+    f.cause =
+        "Another cgroup connect4/connect6 program is in effect for the pod cgroup besides "
+        "meshlane's (e.g. a CNI socket load balancer): it can rewrite the destination "
+        "before meshlane sees it (service VIP already translated) or after (undoing the "
+        "redirect).";
+    f.fix =
+        "Check which agent owns the program (`bpftool prog show id ID`, `bpftool cgroup "
+        "tree`); configure it to skip pods meshlane captures, or make it run after meshlane "
+        "(e.g. Cilium: socketLB.hostNamespaceOnly=true).";
     return f;
 }
 
@@ -329,18 +339,22 @@ std::optional<Finding> rule_orig_dst_unanswered(const DiagnosisInput& input) {
     Finding f;
     f.severity = Severity::kWarning;
     f.code = "orig_dst_unanswered";
-    f.cause = "The proxy asked SO_ORIGINAL_DST for accepted connections and got no answer: Envoy "
-              "then sends them to the BlackHole/PassthroughCluster (503 UF/UH, or resets).";
-    f.evidence.push_back(std::to_string(miss) + " SO_ORIGINAL_DST lookups with no record "
+    f.cause =
+        "The proxy asked SO_ORIGINAL_DST for accepted connections and got no answer: Envoy "
+        "then sends them to the BlackHole/PassthroughCluster (503 UF/UH, or resets).";
+    f.evidence.push_back(std::to_string(miss) +
+                         " SO_ORIGINAL_DST lookups with no record "
                          "(counter orig_dst_miss)");
-    f.evidence.push_back(std::to_string(lost) + " connections whose original destination was "
+    f.evidence.push_back(std::to_string(lost) +
+                         " connections whose original destination was "
                          "lost before the proxy asked (counter orig_dst_tuple_lost)");
     f.evidence.push_back(std::to_string(counter(input, "orig_dst_answered")) +
                          " lookups answered (counter orig_dst_answered)");
-    f.fix = "Misses come from connections that reached the proxy listener without a redirect "
-            "(direct connects to 15001/15006, or traffic captured by something else: run "
-            "`meshlane diagnose` for iptables / foreign programs), or from a proxy that asks "
-            "after the client closed. Run `meshlane verify NAME` to test the redirect path.";
+    f.fix =
+        "Misses come from connections that reached the proxy listener without a redirect "
+        "(direct connects to 15001/15006, or traffic captured by something else: run "
+        "`meshlane diagnose` for iptables / foreign programs), or from a proxy that asks "
+        "after the client closed. Run `meshlane verify NAME` to test the redirect path.";
     return f;
 }
 
@@ -383,15 +397,17 @@ std::optional<Finding> rule_proxy_port_included(const DiagnosisInput& input) {
         for (auto port : *list) {
             if (!is_proxy_port(input, port)) continue;
             f.evidence.push_back(std::string(field) + " lists " + std::to_string(port) +
-                                 (port == input.spec.inbound_port ? " (the proxy's inbound port)"
-                                                                  : " (the proxy's outbound port)"));
+                                 (port == input.spec.inbound_port
+                                      ? " (the proxy's inbound port)"
+                                      : " (the proxy's outbound port)"));
         }
     }
     if (f.evidence.empty()) return std::nullopt;
     f.severity = Severity::kWarning;
     f.code = "proxy_port_included";
-    f.cause = "A proxy port is listed in an include list: connections addressed to the proxy's own "
-              "listener are captured again, which loops or is refused.";
+    f.cause =
+        "A proxy port is listed in an include list: connections addressed to the proxy's own "
+        "listener are captured again, which loops or is refused.";
     f.fix = "Remove " + std::to_string(input.spec.outbound_port) + "/" +
             std::to_string(input.spec.inbound_port) +
             " from traffic.sidecar.istio.io/includeInboundPorts / includeOutboundPorts "
@@ -402,17 +418,18 @@ std::optional<Finding> rule_proxy_port_included(const DiagnosisInput& input) {
 std::vector<Finding> diagnose(const DiagnosisInput& input) {
     std::vector<Finding> findings;
     using Rule = std::optional<Finding> (*)(const DiagnosisInput&);
-    const Rule rules[] = {rule_refused_before_listen,   rule_no_inbound_listener,
-                          rule_proxy_wrong_uid,          rule_app_runs_as_proxy_uid,
-                          rule_iptables_chains,          rule_foreign_connect_program,
-                          rule_orig_dst_unanswered,      rule_app_port_excluded,
-                          rule_proxy_port_included};
+    const Rule rules[] = {
+        rule_refused_before_listen, rule_no_inbound_listener, rule_proxy_wrong_uid,
+        rule_app_runs_as_proxy_uid, rule_iptables_chains,     rule_foreign_connect_program,
+        rule_orig_dst_unanswered,   rule_app_port_excluded,   rule_proxy_port_included};
     for (auto rule : rules)
         if (auto f = rule(input)) findings.push_back(std::move(*f));
     for (const auto& error : input.collection_errors) {
-        findings.push_back(Finding{Severity::kInfo, "check_not_run",
+        findings.push_back(Finding{Severity::kInfo,
+                                   "check_not_run",
                                    "A check could not run, so its fault would go unreported.",
-                                   {error}, "Run the agent as root with nsenter and "
+                                   {error},
+                                   "Run the agent as root with nsenter and "
                                    "iptables-save installed on the node."});
     }
     std::stable_sort(findings.begin(), findings.end(), [](const Finding& a, const Finding& b) {
@@ -445,8 +462,8 @@ std::vector<ListenSocket> parse_listen_sockets(std::string_view text, bool ipv6)
         const std::size_t words = ipv6 ? 4 : 1;
         if (addr_hex.size() != words * 8) continue;
         for (std::size_t w = 0; w < words; ++w) {
-            std::uint32_t word = static_cast<std::uint32_t>(
-                std::stoul(addr_hex.substr(w * 8, 8), nullptr, 16));
+            std::uint32_t word =
+                static_cast<std::uint32_t>(std::stoul(addr_hex.substr(w * 8, 8), nullptr, 16));
             std::memcpy(bytes + w * 4, &word, 4);  // /proc prints each word in host order
         }
         char buffer[INET6_ADDRSTRLEN]{};
@@ -480,14 +497,14 @@ json::object to_json(const DiagnosisInput& input, const std::vector<Finding>& fi
         list.emplace_back(to_json(f));
         if (f.severity == Severity::kCritical) ++critical;
     }
-    json::object checked{{"processes", input.processes.size()},
-                         {"listeners", input.listeners ? json::value(input.listeners->size())
-                                                       : json::value(nullptr)},
-                         {"iptables_v4", input.nat_v4.has_value()},
-                         {"iptables_v6", input.nat_v6.has_value()},
-                         {"connect_programs", input.connect_programs
-                                                  ? json::value(input.connect_programs->size())
-                                                  : json::value(nullptr)}};
+    json::object checked{
+        {"processes", input.processes.size()},
+        {"listeners",
+         input.listeners ? json::value(input.listeners->size()) : json::value(nullptr)},
+        {"iptables_v4", input.nat_v4.has_value()},
+        {"iptables_v6", input.nat_v6.has_value()},
+        {"connect_programs", input.connect_programs ? json::value(input.connect_programs->size())
+                                                    : json::value(nullptr)}};
     return json::object{{"workload", input.workload},
                         {"collected_at_unix_ms", input.collected_at_unix_ms},
                         {"critical", critical},

@@ -6,14 +6,13 @@
 
 #include <sys/types.h>
 
+#include <boost/json/object.hpp>
 #include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <boost/json/object.hpp>
 
 #include "agent/workload/workload_spec.h"
 
@@ -36,7 +35,7 @@ struct ProcessInfo {
     std::uint32_t uid = 0;  // effective
     std::uint32_t gid = 0;
     std::string comm;
-    std::string cgroup;  // relative to the cgroup2 mount, "/a/b"
+    std::string cgroup;          // relative to the cgroup2 mount, "/a/b"
     bool in_pod_cgroup = false;  // the pod cgroup or below
     bool in_netns = false;
     std::int64_t started_unix_ms = 0;

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <boost/json.hpp>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -22,8 +23,6 @@
 #include <set>
 #include <sstream>
 #include <thread>
-
-#include <boost/json.hpp>
 
 #include "agent/common/unique_fd.h"
 #include "agent/diagnose/collector.h"
@@ -36,16 +35,26 @@ namespace {
 
 const char* attach_type_text(std::uint32_t type) {
     switch (type) {
-        case BPF_CGROUP_INET4_CONNECT: return "connect4";
-        case BPF_CGROUP_INET6_CONNECT: return "connect6";
-        case BPF_CGROUP_SOCK_OPS: return "sock_ops";
-        case BPF_CGROUP_GETSOCKOPT: return "getsockopt";
-        case BPF_CGROUP_INET4_GETPEERNAME: return "getpeername4";
-        case BPF_CGROUP_INET6_GETPEERNAME: return "getpeername6";
-        case BPF_CGROUP_INET4_GETSOCKNAME: return "getsockname4";
-        case BPF_CGROUP_INET6_GETSOCKNAME: return "getsockname6";
-        case BPF_SK_LOOKUP: return "sk_lookup";
-        default: return "other";
+        case BPF_CGROUP_INET4_CONNECT:
+            return "connect4";
+        case BPF_CGROUP_INET6_CONNECT:
+            return "connect6";
+        case BPF_CGROUP_SOCK_OPS:
+            return "sock_ops";
+        case BPF_CGROUP_GETSOCKOPT:
+            return "getsockopt";
+        case BPF_CGROUP_INET4_GETPEERNAME:
+            return "getpeername4";
+        case BPF_CGROUP_INET6_GETPEERNAME:
+            return "getpeername6";
+        case BPF_CGROUP_INET4_GETSOCKNAME:
+            return "getsockname4";
+        case BPF_CGROUP_INET6_GETSOCKNAME:
+            return "getsockname6";
+        case BPF_SK_LOOKUP:
+            return "sk_lookup";
+        default:
+            return "other";
     }
 }
 
@@ -61,7 +70,8 @@ bool in_effective(int target_fd, std::uint32_t type, std::uint32_t prog_id, std:
 }
 
 VerifyCheck check_programs(const WorkloadStatus& status, const VerifyOptions& options) {
-    VerifyCheck check{"programs", "datapath programs attached (read back from the kernel)", true, {}};
+    VerifyCheck check{
+        "programs", "datapath programs attached (read back from the kernel)", true, {}};
     const std::string dir = options.pin_root + "/workloads/" + status.spec.name;
     std::set<std::string> found;
     UniqueFd cgroup(::open(status.cgroup_resolved.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
@@ -85,27 +95,29 @@ VerifyCheck check_programs(const WorkloadStatus& status, const VerifyOptions& op
             check.evidence.push_back(pin + ": FAIL pin " + path + " is not a live bpf link");
             continue;
         }
-        std::string line = pin + ": link " + std::to_string(info.id) + " prog " +
-                           std::to_string(info.prog_id);
+        std::string line =
+            pin + ": link " + std::to_string(info.id) + " prog " + std::to_string(info.prog_id);
         bool ok = false;
         if (info.type == BPF_LINK_TYPE_CGROUP) {
             const bool same = info.cgroup.cgroup_id == status.cgroup_id;
-            const bool effective = cgroup.valid() && in_effective(cgroup.get(), info.cgroup.attach_type,
-                                                                  info.prog_id, BPF_F_QUERY_EFFECTIVE);
+            const bool effective =
+                cgroup.valid() && in_effective(cgroup.get(), info.cgroup.attach_type, info.prog_id,
+                                               BPF_F_QUERY_EFFECTIVE);
             ok = same && effective;
-            line += std::string(" ") + attach_type_text(info.cgroup.attach_type) + " on cgroup id " +
-                    std::to_string(info.cgroup.cgroup_id) +
-                    (same ? " (the pod cgroup)" : " (NOT the pod cgroup " +
-                                                      std::to_string(status.cgroup_id) + ")") +
+            line += std::string(" ") + attach_type_text(info.cgroup.attach_type) +
+                    " on cgroup id " + std::to_string(info.cgroup.cgroup_id) +
+                    (same ? " (the pod cgroup)"
+                          : " (NOT the pod cgroup " + std::to_string(status.cgroup_id) + ")") +
                     (effective ? ", in effect for " : ", NOT in the effective list of ") +
                     status.cgroup_resolved;
             found.insert(attach_type_text(info.cgroup.attach_type));
         } else if (info.type == BPF_LINK_TYPE_NETNS) {
             const bool same = info.netns.netns_ino == status.netns_inode;
-            const bool attached = netns.valid() && in_effective(netns.get(), BPF_SK_LOOKUP,
-                                                                info.prog_id, 0);
+            const bool attached =
+                netns.valid() && in_effective(netns.get(), BPF_SK_LOOKUP, info.prog_id, 0);
             ok = same && attached;
-            line += std::string(" sk_lookup on netns inode ") + std::to_string(info.netns.netns_ino) +
+            line += std::string(" sk_lookup on netns inode ") +
+                    std::to_string(info.netns.netns_ino) +
                     (same ? " (the pod netns)" : " (NOT the pod netns)") +
                     (attached ? ", attached" : ", NOT in the netns's program list");
             found.insert("sk_lookup");
@@ -156,7 +168,8 @@ std::vector<TcpEntry> read_tcp4(pid_t pid) {
     while (std::getline(in, line)) {
         std::istringstream f(line);
         std::string sl, local, remote, state, q, t, r, uid, timeout, inode;
-        if (!(f >> sl >> local >> remote >> state >> q >> t >> r >> uid >> timeout >> inode)) continue;
+        if (!(f >> sl >> local >> remote >> state >> q >> t >> r >> uid >> timeout >> inode))
+            continue;
         TcpEntry e;
         e.local = hex_addr_text(local, &e.local_port);
         e.remote = hex_addr_text(remote, &e.remote_port);
@@ -191,12 +204,16 @@ void append_decimal(char* buffer, long value) {
 }
 
 // The outbound probe and, when it connects, the SO_ORIGINAL_DST check.
-std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status, const VerifyOptions& options) {
-    VerifyCheck outbound{"outbound", "probe connect " + options.probe_address + ":" +
-                                         std::to_string(options.probe_port) +
-                                         " is redirected to the proxy's outbound listener",
-                         false, {}};
-    VerifyCheck orig{"orig_dst", "the proxy's SO_ORIGINAL_DST for the probe is answered", false, {}};
+std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status,
+                                        const VerifyOptions& options) {
+    VerifyCheck outbound{"outbound",
+                         "probe connect " + options.probe_address + ":" +
+                             std::to_string(options.probe_port) +
+                             " is redirected to the proxy's outbound listener",
+                         false,
+                         {}};
+    VerifyCheck orig{
+        "orig_dst", "the proxy's SO_ORIGINAL_DST for the probe is answered", false, {}};
     const std::uint16_t out_port = status.spec.outbound_port;
 
     // Never probe without a listener: under the passthrough policy the probe would go direct.
@@ -210,8 +227,10 @@ std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status, const Veri
     }
     bool v4_listener = false;
     for (const auto& s : *listeners)
-        if (s.port == out_port && !s.ipv6) v4_listener = true;
-        else if (s.port == out_port && s.local.rfind("[::]", 0) == 0) v4_listener = true;
+        if (s.port == out_port && !s.ipv6)
+            v4_listener = true;
+        else if (s.port == out_port && s.local.rfind("[::]", 0) == 0)
+            v4_listener = true;
     if (!v4_listener) {
         outbound.evidence.push_back("proxy not listening: no IPv4 LISTEN socket on port " +
                                     std::to_string(out_port) +
@@ -230,7 +249,8 @@ std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status, const Veri
     std::vector<std::string> cgroup_dirs{status.cgroup_resolved};
     std::error_code ec;
     for (const auto& entry : std::filesystem::directory_iterator(status.cgroup_resolved, ec))
-        if (entry.is_directory() && cgroup_dirs.size() < 8) cgroup_dirs.push_back(entry.path().string());
+        if (entry.is_directory() && cgroup_dirs.size() < 8)
+            cgroup_dirs.push_back(entry.path().string());
     std::vector<UniqueFd> procs;
     for (const auto& d : cgroup_dirs)
         procs.emplace_back(::open((d + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC));
@@ -254,8 +274,8 @@ std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status, const Veri
     }
     UniqueFd result_read(result_pipe[0]), result_write(result_pipe[1]);
     UniqueFd go_read(go_pipe[0]), go_write(go_pipe[1]);
-    const auto before = options.read_counters ? options.read_counters()
-                                              : std::map<std::string, std::uint64_t>{};
+    const auto before =
+        options.read_counters ? options.read_counters() : std::map<std::string, std::uint64_t>{};
     const pid_t parent = ::getpid();
     const pid_t child = ::fork();
     if (child < 0) {
@@ -330,8 +350,8 @@ std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status, const Veri
                                     std::to_string(probe_uid) + " in cgroup " +
                                     cgroup_dirs[static_cast<std::size_t>(r.cgroup_index)]);
     if (r.stage < 5) {
-        static const char* stages[] = {"", "join the pod cgroup", "join the pod netns", "drop privileges",
-                                       "create a socket"};
+        static const char* stages[] = {"", "join the pod cgroup", "join the pod netns",
+                                       "drop privileges", "create a socket"};
         outbound.evidence.push_back(std::string("probe could not ") + stages[r.stage] + ": " +
                                     std::strerror(r.error));
     } else if (r.stage == 5) {
@@ -359,8 +379,8 @@ std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status, const Veri
             outbound.evidence.push_back("probe socket " + conn->local + " -> " + conn->remote +
                                         " (kernel view; the app sees " + options.probe_address +
                                         ":" + std::to_string(options.probe_port) + ")");
-            const bool to_listener = conn->remote_port == out_port &&
-                                     conn->remote.rfind("127.", 0) == 0;
+            const bool to_listener =
+                conn->remote_port == out_port && conn->remote.rfind("127.", 0) == 0;
             if (!to_listener)
                 outbound.evidence.push_back("NOT redirected to the outbound listener 127.0.0.1:" +
                                             std::to_string(out_port));
@@ -379,17 +399,19 @@ std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status, const Veri
                         for (const auto& proc : processes) {
                             if (proc.pid != pid) continue;
                             holders += " pid " + std::to_string(pid) + " (" + proc.comm + ") uid " +
-                                       std::to_string(proc.uid) + " gid " + std::to_string(proc.gid);
+                                       std::to_string(proc.uid) + " gid " +
+                                       std::to_string(proc.gid);
                             proxy_owned = proxy_owned || proc.uid == status.spec.proxy_uid ||
                                           proc.gid == status.spec.proxy_gid;
                         }
                     }
                 }
-                outbound.evidence.push_back("listener " + listener->local + " socket uid " +
-                                            std::to_string(listener->uid) + ", held by" +
-                                            (holders.empty() ? " unknown" : holders) +
-                                            (proxy_owned ? " (the proxy)" : " (NOT the proxy uid " +
-                                             std::to_string(status.spec.proxy_uid) + ")"));
+                outbound.evidence.push_back(
+                    "listener " + listener->local + " socket uid " + std::to_string(listener->uid) +
+                    ", held by" + (holders.empty() ? " unknown" : holders) +
+                    (proxy_owned
+                         ? " (the proxy)"
+                         : " (NOT the proxy uid " + std::to_string(status.spec.proxy_uid) + ")"));
             } else {
                 outbound.evidence.push_back("no LISTEN socket on port " +
                                             std::to_string(conn->remote_port) + " any more");
@@ -418,8 +440,9 @@ std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status, const Veri
                                     ", orig_dst_miss " + std::to_string(miss_was) + " -> " +
                                     std::to_string(answered(now, "orig_dst_miss")));
             if (!orig.passed)
-                orig.evidence.push_back("the proxy did not get an SO_ORIGINAL_DST answer within "
-                                        "2 s (it may not ask, e.g. a proxy that reads getsockname)");
+                orig.evidence.push_back(
+                    "the proxy did not get an SO_ORIGINAL_DST answer within "
+                    "2 s (it may not ask, e.g. a proxy that reads getsockname)");
         }
     }
     if (r.stage < 6) orig.evidence.push_back("not checked: the probe did not connect");
@@ -429,20 +452,23 @@ std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status, const Veri
 }
 
 VerifyCheck check_inbound(const WorkloadStatus& status) {
-    VerifyCheck check{"inbound", "the proxy's inbound listener (port " +
-                                     std::to_string(status.spec.inbound_port) +
-                                     ") is registered for sk_lookup steering",
-                      status.inbound_listener_v4 || status.inbound_listener_v6, {}};
+    VerifyCheck check{"inbound",
+                      "the proxy's inbound listener (port " +
+                          std::to_string(status.spec.inbound_port) +
+                          ") is registered for sk_lookup steering",
+                      status.inbound_listener_v4 || status.inbound_listener_v6,
+                      {}};
     check.evidence.push_back(std::string("IPv4 slot: ") +
                              (status.inbound_listener_v4 ? "registered" : "empty"));
     check.evidence.push_back(std::string("IPv6 slot: ") +
                              (status.inbound_listener_v6 ? "registered" : "empty"));
     if (!check.passed)
-        check.evidence.push_back("proxy not listening (or not as the proxy uid): inbound "
-                                 "connections are " +
-                                 std::string(status.spec.startup_policy == StartupPolicy::kRefuse
-                                                 ? "refused"
-                                                 : "passed to the app unmeshed"));
+        check.evidence.push_back(
+            "proxy not listening (or not as the proxy uid): inbound "
+            "connections are " +
+            std::string(status.spec.startup_policy == StartupPolicy::kRefuse
+                            ? "refused"
+                            : "passed to the app unmeshed"));
     return check;
 }
 
@@ -469,9 +495,8 @@ json::object to_json(const VerifyReport& report) {
                                          {"passed", c.passed},
                                          {"evidence", std::move(evidence)}});
     }
-    return json::object{{"workload", report.workload},
-                        {"passed", report.passed},
-                        {"checks", std::move(checks)}};
+    return json::object{
+        {"workload", report.workload}, {"passed", report.passed}, {"checks", std::move(checks)}};
 }
 
 }  // namespace meshlane::diagnose

@@ -12,13 +12,12 @@
 // bounded (1 s connect, 2 s SO_ORIGINAL_DST).
 #pragma once
 
+#include <boost/json/object.hpp>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <string>
 #include <vector>
-
-#include <boost/json/object.hpp>
 
 #include "agent/workload/workload_registry.h"
 

@@ -16,13 +16,14 @@ namespace meshlane {
 // Ops is a struct with static open/load/destroy wrappers around the generated functions, e.g.
 //   struct RedirectOutboundOps {
 //       using Skeleton = redirect_outbound_bpf;
-//       static Skeleton* open(const bpf_object_open_opts* o) { return redirect_outbound_bpf__open_opts(o); }
-//       static int load(Skeleton* s) { return redirect_outbound_bpf__load(s); }
-//       static void destroy(Skeleton* s) { redirect_outbound_bpf__destroy(s); }
+//       static Skeleton* open(const bpf_object_open_opts* o) { return
+//       redirect_outbound_bpf__open_opts(o); } static int load(Skeleton* s) { return
+//       redirect_outbound_bpf__load(s); } static void destroy(Skeleton* s) {
+//       redirect_outbound_bpf__destroy(s); }
 //   };
 template <typename Ops>
 class BpfSkeleton {
-public:
+  public:
     using Skeleton = typename Ops::Skeleton;
 
     BpfSkeleton() = default;
@@ -68,7 +69,7 @@ public:
         skel_ = nullptr;
     }
 
-private:
+  private:
     Skeleton* skel_ = nullptr;
 };
 

@@ -1,13 +1,12 @@
 #include "agent/loader/libbpf_log.h"
 
 #include <bpf/libbpf.h>
+#include <spdlog/spdlog.h>
 
 #include <cstdarg>
 #include <cstdio>
 #include <utility>
 #include <vector>
-
-#include <spdlog/spdlog.h>
 
 namespace meshlane {
 
@@ -78,10 +77,12 @@ bool note_libbpf_message(std::string_view message, std::optional<ProgramRejectio
     if (failed == std::string_view::npos && begin == std::string_view::npos &&
         message.find("failed to load") == std::string_view::npos)
         return false;
-    if (!rejection || rejection->program != *program) rejection = ProgramRejection{*program, "", ""};
+    if (!rejection || rejection->program != *program)
+        rejection = ProgramRejection{*program, "", ""};
     if (failed != std::string_view::npos) {
         auto reason = message.substr(failed + kLoadFailed.size());
-        if (auto nl = reason.find('\n'); nl != std::string_view::npos) reason = reason.substr(0, nl);
+        if (auto nl = reason.find('\n'); nl != std::string_view::npos)
+            reason = reason.substr(0, nl);
         rejection->reason = std::string(reason);
     }
     if (begin != std::string_view::npos) {

@@ -1,14 +1,13 @@
 #include "agent/loader/mounts.h"
 
+#include <linux/magic.h>
+#include <spdlog/spdlog.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 
 #include <fstream>
 #include <sstream>
-
-#include <linux/magic.h>
-#include <spdlog/spdlog.h>
 
 namespace meshlane {
 

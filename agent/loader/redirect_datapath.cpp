@@ -4,17 +4,16 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <dirent.h>
-#include <sys/stat.h>
 #include <netinet/in.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <functional>
-
-#include <spdlog/spdlog.h>
 
 #include "agent/loader/bpf_skeleton.h"
 #include "redirect_inbound.skel.h"
@@ -26,14 +25,18 @@ namespace {
 
 struct RedirectOutboundOps {
     using Skeleton = redirect_outbound_bpf;
-    static Skeleton* open(const bpf_object_open_opts* o) { return redirect_outbound_bpf__open_opts(o); }
+    static Skeleton* open(const bpf_object_open_opts* o) {
+        return redirect_outbound_bpf__open_opts(o);
+    }
     static int load(Skeleton* s) { return redirect_outbound_bpf__load(s); }
     static void destroy(Skeleton* s) { redirect_outbound_bpf__destroy(s); }
 };
 
 struct RedirectInboundOps {
     using Skeleton = redirect_inbound_bpf;
-    static Skeleton* open(const bpf_object_open_opts* o) { return redirect_inbound_bpf__open_opts(o); }
+    static Skeleton* open(const bpf_object_open_opts* o) {
+        return redirect_inbound_bpf__open_opts(o);
+    }
     static int load(Skeleton* s) { return redirect_inbound_bpf__load(s); }
     static void destroy(Skeleton* s) { redirect_inbound_bpf__destroy(s); }
 };
@@ -59,7 +62,8 @@ constexpr CgroupProgramRef kCgroupPrograms[] = {
      &OutboundProgs::redirect_getsockname4},
     {"getsockname6", "redirect_getsockname6", BPF_CGROUP_INET6_GETSOCKNAME,
      &OutboundProgs::redirect_getsockname6},
-    {"getsockopt", "redirect_getsockopt", BPF_CGROUP_GETSOCKOPT, &OutboundProgs::redirect_getsockopt},
+    {"getsockopt", "redirect_getsockopt", BPF_CGROUP_GETSOCKOPT,
+     &OutboundProgs::redirect_getsockopt},
     {"sockops", "redirect_sockops", BPF_CGROUP_SOCK_OPS, &OutboundProgs::redirect_sockops},
 };
 constexpr const char* kSkLookupPin = "sk_lookup";
@@ -101,8 +105,8 @@ Status make_dirs(const std::string& path) {
 
 // Pins a link that points at prog_fd: re-points an existing pin (agent restart or upgrade: no
 // detach, no gap), or creates and pins a new link. Returns true when it created the pin.
-Result<bool> ensure_link(const std::string& pin, int prog_fd, int target_fd,
-                         bpf_attach_type type, const std::string& what) {
+Result<bool> ensure_link(const std::string& pin, int prog_fd, int target_fd, bpf_attach_type type,
+                         const std::string& what) {
     if (path_exists(pin)) {
         UniqueFd link(bpf_obj_get(pin.c_str()));
         if (!link.valid()) return Error::last_errno("open pinned link " + pin);
@@ -199,7 +203,8 @@ Result<std::unique_ptr<RedirectDatapath>> RedirectDatapath::load(const DatapathO
     size_maps(outbound->get(), options.max_workloads);
     if (auto loaded = outbound->load("redirect_outbound"); !loaded) {
         if (loaded.error().code == EINVAL)
-            return loaded.error().with_context(pinned_map_hint(map_dir) + " or the verifier "
+            return loaded.error().with_context(pinned_map_hint(map_dir) +
+                                               " or the verifier "
                                                "rejected a program (see the log above)");
         return loaded.error();
     }
@@ -281,7 +286,9 @@ Status RedirectDatapath::write_pod_addresses(std::uint32_t id,
     add_pod_addresses(wanted, id, pod_addresses);
     return replace_entries<cidr_rule_key>(
         impl_->cidr_rules, wanted,
-        [id](const cidr_rule_key& key) { return ntohl(key.workload_id) == id && is_pod_local(key); },
+        [id](const cidr_rule_key& key) {
+            return ntohl(key.workload_id) == id && is_pod_local(key);
+        },
         "pod address rule");
 }
 
@@ -304,8 +311,8 @@ Status RedirectDatapath::write_rules(std::uint32_t id, const WorkloadSpec& spec,
         for (auto port : list.ports) ports.push_back(port_key(id, port, list.kind));
     std::vector<cidr_rule_key> cidrs;
     for (const auto& cidr : spec.exclude_cidrs)
-        cidrs.push_back(cidr_key(id, cidr.addr, cidr.is_v4, cidr.mapped_prefix_len(),
-                                 MESHLANE_CIDR_EXCLUDE));
+        cidrs.push_back(
+            cidr_key(id, cidr.addr, cidr.is_v4, cidr.mapped_prefix_len(), MESHLANE_CIDR_EXCLUDE));
     if (!spec.include_all_cidrs)
         for (const auto& cidr : spec.include_cidrs)
             cidrs.push_back(cidr_key(id, cidr.addr, cidr.is_v4, cidr.mapped_prefix_len(),
@@ -336,9 +343,9 @@ Status RedirectDatapath::attach(const AttachTarget& target) {
     for (const auto& program : kCgroupPrograms) {
         const std::string pin = dir + "/" + program.pin_name;
         int prog_fd = bpf_program__fd(skel->progs.*program.program);
-        auto made = ensure_link(pin, prog_fd, target.cgroup_fd, program.attach_type,
-                                std::string(program.program_name) + " to cgroup " +
-                                    target.cgroup_path);
+        auto made =
+            ensure_link(pin, prog_fd, target.cgroup_fd, program.attach_type,
+                        std::string(program.program_name) + " to cgroup " + target.cgroup_path);
         if (!made) return rollback(made.error());
         if (*made) created.push_back(pin);
     }
@@ -384,7 +391,8 @@ Status RedirectDatapath::detach(const std::string& name) {
         if (!status && first_error) first_error = status;
     };
     note(unpin_and_detach(dir + "/" + kSkLookupPin));
-    for (const auto& program : kCgroupPrograms) note(unpin_and_detach(dir + "/" + program.pin_name));
+    for (const auto& program : kCgroupPrograms)
+        note(unpin_and_detach(dir + "/" + program.pin_name));
     if (::rmdir(dir.c_str()) != 0 && errno != ENOENT)
         note(Error::last_errno("remove " + dir + " (unexpected files left in it?)"));
     return first_error;

@@ -42,7 +42,7 @@ using RedirectCounters = std::array<std::uint64_t, MESHLANE_REDIRECT_COUNTER_MAX
 const char* redirect_counter_name(unsigned counter);
 
 class RedirectDatapath {
-public:
+  public:
     static Result<std::unique_ptr<RedirectDatapath>> load(const DatapathOptions& options);
     ~RedirectDatapath();
     RedirectDatapath(const RedirectDatapath&) = delete;
@@ -57,7 +57,8 @@ public:
     Status write_rules(std::uint32_t workload_id, const WorkloadSpec& spec,
                        const std::vector<PodAddress>& pod_addresses);
     // Replaces only the pod-address entries (addresses can change while a pod runs).
-    Status write_pod_addresses(std::uint32_t workload_id, const std::vector<PodAddress>& pod_addresses);
+    Status write_pod_addresses(std::uint32_t workload_id,
+                               const std::vector<PodAddress>& pod_addresses);
     // Creates (or, when the pin exists, re-points to this agent's programs) every link.
     Status attach(const AttachTarget& target);
     // Publishes the config: from here on the programs act on the workload.
@@ -79,7 +80,7 @@ public:
     // Netns cookies present in workload_by_netns.
     std::vector<std::uint64_t> active_netns_cookies() const;
 
-private:
+  private:
     struct Impl;
     explicit RedirectDatapath(DatapathOptions options);
     DatapathOptions options_;

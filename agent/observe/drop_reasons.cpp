@@ -53,15 +53,15 @@ bool for_each_enumerator(const struct btf* btf, const char* enum_name, Fn fn) {
 
 Result<DropReasonNames> DropReasonNames::from_btf(const struct btf* btf) {
     DropReasonNames names;
-    const bool found = for_each_enumerator(btf, "skb_drop_reason", [&](const char* name,
-                                                                       std::uint64_t value) {
-        if (!name) return;
-        const std::string_view text(name);
-        // SKB_DROP_REASON_MAX and the SUBSYS_MASK are bounds, not reasons.
-        if (text == "SKB_DROP_REASON_MAX" || text.find("SUBSYS_MASK") != std::string_view::npos)
-            return;
-        names.names_.emplace(static_cast<std::uint32_t>(value), strip(text, kReasonPrefix));
-    });
+    const bool found =
+        for_each_enumerator(btf, "skb_drop_reason", [&](const char* name, std::uint64_t value) {
+            if (!name) return;
+            const std::string_view text(name);
+            // SKB_DROP_REASON_MAX and the SUBSYS_MASK are bounds, not reasons.
+            if (text == "SKB_DROP_REASON_MAX" || text.find("SUBSYS_MASK") != std::string_view::npos)
+                return;
+            names.names_.emplace(static_cast<std::uint32_t>(value), strip(text, kReasonPrefix));
+        });
     if (!found)
         return Error{ENOENT, "the kernel's BTF has no enum skb_drop_reason (kernel < 5.17?)"};
     for_each_enumerator(btf, "skb_drop_reason_subsys", [&](const char* name, std::uint64_t value) {

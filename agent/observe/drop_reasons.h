@@ -18,7 +18,7 @@ struct btf;
 namespace meshlane {
 
 class DropReasonNames {
-public:
+  public:
     // Loads /sys/kernel/btf/vmlinux (libbpf btf__load_vmlinux_btf).
     static Result<DropReasonNames> load_running_kernel();
     // From an already-parsed BTF (unit tests, or a module's split BTF).
@@ -29,9 +29,9 @@ public:
     std::optional<std::uint32_t> value_of(std::string_view name) const;
     std::size_t size() const { return names_.size(); }
 
-private:
-    std::map<std::uint32_t, std::string> names_;        // core reasons, prefix stripped
-    std::map<std::uint32_t, std::string> subsystems_;   // subsystem id -> name
+  private:
+    std::map<std::uint32_t, std::string> names_;       // core reasons, prefix stripped
+    std::map<std::uint32_t, std::string> subsystems_;  // subsystem id -> name
 };
 
 }  // namespace meshlane

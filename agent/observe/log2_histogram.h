@@ -11,7 +11,7 @@
 namespace meshlane {
 
 class Log2Histogram {
-public:
+  public:
     static constexpr unsigned kBuckets = MESHLANE_HIST_BUCKETS;
     using Buckets = std::array<std::uint64_t, kBuckets>;
 
@@ -33,7 +33,7 @@ public:
     double percentile_us(double q) const;
     const Buckets& buckets() const { return buckets_; }
 
-private:
+  private:
     Buckets buckets_{};
 };
 

@@ -86,7 +86,7 @@ struct DropQuery {
 struct WorkloadDrops {
     std::uint32_t workload_id = 0;
     std::uint64_t netns_cookie = 0;
-    std::uint64_t total = 0;                // exact, from the kernel's counters
+    std::uint64_t total = 0;                 // exact, from the kernel's counters
     std::vector<DropReasonCount> by_reason;  // exact; filtered by DropQuery::reason
     std::vector<DropRecord> recent;          // sampled (rate-bounded), newest last
 };
@@ -107,7 +107,7 @@ struct ObserverHealth {
 };
 
 class ObservationSource {
-public:
+  public:
     virtual ~ObservationSource() = default;
     // Zero totals when nothing was seen yet for that workload.
     virtual WorkloadConnections connections(std::uint32_t workload_id,

@@ -37,7 +37,7 @@ struct WorkloadTotals {
 };
 
 class ObserveAggregate {
-public:
+  public:
     struct StoredConnect {
         connect_event event;
         std::int64_t unix_time_ns;
@@ -67,7 +67,7 @@ public:
     std::size_t memory_limit_bytes() const;
     const AggregateLimits& limits() const { return limits_; }
 
-private:
+  private:
     Workload* entry(std::uint64_t netns_cookie, std::uint32_t workload_id);
     void enforce_total();
 

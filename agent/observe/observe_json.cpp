@@ -1,8 +1,7 @@
 #include "agent/observe/observe_json.h"
 
-#include <cstring>
-
 #include <boost/json.hpp>
+#include <cstring>
 
 namespace meshlane {
 
@@ -59,7 +58,8 @@ std::string ip_proto_name(std::uint8_t proto) {
 
 json::object drop_json(const DropRecord& r) {
     char location[32];
-    std::snprintf(location, sizeof(location), "0x%llx", static_cast<unsigned long long>(r.location));
+    std::snprintf(location, sizeof(location), "0x%llx",
+                  static_cast<unsigned long long>(r.location));
     return json::object{
         {"time_unix_ms", r.unix_time_ns / 1'000'000},
         {"reason", r.reason_name},
@@ -104,12 +104,11 @@ json::object to_json(const WorkloadConnections& c, const std::string& name) {
         {"netns_cookie", c.netns_cookie},
         {"app", side_json(c.sides[MESHLANE_SIDE_APP])},
         {"upstream", side_json(c.sides[MESHLANE_SIDE_UPSTREAM])},
-        {"tcp",
-         json::object{{"retransmits", c.tcp.retransmits},
-                      {"syn_retransmits", c.tcp.syn_retransmits},
-                      {"synack_retransmits", c.tcp.synack_retransmits},
-                      {"resets_sent", c.tcp.resets_sent},
-                      {"resets_received", c.tcp.resets_received}}},
+        {"tcp", json::object{{"retransmits", c.tcp.retransmits},
+                             {"syn_retransmits", c.tcp.syn_retransmits},
+                             {"synack_retransmits", c.tcp.synack_retransmits},
+                             {"resets_sent", c.tcp.resets_sent},
+                             {"resets_received", c.tcp.resets_received}}},
         {"recent", std::move(recent)},
     };
 }
@@ -122,12 +121,8 @@ json::object to_json(const WorkloadDrops& d, const std::string& name) {
     json::array recent;
     for (const auto& record : d.recent) recent.push_back(drop_json(record));
     return json::object{
-        {"name", name},
-        {"workload_id", d.workload_id},
-        {"netns_cookie", d.netns_cookie},
-        {"total", d.total},
-        {"by_reason", std::move(by_reason)},
-        {"recent", std::move(recent)},
+        {"name", name},     {"workload_id", d.workload_id},      {"netns_cookie", d.netns_cookie},
+        {"total", d.total}, {"by_reason", std::move(by_reason)}, {"recent", std::move(recent)},
     };
 }
 
@@ -137,16 +132,11 @@ json::object to_json(const ObserverHealth& h) {
     json::object lost;
     for (const auto& [kind, count] : h.lost_events) lost[kind] = count;
     return json::object{
-        {"connect_tracking", h.connect_tracking},
-        {"drop_tracking", h.drop_tracking},
-        {"problems", std::move(problems)},
-        {"lost_events_total", h.lost_events_total},
-        {"lost_events", std::move(lost)},
-        {"connect_events", h.connect_events},
-        {"drop_events", h.drop_events},
-        {"events_evicted", h.events_evicted},
-        {"memory_bytes", h.memory_bytes},
-        {"memory_limit_bytes", h.memory_limit_bytes},
+        {"connect_tracking", h.connect_tracking}, {"drop_tracking", h.drop_tracking},
+        {"problems", std::move(problems)},        {"lost_events_total", h.lost_events_total},
+        {"lost_events", std::move(lost)},         {"connect_events", h.connect_events},
+        {"drop_events", h.drop_events},           {"events_evicted", h.events_evicted},
+        {"memory_bytes", h.memory_bytes},         {"memory_limit_bytes", h.memory_limit_bytes},
         {"bpf_map_bytes", h.bpf_map_bytes},
     };
 }

@@ -3,9 +3,8 @@
 // the log2 histogram (never outside the bucket holding the rank).
 #pragma once
 
-#include <string>
-
 #include <boost/json/object.hpp>
+#include <string>
 
 #include "agent/observe/observation_source.h"
 

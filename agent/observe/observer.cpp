@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -15,8 +16,6 @@
 #include <unordered_map>
 #include <vector>
 
-#include <spdlog/spdlog.h>
-
 #include "agent/loader/bpf_skeleton.h"
 #include "agent/observe/drop_reasons.h"
 #include "observe_connect.skel.h"
@@ -28,7 +27,9 @@ namespace {
 
 struct ObserveConnectOps {
     using Skeleton = observe_connect_bpf;
-    static Skeleton* open(const bpf_object_open_opts* o) { return observe_connect_bpf__open_opts(o); }
+    static Skeleton* open(const bpf_object_open_opts* o) {
+        return observe_connect_bpf__open_opts(o);
+    }
     static int load(Skeleton* s) { return observe_connect_bpf__load(s); }
     static void destroy(Skeleton* s) { observe_connect_bpf__destroy(s); }
 };
@@ -81,9 +82,7 @@ std::string endpoint_text(const __u8 (&addr)[16], std::uint16_t port) {
     return "[" + std::string(text) + "]:" + std::to_string(port);
 }
 
-const char* side_name(unsigned side) {
-    return side == MESHLANE_SIDE_APP ? "app" : "upstream";
-}
+const char* side_name(unsigned side) { return side == MESHLANE_SIDE_APP ? "app" : "upstream"; }
 
 const char* outcome_name(unsigned outcome) {
     switch (outcome) {
@@ -203,7 +202,8 @@ Status Observer::Impl::load_connect(const std::string& map_dir) {
     if (!skel) return skel.error();
     // Must match RedirectDatapath's size_maps, or libbpf refuses to reuse the pinned map.
     bpf_map__set_max_entries((*skel)->maps.workload_by_netns, options.max_workloads);
-    bpf_map__set_max_entries((*skel)->maps.connect_stats, options.max_workloads * MESHLANE_SIDE_MAX);
+    bpf_map__set_max_entries((*skel)->maps.connect_stats,
+                             options.max_workloads * MESHLANE_SIDE_MAX);
     bpf_map__set_max_entries((*skel)->maps.tcp_counters, options.max_workloads);
     (*skel)->rodata->slow_connect_threshold_ns =
         static_cast<__u64>(options.slow_connect_threshold.count());
@@ -259,11 +259,11 @@ void Observer::Impl::drain(std::int64_t realtime_offset_ns) {
     if (pending_connects.empty() && pending_drops.empty()) return;
     std::lock_guard lock(mutex);
     for (const auto& event : pending_connects)
-        aggregate.add_connect_event(event, static_cast<std::int64_t>(event.timestamp_ns) +
-                                               realtime_offset_ns);
+        aggregate.add_connect_event(
+            event, static_cast<std::int64_t>(event.timestamp_ns) + realtime_offset_ns);
     for (const auto& event : pending_drops)
-        aggregate.add_drop_event(event, static_cast<std::int64_t>(event.timestamp_ns) +
-                                            realtime_offset_ns);
+        aggregate.add_drop_event(
+            event, static_cast<std::int64_t>(event.timestamp_ns) + realtime_offset_ns);
     connect_events += pending_connects.size();
     drop_events += pending_drops.size();
     pending_connects.clear();
@@ -325,10 +325,11 @@ void Observer::Impl::snapshot() {
     std::map<std::string, std::uint64_t> losses;
     if (connect_loss_map >= 0)
         for (std::uint32_t kind : {MESHLANE_LOSS_RINGBUF_FULL, MESHLANE_LOSS_NO_CONNECT_STATE})
-            losses[std::string("connect.") + kLossNames[kind]] = sum_per_cpu(connect_loss_map, kind);
+            losses[std::string("connect.") + kLossNames[kind]] =
+                sum_per_cpu(connect_loss_map, kind);
     if (drop_loss_map >= 0)
-        for (std::uint32_t kind : {MESHLANE_LOSS_RINGBUF_FULL, MESHLANE_LOSS_RATE_LIMITED,
-                                   MESHLANE_LOSS_COUNT_MAP_FULL})
+        for (std::uint32_t kind :
+             {MESHLANE_LOSS_RINGBUF_FULL, MESHLANE_LOSS_RATE_LIMITED, MESHLANE_LOSS_COUNT_MAP_FULL})
             losses[std::string("drops.") + kLossNames[kind]] = sum_per_cpu(drop_loss_map, kind);
     std::vector<WorkloadTotals> list;
     list.reserve(totals.size());

@@ -36,7 +36,7 @@ struct ObserverOptions {
 };
 
 class Observer final : public ObservationSource {
-public:
+  public:
     // Fails only when neither object could be loaded and attached.
     static Result<std::unique_ptr<Observer>> start(const ObserverOptions& options);
     ~Observer() override;
@@ -53,7 +53,7 @@ public:
     ObserverHealth health() const override;
     std::optional<std::uint32_t> drop_reason_value(std::string_view name) const override;
 
-private:
+  private:
     struct Impl;
     explicit Observer(std::unique_ptr<Impl> impl);
     std::unique_ptr<Impl> impl_;

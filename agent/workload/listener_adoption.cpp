@@ -1,5 +1,6 @@
 #include "agent/workload/listener_adoption.h"
 
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -9,8 +10,6 @@
 #include <map>
 #include <sstream>
 #include <string>
-
-#include <spdlog/spdlog.h>
 
 namespace meshlane {
 
@@ -51,7 +50,8 @@ bool owner_matches(const std::string& status, std::uint32_t uid, std::uint32_t g
 
 }  // namespace
 
-std::vector<ListeningSocket> parse_proc_net_tcp(std::string_view text, std::uint16_t port, bool ipv6) {
+std::vector<ListeningSocket> parse_proc_net_tcp(std::string_view text, std::uint16_t port,
+                                                bool ipv6) {
     std::vector<ListeningSocket> sockets;
     std::istringstream lines{std::string(text)};
     std::string line;
@@ -87,8 +87,8 @@ Result<std::vector<AdoptedListener>> adopt_listeners(std::uint64_t netns_inode, 
         if (ns_inode_of(pid_dir) != netns_inode) continue;
         if (!sockets_read) {  // any process of the netns shows the netns' sockets
             for (bool v6 : {false, true})
-                for (auto& s : parse_proc_net_tcp(read_file(pid_dir + (v6 ? "/net/tcp6" : "/net/tcp")),
-                                                  port, v6))
+                for (auto& s : parse_proc_net_tcp(
+                         read_file(pid_dir + (v6 ? "/net/tcp6" : "/net/tcp")), port, v6))
                     wanted[s.inode] = s.ipv6;
             sockets_read = true;
             if (wanted.empty()) return adopted;

@@ -27,7 +27,8 @@ struct ListeningSocket {
 };
 
 // Parses /proc/net/tcp or tcp6 text: LISTEN sockets on `port`.
-std::vector<ListeningSocket> parse_proc_net_tcp(std::string_view text, std::uint16_t port, bool ipv6);
+std::vector<ListeningSocket> parse_proc_net_tcp(std::string_view text, std::uint16_t port,
+                                                bool ipv6);
 
 Result<std::vector<AdoptedListener>> adopt_listeners(std::uint64_t netns_inode, std::uint16_t port,
                                                      std::uint32_t uid, std::uint32_t gid);

@@ -33,14 +33,22 @@ std::string canonical(const std::string& path) {
 
 std::string namespace_type_name(int type) {
     switch (type) {
-        case CLONE_NEWNS: return "mount";
-        case CLONE_NEWUTS: return "uts";
-        case CLONE_NEWIPC: return "ipc";
-        case CLONE_NEWUSER: return "user";
-        case CLONE_NEWPID: return "pid";
-        case CLONE_NEWCGROUP: return "cgroup";
-        case CLONE_NEWTIME: return "time";
-        default: return "unknown";
+        case CLONE_NEWNS:
+            return "mount";
+        case CLONE_NEWUTS:
+            return "uts";
+        case CLONE_NEWIPC:
+            return "ipc";
+        case CLONE_NEWUSER:
+            return "user";
+        case CLONE_NEWPID:
+            return "pid";
+        case CLONE_NEWCGROUP:
+            return "cgroup";
+        case CLONE_NEWTIME:
+            return "time";
+        default:
+            return "unknown";
     }
 }
 
@@ -113,11 +121,11 @@ Result<CgroupHandle> open_cgroup(const std::string& given, const std::string& cg
     struct statfs fs {};
     if (::fstatfs(fd.get(), &fs) != 0) return Error::last_errno("cgroup " + path);
     if (fs.f_type != CGROUP2_SUPER_MAGIC) {
-        std::string kind = fs.f_type == CGROUP_SUPER_MAGIC ? "a cgroup v1 directory"
-                                                            : "not a cgroup directory";
+        std::string kind =
+            fs.f_type == CGROUP_SUPER_MAGIC ? "a cgroup v1 directory" : "not a cgroup directory";
         return Error::invalid("cgroup " + path + " is " + kind +
-                              "; meshlane attaches to cgroup v2 only (mounted at " +
-                              cgroup2_mount + ")");
+                              "; meshlane attaches to cgroup v2 only (mounted at " + cgroup2_mount +
+                              ")");
     }
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) return Error::last_errno("cgroup " + path);

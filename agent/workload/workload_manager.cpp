@@ -1,18 +1,17 @@
 #include "agent/workload/workload_manager.h"
 
 #include <arpa/inet.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <boost/json.hpp>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
-
-#include <boost/json.hpp>
-#include <spdlog/spdlog.h>
 
 #include "agent/workload/listener_adoption.h"
 
@@ -88,12 +87,13 @@ Result<std::uint32_t> WorkloadManager::free_id_locked() const {
 // the config entry that switches the workload on in one map update.
 Status WorkloadManager::bring_up_locked(const Record& record, const CgroupHandle& cgroup,
                                         const NetnsHandle& netns) {
-    if (auto rules = datapath_.write_rules(record.workload_id, record.spec, netns.addresses); !rules) {
+    if (auto rules = datapath_.write_rules(record.workload_id, record.spec, netns.addresses);
+        !rules) {
         (void)datapath_.clear_workload(record.workload_id);
         return rules;
     }
     AttachTarget target{record.spec.name, record.workload_id, record.netns_cookie, cgroup.fd.get(),
-                        cgroup.path, netns.fd.get(), netns.path};
+                        cgroup.path,      netns.fd.get(),     netns.path};
     if (auto attached = datapath_.attach(target); !attached) {
         (void)datapath_.clear_workload(record.workload_id);
         return attached;
@@ -112,14 +112,15 @@ Status WorkloadManager::bring_up_locked(const Record& record, const CgroupHandle
 Status WorkloadManager::tear_down_locked(const Record& record) {
     Status first = datapath_.deactivate(record.netns_cookie);
     if (auto detached = datapath_.detach(record.spec.name); !detached && first) first = detached;
-    if (auto cleared = datapath_.clear_workload(record.workload_id); !cleared && first) first = cleared;
+    if (auto cleared = datapath_.clear_workload(record.workload_id); !cleared && first)
+        first = cleared;
     return first;
 }
 
 void WorkloadManager::adopt_listeners_locked(const Record& record) {
     const auto& spec = record.spec;
-    auto listeners = adopt_listeners(record.netns_inode, spec.inbound_port, spec.proxy_uid,
-                                     spec.proxy_gid);
+    auto listeners =
+        adopt_listeners(record.netns_inode, spec.inbound_port, spec.proxy_uid, spec.proxy_gid);
     if (!listeners) {
         spdlog::warn("workload {}: cannot look for an existing proxy listener: {}", spec.name,
                      listeners.error().message);
@@ -148,7 +149,8 @@ Result<EnrollResult> WorkloadManager::enroll(const WorkloadSpec& spec) {
     std::lock_guard lock(mutex_);
     if (auto it = records_.find(spec.name); it != records_.end()) {
         auto fields = differing_fields(it->second.spec, spec);
-        if (fields.empty()) return EnrollResult{EnrollOutcome::kUnchanged, status_of_locked(it->second)};
+        if (fields.empty())
+            return EnrollResult{EnrollOutcome::kUnchanged, status_of_locked(it->second)};
         return Error{EEXIST, "workload " + spec.name +
                                  " is already enrolled with other settings (" +
                                  joined_fields(fields) + "); unenroll it first"};
@@ -159,14 +161,17 @@ Result<EnrollResult> WorkloadManager::enroll(const WorkloadSpec& spec) {
     if (!netns) return netns.error();
     for (const auto& [name, other] : records_) {
         if (other.netns_cookie == netns->cookie)
-            return Error{EEXIST, "netns " + spec.netns_path + " is already enrolled as workload " + name};
+            return Error{EEXIST,
+                         "netns " + spec.netns_path + " is already enrolled as workload " + name};
         if (other.cgroup_id == cgroup->id)
-            return Error{EEXIST, "cgroup " + cgroup->path + " is already enrolled as workload " + name};
+            return Error{EEXIST,
+                         "cgroup " + cgroup->path + " is already enrolled as workload " + name};
     }
     auto id = free_id_locked();
     if (!id) return id.error();
 
-    Record record{spec, *id, cgroup->path, cgroup->id, netns->cookie, netns->inode, netns->addresses};
+    Record record{spec,          *id,          cgroup->path,    cgroup->id,
+                  netns->cookie, netns->inode, netns->addresses};
     if (auto up = bring_up_locked(record, *cgroup, *netns); !up)
         return up.error().with_context("enroll " + spec.name);
     records_[spec.name] = record;
@@ -243,10 +248,13 @@ WorkloadStatus WorkloadManager::status_of_locked(const Record& record) const {
         else if (program.attach_to == "netns:" + std::to_string(record.netns_inode))
             program.attach_to = record.spec.netns_path;
     }
-    s.inbound_listener_v4 = datapath_.inbound_listener_registered(record.workload_id, MESHLANE_LISTENER_SLOT_V4);
-    s.inbound_listener_v6 = datapath_.inbound_listener_registered(record.workload_id, MESHLANE_LISTENER_SLOT_V6);
+    s.inbound_listener_v4 =
+        datapath_.inbound_listener_registered(record.workload_id, MESHLANE_LISTENER_SLOT_V4);
+    s.inbound_listener_v6 =
+        datapath_.inbound_listener_registered(record.workload_id, MESHLANE_LISTENER_SLOT_V6);
     auto counters = datapath_.counters(record.workload_id);
-    for (unsigned c = 0; c < counters.size(); ++c) s.counters[redirect_counter_name(c)] = counters[c];
+    for (unsigned c = 0; c < counters.size(); ++c)
+        s.counters[redirect_counter_name(c)] = counters[c];
     return s;
 }
 
@@ -331,7 +339,8 @@ Status WorkloadManager::restore() {
             spdlog::warn("workload {}: its {} is gone; removing it", name,
                          !cgroup || cgroup->id != record.cgroup_id ? "cgroup" : "netns");
             (void)tear_down_locked(record);
-            publish(events::kWorkloadRemoved, name, {{"reason", "netns or cgroup gone at restart"}});
+            publish(events::kWorkloadRemoved, name,
+                    {{"reason", "netns or cgroup gone at restart"}});
             continue;
         }
         record.addresses = netns->addresses;

@@ -24,7 +24,7 @@ struct ManagerOptions {
 };
 
 class WorkloadManager : public WorkloadRegistry {
-public:
+  public:
     WorkloadManager(RedirectDatapath& datapath, ManagerOptions options);
 
     // At start: re-adopt every persisted workload (links re-pointed to this agent's programs,
@@ -41,7 +41,7 @@ public:
     Result<WorkloadStatus> get(const std::string& name) override;
     AgentStatus status() override;
 
-private:
+  private:
     struct Record {
         WorkloadSpec spec;
         std::uint32_t workload_id = 0;
@@ -55,7 +55,8 @@ private:
     Status persist_locked();
     Result<std::map<std::string, Record>> load_state() const;
     Result<std::uint32_t> free_id_locked() const;
-    Status bring_up_locked(const Record& record, const CgroupHandle& cgroup, const NetnsHandle& netns);
+    Status bring_up_locked(const Record& record, const CgroupHandle& cgroup,
+                           const NetnsHandle& netns);
     Status tear_down_locked(const Record& record);
     void adopt_listeners_locked(const Record& record);
     bool still_present(const Record& record) const;

@@ -3,12 +3,11 @@
 // depends only on this interface so its handlers unit-test with a fake.
 #pragma once
 
+#include <boost/json/object.hpp>
 #include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
-
-#include <boost/json/object.hpp>
 
 #include "agent/common/result.h"
 #include "agent/workload/workload_spec.h"
@@ -56,7 +55,7 @@ struct AgentStatus {
 };
 
 class WorkloadRegistry {
-public:
+  public:
     virtual ~WorkloadRegistry() = default;
     // Idempotent: the same spec again -> kUnchanged. The same name with other settings, or
     // another workload on the same cgroup or netns -> Error{EEXIST, "... names the fields"}.

@@ -4,13 +4,12 @@
 #pragma once
 
 #include <array>
+#include <boost/json/value.hpp>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <boost/json/value.hpp>
 
 #include "agent/common/result.h"
 

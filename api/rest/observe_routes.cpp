@@ -1,10 +1,9 @@
 #include "api/rest/observe_routes.h"
 
+#include <boost/json.hpp>
 #include <charconv>
 #include <optional>
 #include <vector>
-
-#include <boost/json.hpp>
 
 #include "agent/observe/observation_source.h"
 #include "agent/observe/observe_json.h"
@@ -60,8 +59,8 @@ Response unavailable() {
 }
 
 // The workloads a view covers: one by name (404 when unknown), or all.
-Result<std::vector<WorkloadStatus>> selected_workloads(const RouteContext& context,
-                                                       const std::map<std::string, std::string>& query) {
+Result<std::vector<WorkloadStatus>> selected_workloads(
+    const RouteContext& context, const std::map<std::string, std::string>& query) {
     auto it = query.find("workload");
     if (it == query.end() || it->second.empty()) return context.registry.list();
     if (auto valid = validate_name(it->second); !valid) return valid.error();
@@ -95,8 +94,8 @@ Result<std::map<std::string, std::string>> parse_query(std::string_view target) 
         const auto eq = pair.find('=');
         auto key = percent_decode(pair.substr(0, eq));
         if (!key) return key.error();
-        auto value = percent_decode(eq == std::string_view::npos ? std::string_view{}
-                                                                 : pair.substr(eq + 1));
+        auto value =
+            percent_decode(eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1));
         if (!value) return value.error();
         if (!params.emplace(std::move(*key), std::move(*value)).second)
             return Error::invalid("query parameter given twice");
@@ -114,9 +113,9 @@ Response list_connections(const RouteContext& context) {
     if (!workloads) return error_response(workloads.error());
     json::array items;
     for (const auto& status : *workloads)
-        items.push_back(to_json(
-            context.observations->connections(status.workload_id, status.netns_cookie),
-            status.spec.name));
+        items.push_back(
+            to_json(context.observations->connections(status.workload_id, status.netns_cookie),
+                    status.spec.name));
     return json_response(http::status::ok,
                          json::object{{"workloads", std::move(items)},
                                       {"observer", to_json(context.observations->health())}});
@@ -138,6 +137,9 @@ Response list_drops(const RouteContext& context) {
     if (auto it = query->find("since"); it != query->end()) {
         auto since = parse_int<std::int64_t>(it->second, "since (unix milliseconds)");
         if (!since) return error_response(since.error());
+        // Negative times, or times so large they overflow nanoseconds, are not instants.
+        if (*since < 0 || *since > std::int64_t{9'000'000'000'000})
+            return error_response(Error::invalid("since (unix milliseconds): out of range"));
         drop_query.since_unix_ns = *since * 1'000'000;
     }
     if (auto it = query->find("limit"); it != query->end()) {

@@ -53,7 +53,7 @@ class PathParams {
 struct StreamingReply {
     bool allowed = false;  // in: the session has a free streaming slot (else the route says 429)
     std::unique_ptr<events::Subscription> subscription;  // out: set when streaming
-    std::vector<events::StreamItem> backlog;              // out: sent before live items
+    std::vector<events::StreamItem> backlog;             // out: sent before live items
     std::string (*encode)(const events::StreamItem&) = nullptr;
 };
 

@@ -7,13 +7,13 @@
 #include <unistd.h>
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/write.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/basic_stream.hpp>
 #include <boost/beast/core/error.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -200,7 +200,8 @@ template <typename Stream>
 asio::awaitable<bool> write_chunk(Stream& stream, const std::string& text,
                                   const RestServerOptions& options) {
     stream.expires_after(options.read_timeout);
-    auto [ec, bytes] = co_await asio::async_write(stream, http::make_chunk(asio::buffer(text)), kAwait);
+    auto [ec, bytes] =
+        co_await asio::async_write(stream, http::make_chunk(asio::buffer(text)), kAwait);
     // An armed expiry with no operation pending would fail the next operation at once.
     stream.expires_never();
     co_return !ec;

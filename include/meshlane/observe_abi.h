@@ -20,22 +20,18 @@
  * proxy (destination port == the workload's outbound_port); everything else from the pod
  * (the proxy's upstream connects, the inbound proxy's local forward, excluded traffic) is
  * "upstream". */
-enum meshlane_connect_side {
-    MESHLANE_SIDE_APP = 0,
-    MESHLANE_SIDE_UPSTREAM = 1,
-    MESHLANE_SIDE_MAX
-};
+enum meshlane_connect_side { MESHLANE_SIDE_APP = 0, MESHLANE_SIDE_UPSTREAM = 1, MESHLANE_SIDE_MAX };
 
 /* Value of connect_stats (ARRAY indexed workload_id * MESHLANE_SIDE_MAX + side). Updated with
  * atomic adds. Workload ids are reused after an unenroll: an entry whose netns_cookie is not the
  * current workload's is reset by the first update of the new one, and ignored by the agent. */
 struct connect_stats {
-    __u64 netns_cookie; /* the workload these totals belong to */
+    __u64 netns_cookie;                        /* the workload these totals belong to */
     __u64 latency_hist[MESHLANE_HIST_BUCKETS]; /* established connects only */
     __u64 latency_sum_us;
     __u64 established;
-    __u64 refused;   /* SYN_SENT -> CLOSE after an RST was received */
-    __u64 timed_out; /* SYN_SENT -> CLOSE with ETIMEDOUT: SYN retries exhausted */
+    __u64 refused;        /* SYN_SENT -> CLOSE after an RST was received */
+    __u64 timed_out;      /* SYN_SENT -> CLOSE with ETIMEDOUT: SYN retries exhausted */
     __u64 other_failures; /* SYN_SENT -> CLOSE otherwise: ICMP errors, closed by the app */
     __u64 syn_retransmits;
 };
@@ -90,8 +86,8 @@ struct drop_event {
     __u32 workload_id;
     __u32 reason; /* enum skb_drop_reason value of the running kernel (subsystem in bits 16+) */
     __u32 ifindex;
-    __u16 protocol; /* skb->protocol, host order (ETH_P_IP, ETH_P_IPV6, ...) */
-    __u8 ip_proto;  /* IPPROTO_TCP/UDP/... when the network header was readable, else 0 */
+    __u16 protocol;     /* skb->protocol, host order (ETH_P_IP, ETH_P_IPV6, ...) */
+    __u8 ip_proto;      /* IPPROTO_TCP/UDP/... when the network header was readable, else 0 */
     __u8 attributed_by; /* enum meshlane_drop_attribution */
     __u8 saddr[16];     /* v4-mapped for IPv4; zero when unknown */
     __u8 daddr[16];
@@ -116,10 +112,10 @@ struct drop_count_key {
 /* Events the kernel side could not deliver or count. Index of observe_loss (PERCPU_ARRAY) in
  * each observe object; the agent reports the sum as lost events, never silently. */
 enum meshlane_observe_loss {
-    MESHLANE_LOSS_RINGBUF_FULL = 0,  /* bpf_ringbuf_reserve failed */
-    MESHLANE_LOSS_RATE_LIMITED,      /* over the per-CPU token bucket (drop events) */
-    MESHLANE_LOSS_COUNT_MAP_FULL,    /* drop_counts had no room for a new (workload, reason) */
-    MESHLANE_LOSS_NO_CONNECT_STATE,  /* socket storage for a connect could not be allocated */
+    MESHLANE_LOSS_RINGBUF_FULL = 0, /* bpf_ringbuf_reserve failed */
+    MESHLANE_LOSS_RATE_LIMITED,     /* over the per-CPU token bucket (drop events) */
+    MESHLANE_LOSS_COUNT_MAP_FULL,   /* drop_counts had no room for a new (workload, reason) */
+    MESHLANE_LOSS_NO_CONNECT_STATE, /* socket storage for a connect could not be allocated */
     MESHLANE_LOSS_MAX
 };
 

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
  * The structs and constants that cross the BPF / agent boundary for the redirect datapath.
- * Defined once here; the BPF programs and the agent both include this file. Every struct is a map key
- * or value, so layouts are explicit (no implicit padding) and must only grow at the end.
+ * Defined once here; the BPF programs and the agent both include this file. Every struct is a map
+ * key or value, so layouts are explicit (no implicit padding) and must only grow at the end.
  */
 #ifndef MESHLANE_REDIRECT_ABI_H
 #define MESHLANE_REDIRECT_ABI_H
@@ -20,7 +20,8 @@
 #define MESHLANE_DEFAULT_INBOUND_PORT 15006
 /* ISTIO_INBOUND always returns 15008 (HBONE); the injector always excludes these inbound. */
 #define MESHLANE_INBOUND_TUNNEL_PORT 15008
-#define MESHLANE_ALWAYS_EXCLUDED_INBOUND_PORTS {15008, 15020, 15021, 15090}
+#define MESHLANE_ALWAYS_EXCLUDED_INBOUND_PORTS \
+    { 15008, 15020, 15021, 15090 }
 /* Source address Envoy binds for inbound passthrough; ISTIO_OUTPUT returns it unconditionally. */
 #define MESHLANE_INBOUND_PASSTHROUGH_V4 0x7f000006u /* 127.0.0.6, host order */
 
@@ -106,9 +107,9 @@ enum meshlane_orig_dst_role {
 };
 
 struct orig_dst {
-    __u8 addr[16]; /* v4-mapped for IPv4 */
-    __u16 port;    /* host order */
-    __u8 family;   /* AF_INET or AF_INET6 of the original destination */
+    __u8 addr[16];  /* v4-mapped for IPv4 */
+    __u16 port;     /* host order */
+    __u8 family;    /* AF_INET or AF_INET6 of the original destination */
     __u8 direction; /* enum meshlane_orig_dst_direction */
     __u32 workload_id;
     __u64 app_socket_cookie;
@@ -164,7 +165,8 @@ enum meshlane_redirect_counter {
 #ifdef __cplusplus
 static_assert(MESHLANE_REDIRECT_COUNTER_MAX <= MESHLANE_REDIRECT_COUNTER_STRIDE, "grow the stride");
 #else
-_Static_assert(MESHLANE_REDIRECT_COUNTER_MAX <= MESHLANE_REDIRECT_COUNTER_STRIDE, "grow the stride");
+_Static_assert(MESHLANE_REDIRECT_COUNTER_MAX <= MESHLANE_REDIRECT_COUNTER_STRIDE,
+               "grow the stride");
 #endif
 
 #endif /* MESHLANE_REDIRECT_ABI_H */

@@ -24,22 +24,22 @@
 
 /* What is known about one outbound connect() from an enrolled workload. */
 struct outbound_facts {
-    __u8 dst_port_excluded;       /* --exclude-outbound-ports */
-    __u8 bound_to_passthrough;    /* socket already bound to 127.0.0.6 / ::6 */
-    __u8 dst_is_local;            /* destination is an address of the pod: leaves via "lo" */
-    __u8 dst_is_localhost;        /* 127.0.0.1 or ::1 exactly */
+    __u8 dst_port_excluded;    /* --exclude-outbound-ports */
+    __u8 bound_to_passthrough; /* socket already bound to 127.0.0.6 / ::6 */
+    __u8 dst_is_local;         /* destination is an address of the pod: leaves via "lo" */
+    __u8 dst_is_localhost;     /* 127.0.0.1 or ::1 exactly */
     __u8 uid_is_proxy;
     __u8 gid_is_proxy;
-    __u8 dst_cidr_excluded;       /* --exclude-cidrs */
-    __u8 dst_port_included;       /* --include-outbound-ports */
-    __u8 dst_cidr_included;       /* --include-cidrs (or "*") */
-    __u8 proxy_self_to_inbound;   /* MESHLANE_WL_PROXY_SELF_TO_INBOUND */
+    __u8 dst_cidr_excluded;     /* --exclude-cidrs */
+    __u8 dst_port_included;     /* --include-outbound-ports */
+    __u8 dst_cidr_included;     /* --include-cidrs (or "*") */
+    __u8 proxy_self_to_inbound; /* MESHLANE_WL_PROXY_SELF_TO_INBOUND */
 };
 
 enum outbound_verdict {
-    OUTBOUND_REDIRECT = 0,     /* -> ISTIO_REDIRECT: the outbound listener */
-    OUTBOUND_TO_INBOUND,       /* -> ISTIO_IN_REDIRECT: the inbound listener */
-    OUTBOUND_PASS,             /* RETURN */
+    OUTBOUND_REDIRECT = 0, /* -> ISTIO_REDIRECT: the outbound listener */
+    OUTBOUND_TO_INBOUND,   /* -> ISTIO_IN_REDIRECT: the inbound listener */
+    OUTBOUND_PASS,         /* RETURN */
 };
 
 /* ISTIO_OUTPUT, rule by rule. *counter receives the meshlane_redirect_counter that explains the
@@ -108,8 +108,7 @@ enum inbound_verdict {
 
 /* ISTIO_INBOUND (PREROUTING). Locally generated connections never traverse PREROUTING, so they
  * pass here: connect4/6 have already applied ISTIO_OUTPUT to them. */
-MESHLANE_INLINE enum inbound_verdict inbound_decide(const struct inbound_facts* f,
-                                                    __u32* counter) {
+MESHLANE_INLINE enum inbound_verdict inbound_decide(const struct inbound_facts* f, __u32* counter) {
     if (f->src_is_local) {
         *counter = MESHLANE_CNT_INBOUND_PASS_LOCAL_SOURCE;
         return INBOUND_PASS;

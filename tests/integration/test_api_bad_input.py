@@ -74,7 +74,7 @@ def test_bad_bodies_and_paths_are_4xx(topo, agent, enrolled):
     assert_error(curl(agent, "GET", "/v1/nothing/here"), 404, "not_found")
     assert_error(curl(agent, "GET", "/v1/events?since=yesterday"), 400, "invalid_argument")
     assert_error(curl(agent, "GET", "/v1/events?limit=5"), 400, "invalid_argument")
-    for query in ("limit=999999999", "since=soon", "reason=NO_SUCH_REASON"):
+    for query in ("limit=999999999", "since=soon", "since=-5", "reason=NO_SUCH_REASON"):
         reply = curl(agent, "GET", f"/v1/drops?{query}")
         assert reply.status in (400, 503), (query, reply)  # 503: observer not running here
     # mutations only by POST/DELETE: other verbs on a known path are 405, never a state change

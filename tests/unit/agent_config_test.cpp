@@ -1,18 +1,17 @@
-#include "agent/daemon/config.h"
-
 #include <gtest/gtest.h>
 
 #include <fstream>
 #include <sstream>
+
+#include "agent/daemon/config.h"
 
 namespace meshlane {
 namespace {
 
 bool same(const AgentConfig& a, const AgentConfig& b) {
     return a.state_dir == b.state_dir && a.api_socket == b.api_socket &&
-           a.grpc_socket == b.grpc_socket && a.bpffs == b.bpffs &&
-           a.pin_dir == b.pin_dir && a.log_level == b.log_level &&
-           a.max_workloads == b.max_workloads &&
+           a.grpc_socket == b.grpc_socket && a.bpffs == b.bpffs && a.pin_dir == b.pin_dir &&
+           a.log_level == b.log_level && a.max_workloads == b.max_workloads &&
            a.reconcile_interval_ms == b.reconcile_interval_ms;
 }
 
@@ -27,7 +26,8 @@ TEST(AgentConfig, EmbeddedDefaultMatchesStructDefaultsAndShippedFile) {
 
 TEST(AgentConfig, ParsesValuesCommentsAndQuotes) {
     auto c = parse_agent_config(
-        "# comment\nstate_dir = \"/tmp/x\"   # trailing\n pin_dir=meshlane-test-1\nmax_workloads = 8\n",
+        "# comment\nstate_dir = \"/tmp/x\"   # trailing\n pin_dir=meshlane-test-1\nmax_workloads = "
+        "8\n",
         "t");
     ASSERT_TRUE(c.ok()) << c.error().message;
     EXPECT_EQ(c->state_dir, "/tmp/x");

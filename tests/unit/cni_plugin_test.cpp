@@ -19,7 +19,7 @@ struct Call {
 };
 
 class FakeAgent : public AgentClient {
-public:
+  public:
     bool down = false;
     unsigned status = 201;
     std::string reply_body = "{}";
@@ -73,10 +73,13 @@ TEST(CniPlugin, WorkloadNames) {
     EXPECT_EQ(workload_name(parse_cni_args("K8S_POD_NAMESPACE=Shop;K8S_POD_NAME=web-0"), "c1"),
               "shop.web-0");
     std::string long_pod(200, 'p');
-    auto name = workload_name(parse_cni_args("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=" + long_pod), "c1");
+    auto name =
+        workload_name(parse_cni_args("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=" + long_pod), "c1");
     EXPECT_LE(name.size(), 63u);
     EXPECT_TRUE(validate_name(name)) << name;
-    EXPECT_NE(name, workload_name(parse_cni_args("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=" + long_pod + "x"), "c1"));
+    EXPECT_NE(
+        name,
+        workload_name(parse_cni_args("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=" + long_pod + "x"), "c1"));
     EXPECT_EQ(workload_name({}, "ABCDEF0123"), "cni-abcdef0123");
 }
 
@@ -96,7 +99,8 @@ TEST(CniPlugin, AddEnrollsAndPassesPrevResultThrough) {
 }
 
 TEST(CniPlugin, IstioAnnotationsBecomeTheSpec) {
-    const std::string annotations = R"("runtimeConfig":{"cgroupPath":"/kubepods/pod1","podAnnotations":{
+    const std::string annotations =
+        R"("runtimeConfig":{"cgroupPath":"/kubepods/pod1","podAnnotations":{
         "traffic.sidecar.istio.io/excludeOutboundPorts":"9999,5432",
         "traffic.sidecar.istio.io/excludeInboundPorts":"2222",
         "traffic.sidecar.istio.io/includeInboundPorts":"8080,9090",
@@ -122,7 +126,8 @@ TEST(CniPlugin, IstioAnnotationsBecomeTheSpec) {
 
 TEST(CniPlugin, AnnotationsFromArgsConvention) {
     Harness h;
-    auto out = h.run(add_env(), config_text(R"("args":{"cni":{"cgroup":"/kubepods/pod2","podAnnotations":{
+    auto out =
+        h.run(add_env(), config_text(R"("args":{"cni":{"cgroup":"/kubepods/pod2","podAnnotations":{
         "traffic.sidecar.istio.io/excludeOutboundPorts":"1234"}}},)"));
     ASSERT_EQ(out.exit_code, 0) << out.output;
     auto spec = workload_spec_from_json(*h.calls.at(0).body);
@@ -137,7 +142,8 @@ TEST(CniPlugin, BadAnnotationIsAClearError) {
     EXPECT_EQ(out.exit_code, 1);
     auto error = json::parse(out.output).as_object();
     EXPECT_EQ(error.at("code").as_int64(), kInvalidConfig);
-    EXPECT_NE(std::string(error.at("msg").as_string()).find("excludeOutboundPorts"), std::string::npos);
+    EXPECT_NE(std::string(error.at("msg").as_string()).find("excludeOutboundPorts"),
+              std::string::npos);
     EXPECT_TRUE(h.calls.empty());
 }
 
@@ -156,7 +162,8 @@ TEST(CniPlugin, AgentDownFailsTheSandboxByDefault) {
 TEST(CniPlugin, AgentDownWithFailOpenPassesThrough) {
     Harness h;
     h.down = true;
-    auto out = h.run(add_env(), config_text(R"("failOpen":true,"runtimeConfig":{"cgroupPath":"/p"},)"));
+    auto out =
+        h.run(add_env(), config_text(R"("failOpen":true,"runtimeConfig":{"cgroupPath":"/p"},)"));
     EXPECT_EQ(out.exit_code, 0);
     EXPECT_EQ(json::parse(out.output), json::parse(kPrev));
     EXPECT_FALSE(out.log.empty());
@@ -186,8 +193,9 @@ TEST(CniPlugin, ExcludedNamespaceAndInjectFalsePassThrough) {
     env.args = "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=dns";
     auto out = h.run(env, config_text(R"("excludeNamespaces":["kube-system"],)"));
     EXPECT_EQ(out.exit_code, 0) << out.output;
-    out = h.run(add_env(), config_text(
-        R"("runtimeConfig":{"podAnnotations":{"sidecar.istio.io/inject":"false"}},)"));
+    out = h.run(
+        add_env(),
+        config_text(R"("runtimeConfig":{"podAnnotations":{"sidecar.istio.io/inject":"false"}},)"));
     EXPECT_EQ(out.exit_code, 0) << out.output;
     EXPECT_TRUE(h.calls.empty());
 }

@@ -21,8 +21,8 @@ TEST(LibbpfLog, RejectionNamesProgramReasonAndTail) {
     for (int i = 0; i < 100; ++i) log += "insn " + std::to_string(i) + "\n";
     log += "R1 invalid mem access 'scalar'\nprocessed 42 insns\n-- END PROG LOAD LOG --";
     EXPECT_TRUE(note_libbpf_message(log, rejection, 3));
-    EXPECT_FALSE(note_libbpf_message("libbpf: failed to load object 'redirect_outbound_bpf'",
-                                     rejection));
+    EXPECT_FALSE(
+        note_libbpf_message("libbpf: failed to load object 'redirect_outbound_bpf'", rejection));
     ASSERT_TRUE(rejection);
     EXPECT_EQ(rejection->program, "redirect_connect4");
     EXPECT_EQ(rejection->reason, "Permission denied");
@@ -35,13 +35,12 @@ TEST(LibbpfLog, RejectionNamesProgramReasonAndTail) {
 TEST(LibbpfLog, UnrelatedMessagesIgnored) {
     std::optional<ProgramRejection> rejection;
     EXPECT_FALSE(note_libbpf_message("libbpf: map 'port_rules': found type = 1.", rejection));
-    EXPECT_FALSE(note_libbpf_message("libbpf: prog 'redirect_sockops': relo #3: matching", rejection));
+    EXPECT_FALSE(
+        note_libbpf_message("libbpf: prog 'redirect_sockops': relo #3: matching", rejection));
     EXPECT_FALSE(rejection);
 }
 
-TEST(LibbpfLog, TakeClears) {
-    EXPECT_FALSE(take_program_rejection());
-}
+TEST(LibbpfLog, TakeClears) { EXPECT_FALSE(take_program_rejection()); }
 
 }  // namespace
 }  // namespace meshlane

@@ -38,9 +38,9 @@ TEST(Log2Histogram, SingleSampleStaysInItsBucket) {
 
 TEST(Log2Histogram, PercentilesFollowTheRanks) {
     Log2Histogram h;
-    h.add(100, 90);     // bucket 6: [64, 128)
-    h.add(10'000, 9);   // bucket 13: [8192, 16384)
-    h.add(1'000'000);   // bucket 19
+    h.add(100, 90);    // bucket 6: [64, 128)
+    h.add(10'000, 9);  // bucket 13: [8192, 16384)
+    h.add(1'000'000);  // bucket 19
     EXPECT_EQ(h.count(), 100u);
     EXPECT_GE(h.percentile_us(0.5), 64.0);
     EXPECT_LE(h.percentile_us(0.5), 128.0);
@@ -109,7 +109,8 @@ TEST(ObserveAggregate, PerWorkloadRingIsBounded) {
 }
 
 TEST(ObserveAggregate, TotalBoundEvictsFromTheLargest) {
-    ObserveAggregate aggregate({.max_workloads = 4, .events_per_workload = 100, .events_total = 10});
+    ObserveAggregate aggregate(
+        {.max_workloads = 4, .events_per_workload = 100, .events_total = 10});
     aggregate.add_drop_event(drop_for(2, 1), 0);  // the quiet workload's only evidence
     for (int i = 1; i <= 20; ++i) aggregate.add_drop_event(drop_for(1, 0), i);
     EXPECT_EQ(aggregate.stored_events(), 10u);

@@ -1,10 +1,11 @@
 // GET /v1/connections and /v1/drops through RestRouter, with a fake ObservationSource.
+#include "api/rest/observe_routes.h"
+
 #include <gtest/gtest.h>
 
 #include <boost/json.hpp>
 
 #include "agent/observe/observation_source.h"
-#include "api/rest/observe_routes.h"
 #include "api/rest/rest_router.h"
 #include "fake_workload_registry.h"
 
@@ -31,7 +32,8 @@ class FakeObservations : public ObservationSource {
         view.recent.push_back(record);
         return view;
     }
-    WorkloadDrops drops(std::uint32_t id, std::uint64_t cookie, const DropQuery& query) const override {
+    WorkloadDrops drops(std::uint32_t id, std::uint64_t cookie,
+                        const DropQuery& query) const override {
         last_query = query;
         WorkloadDrops view;
         view.workload_id = id;
@@ -99,7 +101,8 @@ TEST_F(ObserveRoutesTest, ConnectionsJoinWorkloadNames) {
 }
 
 TEST_F(ObserveRoutesTest, DropsPassTheQuery) {
-    auto response = call(router_, "/v1/drops?workload=web&reason=NETFILTER_DROP&since=1000&limit=7");
+    auto response =
+        call(router_, "/v1/drops?workload=web&reason=NETFILTER_DROP&since=1000&limit=7");
     ASSERT_EQ(response.result(), http::status::ok) << response.body();
     EXPECT_EQ(observations_.last_query.reason, 12u);
     EXPECT_EQ(observations_.last_query.since_unix_ns, 1000 * 1'000'000LL);

@@ -40,11 +40,13 @@ TEST(Prerequisites, EachFeatureProbedOnce) {
 }
 
 TEST(Prerequisites, MissingSkLookupNamesItAndKeepsOutbound) {
-    auto report = probe_prerequisites(environment_missing({"prog_type.sk_lookup", "attach.sk_lookup"}));
+    auto report =
+        probe_prerequisites(environment_missing({"prog_type.sk_lookup", "attach.sk_lookup"}));
     EXPECT_FALSE(report.all_available());
     ASSERT_EQ(report.missing().size(), 2u);
     const std::string text = report.describe();
-    EXPECT_NE(text.find("missing: prog_type.sk_lookup: not in this kernel"), std::string::npos) << text;
+    EXPECT_NE(text.find("missing: prog_type.sk_lookup: not in this kernel"), std::string::npos)
+        << text;
     EXPECT_NE(text.find("missing: attach.sk_lookup"), std::string::npos) << text;
     EXPECT_NE(text.find("does not work: inbound capture"), std::string::npos) << text;
     EXPECT_NE(text.find("still works: outbound capture"), std::string::npos) << text;

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Fails when a tracked C/C++ source differs from clang-format's output (.clang-format at the root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+git ls-files '*.cpp' '*.h' '*.c' ':!bench/prototypes/*' | xargs clang-format --dry-run --Werror
