@@ -7,13 +7,16 @@
 #ifndef MESHLANE_BPF_REDIRECT_COMMON_H
 #define MESHLANE_BPF_REDIRECT_COMMON_H
 
+/* vmlinux.h first: libbpf headers rely on its types. */
+// clang-format off
+#include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
 #include "meshlane/redirect_abi.h"
 #include "meshlane/redirect_rules.h"
-#include "vmlinux.h"
+// clang-format on
 
 #define AF_INET 2
 #define AF_INET6 10
