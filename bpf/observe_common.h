@@ -24,15 +24,7 @@
 #define AF_INET6 10
 #define IPPROTO_TCP 6
 
-/* Must match redirect_common.h: same type, key, value, flags and pinning. The agent sets
- * max_entries to its max_workloads before load, as the redirect datapath does. */
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, MESHLANE_MAX_WORKLOADS_DEFAULT);
-    __type(key, __u64); /* network namespace cookie */
-    __type(value, struct workload_config);
-    __uint(pinning, LIBBPF_PIN_BY_NAME);
-} workload_by_netns SEC(".maps");
+#include "workload_map.h"
 
 /* enum meshlane_observe_loss; per object, per CPU. */
 struct {

@@ -28,14 +28,9 @@
  * IP6T_SO_ORIGINAL_DST share the value 80. */
 #define SO_ORIGINAL_DST 80
 
+#include "workload_map.h"
+
 /* Sizes are placeholders: the agent sets max_entries from its configuration before load. */
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, MESHLANE_MAX_WORKLOADS_DEFAULT);
-    __type(key, __u64); /* network namespace cookie */
-    __type(value, struct workload_config);
-    __uint(pinning, LIBBPF_PIN_BY_NAME);
-} workload_by_netns SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
