@@ -2,6 +2,7 @@
 finalizer; the cleanup registry (harness/cleanup.py) is the session- and exit-level safety net,
 and sweeps what a SIGKILLed earlier run left behind."""
 import os
+import subprocess
 import sys
 
 import pytest
@@ -30,6 +31,10 @@ def safety_net():
     if os.geteuid() != 0:
         pytest.skip("integration tests need root (netns, cgroups, BPF)")
     cleanup.sweep_stale_runs()
+    # A fresh machine may have no bpffs yet; the agent would mount it, but tests that pin their
+    # own programs may run before any agent starts.
+    if not any(line.split()[2:3] == ["bpf"] for line in open("/proc/mounts")):
+        subprocess.run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"], check=True)
     yield
     cleanup.REGISTRY.run_all()
 
