@@ -171,39 +171,37 @@ void print_drops(const json::value& w) {
     events.print(std::cout);
 }
 
+// GET target; print JSON as is, or each workload with `print_workload` and the observer state.
+template <typename PrintWorkload>
+int show_view(const GlobalOptions& global, const std::string& target, bool json,
+              PrintWorkload print_workload) {
+    int exit_code = kExitOk;
+    auto body = get(global, target, exit_code);
+    if (!body) return exit_code;
+    if (json) {
+        std::cout << pretty_json(*body) << '\n';
+        return kExitOk;
+    }
+    if (const auto* workloads = workloads_of(*body))
+        for (const auto& w : *workloads) print_workload(w);
+    print_observer(*body);
+    return kExitOk;
+}
+
 }  // namespace
 
 int run_conns(const GlobalOptions& global, const ObserveFlags& flags) {
     std::string target = "/v1/connections";
     if (!flags.workload.empty()) target += "?workload=" + query_escape(flags.workload);
-    int exit_code = kExitOk;
-    auto body = get(global, target, exit_code);
-    if (!body) return exit_code;
-    if (flags.json) {
-        std::cout << pretty_json(*body) << '\n';
-        return kExitOk;
-    }
-    if (const auto* workloads = workloads_of(*body))
-        for (const auto& w : *workloads) print_connections(w, flags.limit);
-    print_observer(*body);
-    return kExitOk;
+    return show_view(global, target, flags.json,
+                     [&](const auto& w) { print_connections(w, flags.limit); });
 }
 
 int run_drops(const GlobalOptions& global, const ObserveFlags& flags) {
     std::string target = "/v1/drops?limit=" + std::to_string(flags.limit);
     if (!flags.workload.empty()) target += "&workload=" + query_escape(flags.workload);
     if (!flags.reason.empty()) target += "&reason=" + query_escape(flags.reason);
-    int exit_code = kExitOk;
-    auto body = get(global, target, exit_code);
-    if (!body) return exit_code;
-    if (flags.json) {
-        std::cout << pretty_json(*body) << '\n';
-        return kExitOk;
-    }
-    if (const auto* workloads = workloads_of(*body))
-        for (const auto& w : *workloads) print_drops(w);
-    print_observer(*body);
-    return kExitOk;
+    return show_view(global, target, flags.json, [](const auto& w) { print_drops(w); });
 }
 
 }  // namespace meshlane::cli
