@@ -73,6 +73,7 @@ Result<UninstallReport> uninstall(const std::string& config_path) {
     fs::remove(fs::path(config->state_dir) / "workloads.json", ec);
     fs::remove(fs::path(config->state_dir) / "agent.lock", ec);
     fs::remove(config->api_socket, ec);
+    fs::remove(config->grpc_socket, ec);
     return report;
 }
 
