@@ -91,6 +91,15 @@ constexpr const char* kCounterNames[MESHLANE_REDIRECT_COUNTER_MAX] = {
     "outbound_startup_passthrough",
 };
 
+// The names mirror enum meshlane_redirect_counter; a counter added there without a name here
+// would otherwise reach the API as a null pointer.
+constexpr bool every_counter_named() {
+    for (const char* name : kCounterNames)
+        if (name == nullptr) return false;
+    return true;
+}
+static_assert(every_counter_named(), "name every meshlane_redirect_counter in kCounterNames");
+
 bool path_exists(const std::string& path) {
     struct stat st {};
     return ::lstat(path.c_str(), &st) == 0;
