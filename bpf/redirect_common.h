@@ -94,6 +94,18 @@ static __always_inline void count(__u32 workload_id, __u32 counter) {
     if (value) *value += 1;
 }
 
+/* Dates an event in the workload's time slots (enum meshlane_redirect_time): `first` is set once
+ * per CPU, first + 1 (the matching LAST slot) every time. */
+static __always_inline void stamp(__u32 workload_id, __u32 first) {
+    __u64 now = bpf_ktime_get_ns();
+    __u32 index = workload_id * MESHLANE_REDIRECT_COUNTER_STRIDE + first;
+    __u64* value = bpf_map_lookup_elem(&redirect_counters, &index);
+    if (value && *value == 0) *value = now;
+    index += 1;
+    value = bpf_map_lookup_elem(&redirect_counters, &index);
+    if (value) *value = now;
+}
+
 /* addr[16] <- ::ffff:v4 (v4 in network order). */
 static __always_inline void addr_from_v4(__u8 addr[16], __u32 v4) {
     __u32* words = (__u32*)addr;

@@ -73,5 +73,6 @@ int redirect_sk_lookup(struct bpf_sk_lookup* ctx) {
     /* iptables would REDIRECT to a port nobody listens on: the client gets a reset. SK_DROP
      * makes the lookup fail, and TCP answers the SYN with RST just the same. */
     count(wid, MESHLANE_CNT_INBOUND_REFUSED_NO_LISTENER);
+    stamp(wid, MESHLANE_TIME_INBOUND_REFUSED_FIRST);
     return SK_DROP;
 }

@@ -297,8 +297,10 @@ static __always_inline bool listener_is_dual_stack(struct bpf_sock_ops* ctx) {
 static __always_inline void register_listener(struct bpf_sock_ops* ctx, __u32 workload_id,
                                               __u32 slot) {
     __u32 key = workload_id * MESHLANE_LISTENER_SLOTS + slot;
-    if (bpf_sock_map_update(ctx, &inbound_listener, &key, BPF_ANY) == 0)
+    if (bpf_sock_map_update(ctx, &inbound_listener, &key, BPF_ANY) == 0) {
         count(workload_id, MESHLANE_CNT_PROXY_LISTENER_REGISTERED);
+        stamp(workload_id, MESHLANE_TIME_LISTENER_REGISTERED_FIRST);
+    }
 }
 
 /* listen() by the proxy on the inbound port: make it the sk_lookup target for the families it

@@ -32,6 +32,11 @@ Result<ApiReply> parse_reply(const rest::HttpReply& reply) {
         return Error::invalid("unexpected reply from the agent (HTTP " +
                               std::to_string(reply.status) + ", not JSON)");
     }
+    if (reply.status == 401) {
+        const auto message = field_text(body, "error");
+        return Error{EACCES, "the agent refused the call (HTTP 401): " + message +
+                                 "; pass --token-file, or --cert/--key"};
+    }
     if (reply.status >= 400) {
         const auto message = field_text(body, "error");
         return Error::invalid(
@@ -44,7 +49,7 @@ Result<ApiReply> parse_reply(const rest::HttpReply& reply) {
 std::optional<ApiReply> call(const GlobalOptions& global, http::verb method,
                              const std::string& target, int& exit_code,
                              const std::optional<json::value>& body = std::nullopt) {
-    auto reply = rest::http_request(global.server, method, target, body);
+    auto reply = rest::http_request(global, method, target, body);
     if (!reply) {
         exit_code = fail(kExitUnreachable, reply.error().message);
         return std::nullopt;
@@ -143,7 +148,8 @@ void print_workload(const json::value& workload) {
               << "Include in ports:   " << list_text(spec, "include_inbound_ports") << '\n'
               << "Exclude in ports:   " << list_text(spec, "exclude_inbound_ports") << '\n'
               << "Self to inbound:    " << field_text(spec, "proxy_self_to_inbound") << '\n'
-              << "Startup policy:     " << field_text(spec, "startup_policy") << '\n';
+              << "Startup policy:     " << field_text(spec, "startup_policy") << '\n'
+              << "Fast path:          " << field_text(spec, "fast_path") << '\n';
     print_programs(workload);
     print_counters(workload);
 }
@@ -282,6 +288,10 @@ int run_status(const GlobalOptions& global, bool json) {
               << "bpffs pins:     " << field_text(s, "bpffs_pin_dir") << '\n'
               << "cgroup2 mount:  " << field_text(s, "cgroup2_mount") << '\n'
               << "State dir:      " << field_text(s, "state_dir") << '\n';
+    if (const auto* fast = field(s, "fast_path"); fast != nullptr && fast->is_object())
+        std::cout << "Fast path:      "
+                  << (field_text(*fast, "available") == "true" ? "available" : "OFF node-wide")
+                  << " (" << field_text(*fast, "reason") << ")\n";
     const auto* features = field(s, "features");
     if (features != nullptr && features->is_object() && !features->get_object().empty()) {
         std::cout << "Kernel features:\n";
@@ -290,6 +300,17 @@ int run_status(const GlobalOptions& global, bool json) {
             table.add_row({"  " + std::string(name), json::serialize(available)});
         }
         table.print(std::cout);
+    }
+    // The agent's parts, on or off; a reason can span lines (a verifier log tail): all shown.
+    const auto* states = field(s, "feature_states");
+    if (states != nullptr && states->is_object() && !states->get_object().empty()) {
+        std::cout << "Features:\n";
+        for (const auto& [name, state] : states->get_object()) {
+            const bool on = field_text(state, "enabled") == "true";
+            std::cout << "  " << std::string(name) << ": " << (on ? "enabled" : "DISABLED");
+            if (!on) std::cout << " — " << field_text(state, "reason");
+            std::cout << '\n';
+        }
     }
     return kExitOk;
 }

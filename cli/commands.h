@@ -1,12 +1,13 @@
 // The CLI's subcommands other than `agent`: each builds one API request, sends it over the unix
-// socket and renders the reply. Exit codes are part of the interface (scripts and tests rely on
-// them).
+// socket (or HTTPS with --server https://...) and renders the reply. Exit codes are part of the
+// interface (scripts and tests rely on them).
 #pragma once
 
 #include <string>
 
 #include "agent/common/result.h"
 #include "agent/workload/workload_spec.h"
+#include "api/rest/unix_http_client.h"
 
 namespace meshlane::cli {
 
@@ -19,8 +20,10 @@ enum ExitCode : int {
 
 inline constexpr const char* kDefaultServer = "/run/meshlane/api.sock";
 
-struct GlobalOptions {
-    std::string server = kDefaultServer;
+// --server (unix socket path or https://HOST:PORT) and, for https, --cacert, --cert/--key and
+// --token-file: exactly what the API client needs.
+struct GlobalOptions : rest::ClientOptions {
+    GlobalOptions() : rest::ClientOptions(kDefaultServer) {}
 };
 
 // `meshlane enroll` flags. Fields that are WorkloadSpec members start at its defaults, so the

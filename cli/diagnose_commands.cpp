@@ -16,7 +16,7 @@ namespace {
 
 std::optional<json::value> call(const GlobalOptions& global, http::verb method,
                                 const std::string& target, int& exit_code) {
-    auto reply = rest::http_request(global.server, method, target);
+    auto reply = rest::http_request(global, method, target);
     if (!reply) {
         std::cerr << "meshlane: " << reply.error().message << '\n';
         exit_code = kExitUnreachable;
@@ -59,9 +59,12 @@ std::string utc(std::int64_t ms) {
 
 }  // namespace
 
-int run_diagnose(const GlobalOptions& global, const std::string& name, bool as_json) {
+int run_diagnose(const GlobalOptions& global, const std::string& name, bool as_json,
+                 unsigned window_seconds) {
     int exit_code = kExitOk;
-    auto body = call(global, http::verb::get, "/v1/workloads/" + name + "/diagnose", exit_code);
+    std::string target = "/v1/workloads/" + name + "/diagnose";
+    if (window_seconds != 0) target += "?window=" + std::to_string(window_seconds);
+    auto body = call(global, http::verb::get, target, exit_code);
     if (!body) return exit_code;
     const auto& object = body->as_object();
     const auto& findings = object.at("findings").as_array();
@@ -80,7 +83,9 @@ int run_diagnose(const GlobalOptions& global, const std::string& name, bool as_j
                   << json::serialize(checked.at("listeners"))
                   << " listening sockets, iptables nat v4/v6, "
                   << json::serialize(checked.at("connect_programs"))
-                  << " cgroup connect programs, datapath counters.\n";
+                  << " cgroup connect programs, datapath counters"
+                  << (checked.at("observer").as_bool() ? ", kernel drops and refused connects" : "")
+                  << (checked.at("tls").as_bool() ? ", TLS handshakes" : "") << ".\n";
         return kExitOk;
     }
     for (const auto& value : findings) {

@@ -11,7 +11,9 @@ namespace meshlane::cli {
 
 inline constexpr int kExitProblemFound = 4;
 
-int run_diagnose(const GlobalOptions& global, const std::string& name, bool json);
+// window_seconds 0: the agent's default window.
+int run_diagnose(const GlobalOptions& global, const std::string& name, bool json,
+                 unsigned window_seconds = 0);
 int run_verify(const GlobalOptions& global, const std::string& name, bool json);
 
 }  // namespace meshlane::cli

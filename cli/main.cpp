@@ -1,5 +1,6 @@
 // `meshlane`: the agent daemon and its command-line client in one binary. Everything but
-// `agent` talks to a running agent over its unix-socket REST API (api/openapi.yaml).
+// `agent` talks to a running agent over its REST API (api/openapi.yaml): the unix socket, or its
+// TLS listener with --server https://HOST:PORT.
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <iostream>
@@ -53,6 +54,9 @@ void add_enroll_options(CLI::App& enroll, EnrollFlags& f) {
                     "Before the proxy listens: refuse inbound, or pass it to the app "
                     "(refuse|passthrough)")
         ->capture_default_str();
+    enroll.add_flag("--fast-path", spec.fast_path,
+                    "Accelerate app <-> proxy connections with sk_msg (docs/fastpath.md); off "
+                    "node-wide when the agent's kernel self-test failed");
     enroll.add_flag("--json", f.json, "Print the agent's JSON reply");
 }
 
@@ -67,7 +71,15 @@ int main(int argc, char** argv) {
     cli::GlobalOptions global;
     global.server = default_server();
     app.add_option("--server", global.server,
-                   "Agent API unix socket (env MESHLANE_SERVER, default /run/meshlane/api.sock)");
+                   "Agent API: unix socket path, or https://HOST:PORT for its TLS listener (env "
+                   "MESHLANE_SERVER, default /run/meshlane/api.sock)");
+    app.add_option("--cacert", global.ca_file,
+                   "https: CA bundle (PEM) the agent's certificate must chain to (default: the "
+                   "system store)");
+    app.add_option("--cert", global.cert_file, "https: client certificate (PEM)");
+    app.add_option("--key", global.key_file, "https: client private key (PEM)");
+    app.add_option("--token-file", global.token_file,
+                   "https: file holding the bearer token that mutating calls need");
 
     std::string config;
     auto* agent = app.add_subcommand("agent", "Run the per-node agent (serves the API)");
@@ -99,6 +111,10 @@ int main(int argc, char** argv) {
         "a critical finding exists)");
     diagnose->add_option("name", name, "Workload name")->required();
     diagnose->add_flag("--json", json, "Print the agent's JSON reply");
+    unsigned diagnose_window = 0;
+    diagnose->add_option("--window", diagnose_window,
+                         "Seconds of observations (drops, refused connects, TLS) to consider "
+                         "(default 600)");
     auto* verify = app.add_subcommand(
         "verify", "Check interception hop by hop with an in-pod probe (exit 4 when a check fails)");
     verify->add_option("name", name, "Workload name")->required();
@@ -107,13 +123,18 @@ int main(int argc, char** argv) {
     cli::ObserveFlags observe_flags;
     auto* conns = app.add_subcommand("conns", "TCP connect latency, failures, retransmits, resets");
     auto* drops = app.add_subcommand("drops", "Kernel packet drops by reason, recent drop events");
-    for (auto* view : {conns, drops}) {
+    auto* tls = app.add_subcommand(
+        "tls", "TLS-handshake latency and failures (wire and libssl), by destination");
+    for (auto* view : {conns, drops, tls}) {
         view->add_option("--workload", observe_flags.workload, "Only this workload");
         view->add_option("--limit", observe_flags.limit, "Recent events to show")
             ->capture_default_str();
         view->add_flag("--json", observe_flags.json, "Print the agent's JSON reply");
     }
     drops->add_option("--reason", observe_flags.reason, "Only this reason, e.g. NETFILTER_DROP");
+    for (auto* view : {conns, drops})
+        view->add_flag("--follow,-f", observe_flags.follow,
+                       "Stream new events as they happen (Ctrl-C ends); with --json as NDJSON");
 
     try {
         app.parse(argc, argv);
@@ -131,9 +152,10 @@ int main(int argc, char** argv) {
     if (workload->parsed()) return cli::run_workload(global, name, json);
     if (status->parsed()) return cli::run_status(global, json);
     if (uninstall->parsed()) return cli::run_uninstall(config);
-    if (diagnose->parsed()) return cli::run_diagnose(global, name, json);
+    if (diagnose->parsed()) return cli::run_diagnose(global, name, json, diagnose_window);
     if (verify->parsed()) return cli::run_verify(global, name, json);
     if (conns->parsed()) return cli::run_conns(global, observe_flags);
     if (drops->parsed()) return cli::run_drops(global, observe_flags);
+    if (tls->parsed()) return cli::run_tls(global, observe_flags);
     return cli::kExitUsage;
 }

@@ -24,7 +24,7 @@ int fail(int code, const std::string& message) {
 // GET target; on failure prints the error and returns the exit code in `exit_code`.
 std::optional<json::value> get(const GlobalOptions& global, const std::string& target,
                                int& exit_code) {
-    auto reply = rest::http_request(global.server, http::verb::get, target);
+    auto reply = rest::http_request(global, http::verb::get, target);
     if (!reply) {
         exit_code = fail(kExitUnreachable, reply.error().message);
         return std::nullopt;
@@ -171,6 +171,57 @@ void print_drops(const json::value& w) {
     events.print(std::cout);
 }
 
+void print_tls(const json::value& w, std::size_t limit) {
+    std::cout << "Workload " << field_text(w, "name") << " (id " << field_text(w, "workload_id")
+              << ")\n";
+    Table table({"  SOURCE", "COMPLETED", "FAILURES", "ALERTS", "RESETS", "CLOSED", "ERRORS",
+                 "P50 ms", "P90 ms", "P99 ms"});
+    for (const char* source : {"wire", "libssl"}) {
+        const auto* s = field(w, source);
+        if (s == nullptr) continue;
+        const json::value empty;
+        const auto* latency = field(*s, "latency");
+        const auto& l = latency ? *latency : empty;
+        table.add_row({std::string("  ") + source, field_text(*s, "completed"),
+                       field_text(*s, "failures"), field_text(*s, "alerts"),
+                       field_text(*s, "resets"), field_text(*s, "closed"), field_text(*s, "errors"),
+                       number_text(l, "p50_ms"), number_text(l, "p90_ms"),
+                       number_text(l, "p99_ms")});
+    }
+    table.print(std::cout);
+    const auto* destinations = field(w, "destinations");
+    if (destinations != nullptr && destinations->is_array() && !destinations->get_array().empty()) {
+        std::cout << "  By destination:\n";
+        Table by({"    DESTINATION", "SOURCE", "OK", "FAILED", "P50 ms", "P99 ms", "VERSION",
+                  "LAST FAILURE"});
+        for (const auto& d : destinations->get_array())
+            by.add_row({"    " + field_text(d, "destination"), field_text(d, "source"),
+                        field_text(d, "handshakes"), field_text(d, "failures"),
+                        number_text(d, "p50_ms"), number_text(d, "p99_ms"),
+                        or_dash(field_text(d, "version")),
+                        or_dash(field_text(d, "last_failure_reason"))});
+        by.print(std::cout);
+    }
+    const auto* recent = field(w, "recent");
+    if (recent == nullptr || !recent->is_array() || recent->get_array().empty()) return;
+    std::cout << "  Recent handshakes:\n";
+    Table events({"    TIME", "SOURCE", "SIDE", "OUTCOME", "LATENCY ms", "VERSION", "SNI", "PEER",
+                  "ORIGINAL DST", "PID", "COMM"});
+    const auto& items = recent->get_array();
+    const std::size_t first = items.size() > limit ? items.size() - limit : 0;
+    for (std::size_t i = first; i < items.size(); ++i) {
+        const auto& e = items[i];
+        std::string outcome = field_text(e, "outcome");
+        if (outcome == "alert") outcome = field_text(e, "alert");
+        events.add_row({"    " + clock_text(e), field_text(e, "source"), field_text(e, "side"),
+                        outcome, number_text(e, "latency_ms", 2), or_dash(field_text(e, "version")),
+                        or_dash(field_text(e, "sni")), or_dash(field_text(e, "peer")),
+                        or_dash(field_text(e, "original_destination")), field_text(e, "pid"),
+                        or_dash(field_text(e, "comm"))});
+    }
+    events.print(std::cout);
+}
+
 // GET target; print JSON as is, or each workload with `print_workload` and the observer state.
 template <typename PrintWorkload>
 int show_view(const GlobalOptions& global, const std::string& target, bool json,
@@ -191,6 +242,7 @@ int show_view(const GlobalOptions& global, const std::string& target, bool json,
 }  // namespace
 
 int run_conns(const GlobalOptions& global, const ObserveFlags& flags) {
+    if (flags.follow) return run_follow(global, {"connect", flags.workload, "", flags.json});
     std::string target = "/v1/connections";
     if (!flags.workload.empty()) target += "?workload=" + query_escape(flags.workload);
     return show_view(global, target, flags.json,
@@ -198,10 +250,17 @@ int run_conns(const GlobalOptions& global, const ObserveFlags& flags) {
 }
 
 int run_drops(const GlobalOptions& global, const ObserveFlags& flags) {
+    if (flags.follow) return run_follow(global, {"drop", flags.workload, flags.reason, flags.json});
     std::string target = "/v1/drops?limit=" + std::to_string(flags.limit);
     if (!flags.workload.empty()) target += "&workload=" + query_escape(flags.workload);
     if (!flags.reason.empty()) target += "&reason=" + query_escape(flags.reason);
     return show_view(global, target, flags.json, [](const auto& w) { print_drops(w); });
+}
+
+int run_tls(const GlobalOptions& global, const ObserveFlags& flags) {
+    std::string target = "/v1/tls";
+    if (!flags.workload.empty()) target += "?workload=" + query_escape(flags.workload);
+    return show_view(global, target, flags.json, [&](const auto& w) { print_tls(w, flags.limit); });
 }
 
 }  // namespace meshlane::cli

@@ -36,12 +36,10 @@
 #include <vector>
 
 #include "agent/common/result.h"
-#include "agent/workload/workload_spec.h"
 #include "api/rest/unix_http_client.h"
+#include "cni/cni_config.h"
 
 namespace meshlane::cni {
-
-inline constexpr const char* kDefaultAgentSocket = "/run/meshlane/api.sock";
 
 // CNI error codes (spec section "Error"); 100+ are plugin-specific.
 enum ErrorCode : int {
@@ -54,41 +52,6 @@ enum ErrorCode : int {
     kEnrolmentRefused = 100,
     kNotEnrolled = 101,
 };
-
-struct Environment {
-    std::string command;       // CNI_COMMAND
-    std::string container_id;  // CNI_CONTAINERID
-    std::string netns;         // CNI_NETNS
-    std::string ifname;        // CNI_IFNAME
-    std::string args;          // CNI_ARGS
-};
-
-struct PluginConfig {
-    std::string cni_version = "1.0.0";
-    std::string name;
-    std::string agent_socket = kDefaultAgentSocket;
-    bool fail_open = false;
-    std::string cgroup_root;
-    std::vector<std::string> exclude_namespaces;
-    unsigned timeout_ms = 10000;
-    std::optional<boost::json::value> prev_result;
-    std::string cgroup;  // from runtimeConfig / args, empty when not given
-    std::map<std::string, std::string> annotations;
-};
-
-// "A=1;B=2" -> {A:1, B:2}; malformed pairs are skipped (runtimes add their own keys).
-std::map<std::string, std::string> parse_cni_args(std::string_view text);
-
-Result<PluginConfig> parse_config(std::string_view stdin_text);
-
-// "<namespace>.<pod>" when CNI_ARGS names the pod and that is a valid workload name; a shortened
-// form with a hash suffix when it is too long; "cni-<container id prefix>" without pod names.
-std::string workload_name(const std::map<std::string, std::string>& cni_args,
-                          const std::string& container_id);
-
-// The enrolment request for this pod (annotations applied). nullopt: the pod is passed through
-// (excluded namespace, or sidecar injection disabled).
-Result<std::optional<WorkloadSpec>> build_spec(const PluginConfig& config, const Environment& env);
 
 // The agent, as the plugin sees it; the real one talks to the unix socket.
 class AgentClient {

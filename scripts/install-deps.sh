@@ -19,6 +19,10 @@ packages=(
   python3-grpcio python3-protobuf python3-yaml
   # test: the chained CNI plugin runs after Debian's bridge + host-local
   containernetworking-plugins
+  # test (label deploy): `systemd-analyze verify` of deploy/systemd/meshlane.service. Debian 12
+  # has it installed already; the package alone does not become init (that is systemd-sysv) and
+  # starts nothing where systemd does not run.
+  systemd
 )
 # test (label deploy): manifest validation installs kubernetes-models with npm; keep a Node that
 # is already there (e.g. NodeSource, which bundles npm and conflicts with Debian's npm).

@@ -7,25 +7,34 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <chrono>
 #include <cstdarg>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <optional>
+#include <tuple>
 
 #include "agent/common/unique_fd.h"
 #include "agent/daemon/config.h"
+#include "agent/daemon/degraded_registry.h"
 #include "agent/daemon/prerequisites.h"
 #include "agent/events/event_bus.h"
+#include "agent/fastpath/fastpath_selftest.h"
+#include "agent/loader/fastpath_datapath.h"
 #include "agent/loader/libbpf_log.h"
 #include "agent/loader/mounts.h"
 #include "agent/loader/redirect_datapath.h"
 #include "agent/observe/observer.h"
+#include "agent/workload/discovery.h"
 #include "agent/workload/workload_manager.h"
 #include "api/grpc/grpc_server.h"
 #include "api/rest/rest_server.h"
+#include "api/rest/tls_config.h"
 
 namespace meshlane {
 
@@ -58,11 +67,78 @@ void schedule_reconcile(boost::asio::steady_timer& timer, WorkloadManager& manag
     });
 }
 
+void schedule_discovery(boost::asio::steady_timer& timer, PodDiscovery& discovery,
+                        WorkloadRegistry& registry, std::chrono::milliseconds interval) {
+    timer.expires_after(interval);
+    timer.async_wait(
+        [&timer, &discovery, &registry, interval](const boost::system::error_code& ec) {
+            if (ec) return;
+            (void)discovery.run(registry);
+            schedule_discovery(timer, discovery, registry, interval);
+        });
+}
+
 std::string privilege_hint(const Error& error) {
     if (error.code == EPERM || error.code == EACCES)
         return " (meshlane agent needs root, or CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN and "
                "CAP_PERFMON)";
     return "";
+}
+
+// The observer's tunables from the config; its events go on the bus under the workloads' names.
+ObserverOptions observer_options(const AgentConfig& config, const std::string& pin_root,
+                                 WorkloadRegistry& manager, events::EventBus& bus) {
+    ObserverOptions options;
+    options.pin_root = pin_root;
+    options.max_workloads = config.max_workloads;
+    options.slow_connect_threshold = std::chrono::milliseconds(config.slow_connect_threshold_ms);
+    options.tls_slow_handshake_threshold =
+        std::chrono::milliseconds(config.tls_slow_handshake_threshold_ms);
+    options.drop_events_per_second = config.event_rate_limit_per_sec;
+    options.drop_events_burst = std::max<std::uint32_t>(1, config.event_rate_limit_per_sec / 5);
+    options.events_per_workload = config.recent_events_per_workload;
+    options.events = &bus;
+    options.workload_names = [&manager] {
+        std::map<std::uint64_t, std::string> names;
+        for (const auto& workload : manager.list())
+            names[workload.netns_cookie] = workload.spec.name;
+        return names;
+    };
+    // TLS wire observation attaches to each enrolled pod's cgroup.
+    options.workload_cgroups = [&manager] {
+        std::vector<ObservedCgroup> cgroups;
+        for (const auto& workload : manager.list())
+            cgroups.push_back({workload.netns_cookie, workload.cgroup_resolved});
+        return cgroups;
+    };
+    return options;
+}
+
+// The parsed TCP endpoints and the TLS material they share; all empty when TCP is off.
+struct ApiTcpListeners {
+    std::optional<tls::TcpEndpoint> rest;
+    std::optional<tls::TcpEndpoint> grpc;
+    std::shared_ptr<const tls::TlsMaterial> tls;
+};
+
+Result<ApiTcpListeners> api_tcp_listeners(const AgentConfig& config) {
+    ApiTcpListeners listeners;
+    if (!config.tcp_enabled()) return listeners;
+    // parse_agent_config validated the addresses already; parse again for the values.
+    if (!config.rest_tcp_listen.empty())
+        listeners.rest = *tls::parse_tcp_endpoint(config.rest_tcp_listen);
+    if (!config.grpc_tcp_listen.empty())
+        listeners.grpc = *tls::parse_tcp_endpoint(config.grpc_tcp_listen);
+    auto material = tls::load_tls_material({config.tls_cert_file, config.tls_key_file,
+                                            config.tls_client_ca_file,
+                                            config.tls_require_client_cert, config.api_token_file});
+    if (!material) return material.error().with_context("API over TCP");
+    if (!material->accepts_mutations())
+        spdlog::warn(
+            "API over TCP is read-only: no api_token_file and no tls_client_ca_file, so "
+            "mutating calls are refused there (401/UNAUTHENTICATED)");
+    listeners.tls = std::make_shared<const tls::TlsMaterial>(std::move(*material));
+    return listeners;
 }
 
 }  // namespace
@@ -75,6 +151,13 @@ int run_agent(const std::string& config_path) {
     }
     spdlog::set_level(spdlog::level::from_str(config->log_level));
     install_libbpf_logger();
+    // The API's TCP listeners: certificate, key, CA and token read and checked before anything
+    // is loaded, so a bad file fails the start cleanly.
+    auto api_tcp = api_tcp_listeners(*config);
+    if (!api_tcp) {
+        spdlog::error("{}", api_tcp.error().message);
+        return 1;
+    }
 
     auto lock = lock_state_dir(config->state_dir);
     if (!lock) {
@@ -82,62 +165,151 @@ int run_agent(const std::string& config_path) {
         return 1;
     }
     // Probe everything first: one report naming each missing feature beats the first verifier
-    // error of the first program that needs it.
+    // error of the first program that needs it. Then each part starts when its features are
+    // there; the others keep working without it (degraded start, docs/deploy.md).
     const PrerequisiteReport prerequisites =
         probe_prerequisites(kernel_probe_environment(config->bpffs));
-    if (!prerequisites.all_available()) {
-        spdlog::error(
-            "kernel prerequisites missing; nothing was loaded or changed:\n{}"
-            "meshlane needs every capability above to intercept a workload",
-            prerequisites.describe());
-        return 1;
-    }
-    spdlog::info("kernel prerequisites: all {} probed features present",
-                 prerequisites.probes.size());
+    if (prerequisites.all_available())
+        spdlog::info("kernel prerequisites: all {} probed features present",
+                     prerequisites.probes.size());
+    else
+        spdlog::warn("kernel prerequisites missing:\n{}", prerequisites.describe());
+    std::vector<std::string> unknown_forced;
+    std::map<std::string, FeatureState> features =
+        evaluate_features(prerequisites, features_forced_off(&unknown_forced));
+    for (const auto& name : unknown_forced)
+        spdlog::warn("MESHLANE_TEST_DISABLE_FEATURE: no feature named '{}'", name);
+    auto disable = [&features](const char* name, const std::string& reason) {
+        if (!features[name].enabled) return;
+        features[name].enabled = false;
+        features[name].reason = reason;
+    };
     auto cgroup2 = cgroup2_mount();
-    if (!cgroup2) {
-        spdlog::error("{}", cgroup2.error().message);
-        return 1;
-    }
+    if (!cgroup2) disable(kFeatureRedirect, cgroup2.error().message);
     auto bpffs = ensure_bpffs(config->bpffs);
-    if (!bpffs) {
-        spdlog::error("{}{}", bpffs.error().message, privilege_hint(bpffs.error()));
-        return 1;
+    if (!bpffs) disable(kFeatureRedirect, bpffs.error().message + privilege_hint(bpffs.error()));
+    const std::string cgroup2_path = cgroup2 ? *cgroup2 : "";
+    const std::string pin_root = bpffs ? *bpffs + "/" + config->pin_dir : "";
+    std::unique_ptr<RedirectDatapath> datapath;
+    if (features[kFeatureRedirect].enabled) {
+        auto loaded = RedirectDatapath::load({pin_root, config->max_workloads});
+        if (loaded)
+            datapath = std::move(*loaded);
+        else
+            disable(kFeatureRedirect, "load the redirect datapath: " + loaded.error().message +
+                                          privilege_hint(loaded.error()));
     }
-    const std::string pin_root = *bpffs + "/" + config->pin_dir;
-    auto datapath = RedirectDatapath::load({pin_root, config->max_workloads});
-    if (!datapath) {
-        spdlog::error("load the redirect datapath: {}{}", datapath.error().message,
-                      privilege_hint(datapath.error()));
-        return 1;
+    ManagerOptions manager_options{config->state_dir, cgroup2_path, prerequisites.features()};
+    // Set once the observer runs: enrol/unenrol then wait for its per-pod attachments.
+    std::atomic<Observer*> attachments_owner{nullptr};
+    manager_options.after_change = [&attachments_owner] {
+        if (Observer* observer = attachments_owner.load())
+            if (!observer->sync_attachments(std::chrono::seconds(2)))
+                spdlog::warn("observe: per-pod attachments not in line with the workloads yet");
+    };
+    // The sk_msg fast path is an add-on: without it (or on a kernel failing the self-test) the
+    // redirect datapath still serves every workload. Before any thread starts: the self-test
+    // forks.
+    std::unique_ptr<FastpathDatapath> fastpath;
+    if (!datapath || !features[kFeatureFastPath].enabled) {
+        manager_options.fast_path_reason =
+            datapath ? features[kFeatureFastPath].reason : "the redirect datapath is disabled";
+    } else if (auto loaded = FastpathDatapath::load({pin_root, config->max_workloads}); loaded) {
+        fastpath = std::move(*loaded);
+        auto selftest = run_fastpath_selftest(
+            {.cgroup2_mount = *cgroup2, .force_fail = fastpath_selftest_forced_to_fail()});
+        manager_options.fast_path_available = selftest.passed;
+        manager_options.fast_path_reason =
+            (selftest.passed ? "kernel self-test " : "kernel self-test failed: ") + selftest.reason;
+        if (selftest.passed)
+            spdlog::info("fast path: {}", manager_options.fast_path_reason);
+        else
+            spdlog::warn("fast path: acceleration off node-wide: {}",
+                         manager_options.fast_path_reason);
+    } else {
+        manager_options.fast_path_reason = "not loaded: " + loaded.error().message;
+        spdlog::warn("fast path: acceleration off node-wide: {}", manager_options.fast_path_reason);
     }
-    ManagerOptions manager_options{config->state_dir, *cgroup2, prerequisites.features()};
+    manager_options.fastpath = fastpath.get();
+    if (!manager_options.fast_path_available)
+        disable(kFeatureFastPath, manager_options.fast_path_reason);
     // Declared before everything that publishes or subscribes, so it outlives them all.
     events::EventBus event_bus;
     manager_options.events = &event_bus;
-    WorkloadManager manager(**datapath, manager_options);
-    if (auto restored = manager.restore(); !restored) {
-        spdlog::error("restore workloads from {}: {}", config->state_dir, restored.error().message);
-        return 1;
+    manager_options.feature_states = &features;
+    // Without the redirect datapath the agent still serves status and diagnostics, and refuses
+    // enrolment; whatever a previous agent pinned keeps intercepting untouched.
+    std::optional<WorkloadManager> manager;
+    std::optional<DegradedRegistry> degraded;
+    if (datapath) {
+        manager.emplace(*datapath, manager_options);
+        if (auto restored = manager->restore(); !restored) {
+            spdlog::error("restore workloads from {}: {}", config->state_dir,
+                          restored.error().message);
+            return 1;
+        }
+    } else {
+        spdlog::error(
+            "redirect datapath disabled: {}; serving status and diagnostics only, enrolment is "
+            "refused",
+            features[kFeatureRedirect].reason);
+        degraded.emplace(DegradedRegistryOptions{config->state_dir, cgroup2_path, pin_root,
+                                                 config->max_workloads, prerequisites.features(),
+                                                 &features, features[kFeatureRedirect].reason});
     }
+    WorkloadRegistry& registry = manager ? static_cast<WorkloadRegistry&>(*manager)
+                                         : static_cast<WorkloadRegistry&>(*degraded);
+
+    // Pods that were running before this agent (or whose records were lost): after restore, so
+    // what is already enrolled is only reported.
+    PodDiscovery discovery({.cni_cache_dir = config->cni_cache_dir, .cgroup2_mount = cgroup2_path});
+    if (config->discover_pods && manager) (void)discovery.run(*manager);
 
     boost::asio::io_context io;
     // Connection and drop observation is an add-on: without it the datapath still serves.
-    auto observer = Observer::start({.pin_root = pin_root, .max_workloads = config->max_workloads});
+    ObserverOptions observe = observer_options(*config, pin_root, registry, event_bus);
+    observe.connect_tracking = features[kFeatureObserveConnect].enabled;
+    observe.drop_tracking = features[kFeatureObserveDrops].enabled;
+    auto observer = pin_root.empty() || (!observe.connect_tracking && !observe.drop_tracking)
+                        ? Result<std::unique_ptr<Observer>>(
+                              Error{ENOTSUP, "no bpffs, or both observers disabled"})
+                        : Observer::start(observe);
     if (!observer)
         spdlog::warn("observe: connection and drop observation disabled: {}",
                      observer.error().message);
+    else
+        attachments_owner.store(observer->get());
+    const ObserverHealth observed = observer ? (*observer)->health() : ObserverHealth{};
+    for (const auto& [name, on, tag] :
+         {std::tuple{kFeatureObserveConnect, observed.connect_tracking, "connect"},
+          std::tuple{kFeatureObserveDrops, observed.drop_tracking, "drop"}}) {
+        if (on) continue;
+        std::string why;
+        for (const auto& problem : observed.problems)
+            if (problem.find(tag) != std::string::npos) why += (why.empty() ? "" : "; ") + problem;
+        disable(name, why.empty() && !observer ? observer.error().message : why);
+    }
+    for (const auto& [name, state] : features)
+        if (!state.enabled) spdlog::warn("feature {} disabled: {}", name, state.reason);
+    spdlog::info("features:\n{}", describe_features(features));
     rest::RestServerOptions rest_options;
     rest_options.unix_socket_path = config->api_socket;
     if (observer) rest_options.observations = observer->get();
     rest_options.events = &event_bus;
-    rest::RestServer server(io, manager, rest_options);
+    if (api_tcp->rest)
+        rest_options.tcp = rest::RestServerOptions::Tcp{*api_tcp->rest, api_tcp->tls};
+    rest::RestServer server(io, registry, rest_options);
     if (auto started = server.start(); !started) {
         spdlog::error("API: {}", started.error().message);
         return 1;
     }
-    grpc_api::GrpcServer grpc_server(manager, &event_bus,
-                                     {.unix_socket_path = config->grpc_socket});
+    grpc_api::GrpcServer grpc_server(
+        registry, &event_bus,
+        {.unix_socket_path = config->grpc_socket,
+         .observations = observer ? observer->get() : nullptr,
+         .tcp = api_tcp->grpc ? std::optional<grpc_api::GrpcServerOptions::Tcp>(
+                                    {*api_tcp->grpc, api_tcp->tls})
+                              : std::nullopt});
     if (auto started = grpc_server.start(); !started) {
         spdlog::error("{}", started.error().message);
         return 1;
@@ -153,13 +325,18 @@ int run_agent(const std::string& config_path) {
         io.stop();
     });
     boost::asio::steady_timer reconcile_timer(io);
-    schedule_reconcile(reconcile_timer, manager,
-                       std::chrono::milliseconds(config->reconcile_interval_ms));
+    if (manager)
+        schedule_reconcile(reconcile_timer, *manager,
+                           std::chrono::milliseconds(config->reconcile_interval_ms));
+    boost::asio::steady_timer discovery_timer(io);
+    if (config->discover_pods && manager)
+        schedule_discovery(discovery_timer, discovery, *manager,
+                           std::chrono::milliseconds(config->discover_interval_ms));
 
     spdlog::info(
         "meshlane agent {} ready: API on {} (REST) and {} (gRPC), pins under {}, "
         "cgroup2 at {}",
-        MESHLANE_VERSION, config->api_socket, config->grpc_socket, pin_root, *cgroup2);
+        MESHLANE_VERSION, config->api_socket, config->grpc_socket, pin_root, cgroup2_path);
     io.run();
     return 0;
 }

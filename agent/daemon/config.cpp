@@ -4,6 +4,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "api/rest/tls_config.h"
+
 namespace meshlane {
 
 const std::string_view kDefaultConfigText = R"(# meshlane agent, embedded default
@@ -14,6 +16,13 @@ pin_dir = meshlane
 log_level = info
 max_workloads = 4096
 reconcile_interval_ms = 2000
+slow_connect_threshold_ms = 500
+tls_slow_handshake_threshold_ms = 500
+event_rate_limit_per_sec = 1000
+recent_events_per_workload = 256
+discover_pods = true
+cni_cache_dir = /var/lib/cni/results
+discover_interval_ms = 30000
 )";
 
 namespace {
@@ -33,6 +42,40 @@ Result<std::uint32_t> parse_u32(std::string_view value, std::uint32_t min, std::
         return Error::invalid(where + ": expected a number in " + std::to_string(min) + ".." +
                               std::to_string(max) + ", got '" + std::string(value) + "'");
     return out;
+}
+
+Result<bool> parse_bool(std::string_view value, const std::string& where) {
+    if (value == "true" || value == "yes" || value == "1") return true;
+    if (value == "false" || value == "no" || value == "0") return false;
+    return Error::invalid(where + ": expected true or false, got '" + std::string(value) + "'");
+}
+
+// The TCP listeners: valid addresses, loopback unless opted out, and TLS whenever one is on.
+Status validate_tcp_listeners(const AgentConfig& config, std::string_view origin) {
+    const std::string prefix = std::string(origin) + ": ";
+    std::string endpoints[2];
+    const std::pair<const char*, const std::string*> listeners[] = {
+        {"rest_tcp_listen", &config.rest_tcp_listen}, {"grpc_tcp_listen", &config.grpc_tcp_listen}};
+    for (std::size_t i = 0; i < 2; ++i) {
+        const auto& [key, value] = listeners[i];
+        if (value->empty()) continue;
+        auto endpoint = tls::parse_tcp_endpoint(*value);
+        if (!endpoint) return endpoint.error().with_context(prefix + key);
+        if (!endpoint->loopback && !config.api_tcp_allow_non_loopback)
+            return Error::invalid(prefix + key + " " + *value +
+                                  " is not a loopback address; set api_tcp_allow_non_loopback = "
+                                  "true to expose the API beyond this node");
+        endpoints[i] = endpoint->text();
+        if (config.tls_cert_file.empty() || config.tls_key_file.empty())
+            return Error::invalid(prefix + key +
+                                  " needs tls_cert_file and tls_key_file: plain-text TCP is "
+                                  "refused, the API is served over TLS only");
+    }
+    if (!endpoints[0].empty() && endpoints[0] == endpoints[1])
+        return Error::invalid(prefix + "grpc_tcp_listen must differ from rest_tcp_listen");
+    if (config.tls_require_client_cert && config.tls_client_ca_file.empty())
+        return Error::invalid(prefix + "tls_require_client_cert = true needs tls_client_ca_file");
+    return Ok{};
 }
 
 }  // namespace
@@ -80,6 +123,50 @@ Result<AgentConfig> parse_agent_config(std::string_view text, std::string_view o
             auto n = parse_u32(value, 100, 600000, where + " reconcile_interval_ms");
             if (!n) return n.error();
             config.reconcile_interval_ms = *n;
+        } else if (key == "slow_connect_threshold_ms" || key == "tls_slow_handshake_threshold_ms") {
+            // 1 ms up to 10 minutes: 0 would stream every connect, beyond 10 min nothing.
+            auto n = parse_u32(value, 1, 600000, where + " " + key);
+            if (!n) return n.error();
+            (key == "slow_connect_threshold_ms" ? config.slow_connect_threshold_ms
+                                                : config.tls_slow_handshake_threshold_ms) = *n;
+        } else if (key == "event_rate_limit_per_sec") {
+            auto n = parse_u32(value, 1, 1000000, where + " event_rate_limit_per_sec");
+            if (!n) return n.error();
+            config.event_rate_limit_per_sec = *n;
+        } else if (key == "recent_events_per_workload") {
+            // The aggregate's memory bound grows with it (max_workloads x this x event size).
+            auto n = parse_u32(value, 1, 65536, where + " recent_events_per_workload");
+            if (!n) return n.error();
+            config.recent_events_per_workload = *n;
+        } else if (key == "discover_pods") {
+            auto b = parse_bool(value, where + " discover_pods");
+            if (!b) return b.error();
+            config.discover_pods = *b;
+        } else if (key == "cni_cache_dir") {
+            if (value.empty() || value.front() != '/')
+                return Error::invalid(where + ": cni_cache_dir must be an absolute path");
+            config.cni_cache_dir = value;
+        } else if (key == "discover_interval_ms") {
+            auto n = parse_u32(value, 100, 3600000, where + " discover_interval_ms");
+            if (!n) return n.error();
+            config.discover_interval_ms = *n;
+        } else if (key == "rest_tcp_listen") {
+            config.rest_tcp_listen = value;
+        } else if (key == "grpc_tcp_listen") {
+            config.grpc_tcp_listen = value;
+        } else if (key == "api_tcp_allow_non_loopback" || key == "tls_require_client_cert") {
+            auto b = parse_bool(value, where + " " + key);
+            if (!b) return b.error();
+            (key == "tls_require_client_cert" ? config.tls_require_client_cert
+                                              : config.api_tcp_allow_non_loopback) = *b;
+        } else if (key == "tls_cert_file" || key == "tls_key_file" || key == "tls_client_ca_file" ||
+                   key == "api_token_file") {
+            if (!value.empty() && value.front() != '/')
+                return Error::invalid(where + ": " + key + " must be an absolute path");
+            (key == "tls_cert_file"        ? config.tls_cert_file
+             : key == "tls_key_file"       ? config.tls_key_file
+             : key == "tls_client_ca_file" ? config.tls_client_ca_file
+                                           : config.api_token_file) = value;
         } else {
             return Error::invalid(where + ": unknown key '" + key + "'");
         }
@@ -90,6 +177,7 @@ Result<AgentConfig> parse_agent_config(std::string_view text, std::string_view o
                                   ": state_dir, api_socket and grpc_socket must be absolute paths");
     if (config.grpc_socket == config.api_socket)
         return Error::invalid(std::string(origin) + ": grpc_socket must differ from api_socket");
+    if (auto tcp = validate_tcp_listeners(config, origin); !tcp) return tcp.error();
     return config;
 }
 

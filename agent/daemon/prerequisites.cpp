@@ -7,12 +7,14 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <set>
 #include <string_view>
 
 #include "agent/common/unique_fd.h"
+#include "agent/loader/libbpf_log.h"
 #include "agent/loader/mounts.h"
 
 namespace meshlane {
@@ -60,6 +62,7 @@ constexpr ProgTypeUse kProgTypes[] = {
     {"sock_ops", BPF_PROG_TYPE_SOCK_OPS},
     {"cgroup_sockopt", BPF_PROG_TYPE_CGROUP_SOCKOPT},
     {"sk_lookup", BPF_PROG_TYPE_SK_LOOKUP},
+    {"sk_msg", BPF_PROG_TYPE_SK_MSG},
 };
 
 // Attach types the kernel checks at load time (expected_attach_type); sock_ops has none.
@@ -90,6 +93,8 @@ constexpr MapUse kMapTypes[] = {
     {"percpu_array", BPF_MAP_TYPE_PERCPU_ARRAY},
     {"sk_storage", BPF_MAP_TYPE_SK_STORAGE},
     {"sockmap", BPF_MAP_TYPE_SOCKMAP},
+    {"sockhash", BPF_MAP_TYPE_SOCKHASH},
+    {"ringbuf", BPF_MAP_TYPE_RINGBUF},
 };
 
 std::string helper_key(const HelperUse& use) {
@@ -273,8 +278,11 @@ ProbeEnvironment kernel_probe_environment(const std::string& bpffs_wanted) {
 PrerequisiteReport probe_prerequisites(const ProbeEnvironment& environment) {
     PrerequisiteReport report;
     std::set<std::string> done;
-    for (const auto& capability : redirect_capabilities()) {
-        for (const auto& key : capability.needs) {
+    std::vector<std::vector<std::string>> all_needs;
+    for (const auto& capability : redirect_capabilities()) all_needs.push_back(capability.needs);
+    for (const auto& feature : agent_features()) all_needs.push_back(feature.needs);
+    for (const auto& needs : all_needs) {
+        for (const auto& key : needs) {
             if (!done.insert(key).second) continue;
             if (key == "btf")
                 report.probes.push_back(environment.btf_probe());
@@ -287,6 +295,113 @@ PrerequisiteReport probe_prerequisites(const ProbeEnvironment& environment) {
         }
     }
     return report;
+}
+
+const std::vector<FeatureDefinition>& agent_features() {
+    static const std::vector<FeatureDefinition> features = [] {
+        std::vector<std::string> redirect_needs;
+        for (const auto& capability : redirect_capabilities())
+            for (const auto& key : capability.needs)
+                if (std::find(redirect_needs.begin(), redirect_needs.end(), key) ==
+                    redirect_needs.end())
+                    redirect_needs.push_back(key);
+        return std::vector<FeatureDefinition>{
+            {kFeatureRedirect, true,
+             "interception: connect4/6, sockops, getsockopt SO_ORIGINAL_DST, sk_lookup",
+             redirect_needs},
+            {kFeatureObserveConnect,
+             false,
+             "connect latency, failures, resets, retransmits (tracepoints)",
+             {"btf", "map.ringbuf", "map.hash"}},
+            {kFeatureObserveDrops,
+             false,
+             "kernel drops by reason (skb:kfree_skb)",
+             {"btf", "map.ringbuf"}},
+            {kFeatureFastPath,
+             false,
+             "sk_msg acceleration between local sockets",
+             {"prog_type.sock_ops", "prog_type.sk_msg", "map.sockhash"}},
+        };
+    }();
+    return features;
+}
+
+std::set<std::string> features_forced_off(std::vector<std::string>* unknown) {
+    std::set<std::string> out;
+    const char* env = std::getenv("MESHLANE_TEST_DISABLE_FEATURE");
+    if (env == nullptr) return out;
+    std::string_view text(env);
+    while (!text.empty()) {
+        const auto comma = text.find(',');
+        std::string name(text.substr(0, comma));
+        if (!name.empty()) {
+            const bool known = std::any_of(agent_features().begin(), agent_features().end(),
+                                           [&](const auto& f) { return f.name == name; });
+            if (known)
+                out.insert(name);
+            else if (unknown != nullptr)
+                unknown->push_back(name);
+        }
+        if (comma == std::string_view::npos) break;
+        text.remove_prefix(comma + 1);
+    }
+    return out;
+}
+
+std::string forced_probe_failure(const std::string& feature) {
+    // r0 = r2 with r2 never written: the verifier rejects it ("R2 !read_ok").
+    const bpf_insn insns[] = {
+        {.code = BPF_ALU64 | BPF_MOV | BPF_X, .dst_reg = BPF_REG_0, .src_reg = BPF_REG_2},
+        {.code = BPF_JMP | BPF_EXIT},
+    };
+    std::string log(4096, '\0');
+    LIBBPF_OPTS(bpf_prog_load_opts, opts, .log_level = 1, .log_size = (unsigned)log.size(),
+                .log_buf = log.data());
+    const std::string program = ("probe_" + feature).substr(0, 15);  // BPF_OBJ_NAME_LEN - 1
+    UniqueFd fd(
+        bpf_prog_load(BPF_PROG_TYPE_SOCKET_FILTER, program.c_str(), "GPL", insns, 2, &opts));
+    const int code = errno;
+    const std::string prefix = "probe forced to fail by MESHLANE_TEST_DISABLE_FEATURE: ";
+    if (fd.valid()) return prefix + "program " + program + " was unexpectedly accepted";
+    log.resize(std::strlen(log.c_str()));
+    std::string text =
+        prefix + "program " + program + " was rejected by the kernel (" + std::strerror(code) + ")";
+    if (!log.empty()) text += "; verifier log tail:\n" + last_lines(log, kVerifierLogTailLines);
+    return text;
+}
+
+std::map<std::string, FeatureState> evaluate_features(
+    const PrerequisiteReport& report, const std::set<std::string>& forced_off,
+    const std::function<std::string(const std::string&)>& forced_reason) {
+    std::map<std::string, FeatureState> states;
+    for (const auto& feature : agent_features()) {
+        FeatureState state;
+        state.essential = feature.essential;
+        std::string missing;
+        for (const auto& key : feature.needs) {
+            auto it = std::find_if(report.probes.begin(), report.probes.end(),
+                                   [&](const ProbeResult& p) { return p.name == key; });
+            if (it == report.probes.end() || it->available) continue;
+            missing += (missing.empty() ? "" : "; ") + key + ": " + it->detail;
+        }
+        if (forced_off.count(feature.name))
+            state.reason = forced_reason(feature.name);
+        else if (!missing.empty())
+            state.reason = "missing kernel features: " + missing;
+        state.enabled = state.reason.empty();
+        states[feature.name] = state;
+    }
+    return states;
+}
+
+std::string describe_features(const std::map<std::string, FeatureState>& states) {
+    std::string text;
+    for (const auto& [name, state] : states) {
+        text += "  " + name + (state.enabled ? ": on" : ": OFF");
+        if (!state.enabled) text += " (" + state.reason + ")";
+        text += "\n";
+    }
+    return text;
 }
 
 }  // namespace meshlane

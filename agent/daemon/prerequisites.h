@@ -6,8 +6,11 @@
 
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
+
+#include "agent/workload/workload_registry.h"
 
 namespace meshlane {
 
@@ -49,7 +52,41 @@ struct ProbeEnvironment {
 
 ProbeEnvironment kernel_probe_environment(const std::string& bpffs_wanted);
 
-// Runs every probe redirect_capabilities() refers to.
+// Runs every probe redirect_capabilities() and agent_features() refer to.
 PrerequisiteReport probe_prerequisites(const ProbeEnvironment& environment);
+
+// ---- degraded start ------------------------------------------------------------------------
+// The agent's parts. Each starts when its kernel features are present (and, later, when its
+// object loads); the others keep working without it. Only the redirect datapath is essential:
+// without it the agent still serves status and diagnostics but refuses enrolment.
+inline constexpr const char* kFeatureRedirect = "redirect";
+inline constexpr const char* kFeatureObserveConnect = "observe_connect";
+inline constexpr const char* kFeatureObserveDrops = "observe_drops";
+inline constexpr const char* kFeatureFastPath = "fast_path";
+
+struct FeatureDefinition {
+    std::string name;
+    bool essential = false;
+    std::string what;                // "connect latency and failures (tracepoints)"
+    std::vector<std::string> needs;  // probe keys
+};
+const std::vector<FeatureDefinition>& agent_features();
+
+// Names listed in MESHLANE_TEST_DISABLE_FEATURE (comma-separated), for tests: each one's probe
+// fails as a verifier rejection would. Unknown names are returned in `unknown`.
+std::set<std::string> features_forced_off(std::vector<std::string>* unknown = nullptr);
+
+// A forced probe failure: a deliberately invalid program for the feature, so the reason carries a
+// real verifier log tail.
+std::string forced_probe_failure(const std::string& feature);
+
+// Each feature on when every probe it needs succeeded and it is not forced off; the reason names
+// the missing probes and their details.
+std::map<std::string, FeatureState> evaluate_features(
+    const PrerequisiteReport& report, const std::set<std::string>& forced_off,
+    const std::function<std::string(const std::string&)>& forced_reason = forced_probe_failure);
+
+// "redirect: on", "observe_drops: OFF (reason)", one line each.
+std::string describe_features(const std::map<std::string, FeatureState>& states);
 
 }  // namespace meshlane

@@ -29,19 +29,26 @@ Result<UniqueFd> lock_out_agent(const std::string& state_dir) {
     return fd;
 }
 
-// Links first (detaching them is what stops interception), then everything else.
-Status detach_links(const fs::path& workloads_dir, UninstallReport& report) {
+Status detach_links_in(const fs::path& dir, UninstallReport& report) {
     std::error_code ec;
-    for (const auto& workload : fs::directory_iterator(workloads_dir, ec)) {
-        for (const auto& pin : fs::directory_iterator(workload.path(), ec)) {
-            UniqueFd link(bpf_obj_get(pin.path().c_str()));
-            if (!link.valid()) return Error::last_errno("open pinned link " + pin.path().string());
-            if (bpf_link_detach(link.get()) != 0 && errno != ENOLINK && errno != EINVAL)
-                return Error::last_errno("detach link " + pin.path().string());
-            ++report.links_detached;
-        }
+    for (const auto& pin : fs::directory_iterator(dir, ec)) {
+        UniqueFd link(bpf_obj_get(pin.path().c_str()));
+        if (!link.valid()) return Error::last_errno("open pinned link " + pin.path().string());
+        if (bpf_link_detach(link.get()) != 0 && errno != ENOLINK && errno != EINVAL)
+            return Error::last_errno("detach link " + pin.path().string());
+        ++report.links_detached;
     }
     return Ok{};
+}
+
+// Links first (detaching them is what stops interception), then everything else. The fast
+// path's per-workload sockops link sits in the workload directories; its sk_msg link (on the
+// SOCKHASH) in <pin_root>/fastpath.
+Status detach_links(const fs::path& root, UninstallReport& report) {
+    std::error_code ec;
+    for (const auto& workload : fs::directory_iterator(root / "workloads", ec))
+        if (auto detached = detach_links_in(workload.path(), report); !detached) return detached;
+    return detach_links_in(root / "fastpath", report);
 }
 
 }  // namespace
@@ -59,8 +66,7 @@ Result<UninstallReport> uninstall(const std::string& config_path) {
         const fs::path root(report.pin_root);
         std::error_code ec;
         if (fs::exists(root, ec)) {
-            if (auto detached = detach_links(root / "workloads", report); !detached)
-                return detached.error();
+            if (auto detached = detach_links(root, report); !detached) return detached.error();
             for (const auto& map : fs::directory_iterator(root / "maps", ec)) {
                 (void)map;
                 ++report.maps_unpinned;

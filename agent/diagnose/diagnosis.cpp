@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <boost/json.hpp>
 #include <charconv>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <set>
@@ -42,6 +43,18 @@ std::string utc_text(std::int64_t unix_ms) {
     ::gmtime_r(&seconds, &tm);
     char buffer[32];
     std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return buffer;
+}
+
+// With milliseconds: the order of refusals and the listen is often sub-second.
+std::string utc_ms_text(std::int64_t unix_ms) {
+    if (unix_ms <= 0) return "unknown time";
+    const std::time_t seconds = static_cast<std::time_t>(unix_ms / 1000);
+    std::tm tm{};
+    ::gmtime_r(&seconds, &tm);
+    char buffer[40];
+    const auto n = std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%S", &tm);
+    std::snprintf(buffer + n, sizeof buffer - n, ".%03dZ", static_cast<int>(unix_ms % 1000));
     return buffer;
 }
 
@@ -115,9 +128,33 @@ std::int64_t proxy_listener_since(const DiagnosisInput& input) {
 
 }  // namespace
 
+namespace {
+
+// App connects redirected to the proxy's outbound listener and refused (nothing listened).
+std::vector<const ConnectionRecord*> app_refusals(const DiagnosisInput& input) {
+    std::vector<const ConnectionRecord*> found;
+    if (!input.observed) return found;
+    for (const auto& c : input.observed->connects)
+        if (c.side == "app" && c.outcome == "refused") found.push_back(&c);
+    return found;
+}
+
+std::string describe_connect(const ConnectionRecord& c) {
+    std::string text = c.source + " -> " + c.destination;
+    if (!c.original_destination.empty()) text += " (app asked for " + c.original_destination + ")";
+    if (c.pid != 0) text += " by pid " + std::to_string(c.pid) + " (" + c.comm + ")";
+    return text + " at " + utc_ms_text(c.unix_time_ns / 1'000'000);
+}
+
+}  // namespace
+
 std::optional<Finding> rule_refused_before_listen(const DiagnosisInput& input) {
     const auto refused = counter(input, "inbound_refused_no_listener");
-    if (refused == 0) return std::nullopt;
+    const auto outbound = app_refusals(input);
+    const std::uint64_t outbound_total =
+        input.observed ? std::max<std::uint64_t>(input.observed->app_refused_total, outbound.size())
+                       : 0;
+    if (refused == 0 && outbound_total == 0) return std::nullopt;
     Finding f;
     f.code = "connection_refused_proxy_not_listening";
     const auto listening = listeners_on(input, input.spec.inbound_port);
@@ -126,10 +163,57 @@ std::optional<Finding> rule_refused_before_listen(const DiagnosisInput& input) {
               std::to_string(input.spec.inbound_port) +
               " yet: the app (or its clients) started before the proxy (\"Connection refused\" "
               "at startup).";
-    f.evidence.push_back(std::to_string(refused) +
-                         " inbound connection(s) refused with no proxy listener (counter "
-                         "inbound_refused_no_listener, since enrolment)");
+    const auto& t = input.startup;
+    // T3: the listener registration that ended the refusals (a restarted proxy registers again).
+    std::int64_t listened = 0;
+    if (t.listener_registered_first_unix_ms > t.inbound_refused_last_unix_ms)
+        listened = t.listener_registered_first_unix_ms;
+    else if (t.listener_registered_last_unix_ms > t.inbound_refused_last_unix_ms)
+        listened = t.listener_registered_last_unix_ms;
+    if (refused > 0) {
+        std::string line = std::to_string(refused) +
+                           " inbound connection(s) refused with no proxy listener (counter "
+                           "inbound_refused_no_listener, since enrolment)";
+        if (t.inbound_refused_first_unix_ms > 0)
+            line += ", first at " + utc_ms_text(t.inbound_refused_first_unix_ms) + ", last at " +
+                    utc_ms_text(t.inbound_refused_last_unix_ms) + " (kernel time, sk_lookup)";
+        f.evidence.push_back(line);
+        f.data["inbound_refused"] = static_cast<std::int64_t>(refused);
+        f.data["inbound_refused_first_unix_ms"] = t.inbound_refused_first_unix_ms;
+        f.data["inbound_refused_last_unix_ms"] = t.inbound_refused_last_unix_ms;
+    }
+    if (outbound_total > 0) {
+        std::string line = std::to_string(outbound_total) +
+                           " outbound connect(s) by the app refused: redirected to the proxy's "
+                           "outbound listener 127.0.0.1:" +
+                           std::to_string(input.spec.outbound_port) +
+                           " while nothing listened (observer, since enrolment)";
+        f.data["outbound_refused"] = static_cast<std::int64_t>(outbound_total);
+        if (!outbound.empty()) {
+            const auto first = outbound.front()->unix_time_ns / 1'000'000;
+            const auto last = outbound.back()->unix_time_ns / 1'000'000;
+            line += ", " + std::to_string(outbound.size()) + " of them in the window: first at " +
+                    utc_ms_text(first) + ", last at " + utc_ms_text(last);
+            f.data["outbound_refused_first_unix_ms"] = first;
+            f.data["outbound_refused_last_unix_ms"] = last;
+        }
+        f.evidence.push_back(line);
+        if (!outbound.empty()) f.evidence.push_back("e.g. " + describe_connect(*outbound.back()));
+    }
     f.evidence.push_back("startup policy: " + std::string(to_string(input.spec.startup_policy)));
+    if (listened > 0) {
+        f.evidence.push_back("the proxy's inbound listener was registered at " +
+                             utc_ms_text(listened) + " (kernel time, sockops listen())");
+        f.data["listener_registered_unix_ms"] = listened;
+    } else if (t.listener_registered_last_unix_ms > 0) {
+        f.evidence.push_back("the proxy's inbound listener was last registered at " +
+                             utc_ms_text(t.listener_registered_last_unix_ms) +
+                             ", BEFORE the last refusal: the proxy stopped listening since");
+    } else if (input.inbound_listener_registered) {
+        f.evidence.push_back(
+            "the proxy's inbound listener was adopted by the agent (it listened before "
+            "enrolment or the agent restarted)");
+    }
     if (listening.empty()) {
         f.evidence.push_back(
             "no socket listens on port " + std::to_string(input.spec.inbound_port) +
@@ -138,8 +222,7 @@ std::optional<Finding> rule_refused_before_listen(const DiagnosisInput& input) {
         f.evidence.push_back("the proxy listens now: " +
                              describe_socket(input, *listening.front()));
         if (const auto since = proxy_listener_since(input); since > 0)
-            f.evidence.push_back("proxy process started at " + utc_text(since) +
-                                 "; the refusals happened before it listened");
+            f.evidence.push_back("proxy process started at " + utc_text(since));
     }
     const auto passthrough = counter(input, "inbound_startup_passthrough") +
                              counter(input, "outbound_startup_passthrough");
@@ -415,13 +498,258 @@ std::optional<Finding> rule_proxy_port_included(const DiagnosisInput& input) {
     return f;
 }
 
+bool is_policy_drop_reason(std::string_view reason) {
+    static const std::set<std::string_view> policy = {"NETFILTER_DROP",
+                                                      "SOCKET_FILTER",
+                                                      "XFRM_POLICY",
+                                                      "TC_INGRESS",
+                                                      "TC_EGRESS",
+                                                      "TC_DROP",
+                                                      "BPF_CGROUP_EGRESS",
+                                                      "IP_RPFILTER",
+                                                      "SECURITY_HOOK",
+                                                      "IPV6DISABLED",
+                                                      "TCP_MD5NOTFOUND",
+                                                      "TCP_MD5UNEXPECTED",
+                                                      "TCP_MD5FAILURE",
+                                                      "TCP_AONOTFOUND",
+                                                      "TCP_AOUNEXPECTED",
+                                                      "TCP_AOFAILURE",
+                                                      "XDP"};
+    return policy.count(reason) != 0;
+}
+
+std::string drop_reason_fix(std::string_view reason, const std::string& netns) {
+    const std::string where = "`nsenter --net=" + netns + "`";
+    if (reason == "NETFILTER_DROP")
+        return "An iptables/nftables rule in netns " + netns +
+               " drops these packets: list it with " + where +
+               " iptables-save (and ip6tables-save, `nft list ruleset`), look for DROP/REJECT "
+               "on the listed ports or addresses, and remove it or fix the NetworkPolicy that "
+               "generated it.";
+    if (reason == "NO_SOCKET")
+        return "Packets arrived for a port nothing listens on in netns " + netns +
+               ": start the server or fix the port/Service targetPort. When it is the proxy's "
+               "port, see connection_refused_proxy_not_listening / no_inbound_listener.";
+    if (reason == "SOCKET_FILTER" || reason == "BPF_CGROUP_EGRESS" || reason == "TC_INGRESS" ||
+        reason == "TC_EGRESS" || reason == "TC_DROP" || reason == "XDP")
+        return "A BPF program (socket filter, cgroup_skb, tc or XDP) drops them: find it with "
+               "`bpftool net show` (in " +
+               where +
+               ") and `bpftool cgroup tree`, then fix the policy of the agent that owns it.";
+    if (reason == "XFRM_POLICY")
+        return "An IPsec (xfrm) policy in netns " + netns + " drops them: " + where +
+               " ip xfrm policy.";
+    if (reason == "IP_RPFILTER")
+        return "Reverse-path filtering drops them (asymmetric routing): check "
+               "net.ipv4.conf.*.rp_filter in netns " +
+               netns + " and the routes back to the source.";
+    if (reason == "TCP_LISTEN_OVERFLOW" || reason == "TCP_REQQFULLDROP")
+        return "The server's accept queue is full: it does not accept fast enough. Raise its "
+               "listen backlog / net.core.somaxconn, or scale the server.";
+    if (reason == "SOCKET_RCVBUFF" || reason == "PROTO_MEM" || reason == "NOMEM" ||
+        reason == "FULL_RING" || reason == "QDISC_DROP" || reason == "CPU_BACKLOG" ||
+        reason == "SOCKET_BACKLOG")
+        return "The node is out of buffers or CPU for this traffic: check memory pressure, "
+               "tcp_mem/rmem sysctls and the receiver's read rate.";
+    if (reason == "NEIGH_FAILED" || reason == "NEIGH_QUEUEFULL" || reason == "IP_OUTNOROUTES" ||
+        reason == "IP_INNOROUTES" || reason == "IP_INADDRERRORS")
+        return "Routing or neighbour resolution fails in netns " + netns + ": " + where +
+               " ip route / ip neigh.";
+    return "Look the reason up in the kernel's enum skb_drop_reason "
+           "(include/net/dropreason-core.h) "
+           "and check the netns " +
+           netns + " configuration that leads to it.";
+}
+
+namespace {
+
+struct DropGroup {
+    std::uint64_t count = 0;  // sampled events in the window
+    std::uint64_t total = 0;  // exact, since enrolment
+    std::int64_t first_ms = 0, last_ms = 0;
+    std::vector<const DropRecord*> examples;
+};
+
+bool is_pod_address(const DiagnosisInput& input, const std::string& endpoint) {
+    for (const auto& a : input.pod_addresses) {
+        const auto host = endpoint.substr(0, endpoint.rfind(':'));
+        if (host == a || host == "[" + a + "]") return true;
+    }
+    return false;
+}
+
+// verify sends its probes to TEST-NET-1 (192.0.2.0/24), which is never a real peer.
+bool is_probe_endpoint(const std::string& endpoint) { return endpoint.rfind("192.0.2.", 0) == 0; }
+
+std::string describe_drop(const DiagnosisInput& input, const DropRecord& d) {
+    std::string text = d.ip_proto == 6 ? "tcp " : d.ip_proto == 17 ? "udp " : "";
+    if (!d.source.empty())
+        text += d.source + " -> " + d.destination;
+    else
+        text += "(headers not readable)";
+    if (is_pod_address(input, d.destination))
+        text += " (inbound to the pod)";
+    else if (is_pod_address(input, d.source))
+        text += " (outbound from the pod)";
+    return text + ", " + std::to_string(d.length) + " bytes, " +
+           (d.attributed_by == "socket" ? "on a socket of the pod" : "on a device of the pod") +
+           ", at " + utc_ms_text(d.unix_time_ns / 1'000'000);
+}
+
+}  // namespace
+
+std::optional<Finding> rule_kernel_drops(const DiagnosisInput& input) {
+    if (!input.observed) return std::nullopt;
+    const auto& observed = *input.observed;
+    // Connects of this workload that failed in the window: what the drops break. verify's
+    // probes go to TEST-NET-1 (192.0.2.0/24) on purpose and never count.
+    std::vector<const ConnectionRecord*> failed;
+    std::set<std::string> failed_endpoints;
+    for (const auto& c : observed.connects) {
+        if (is_probe_endpoint(c.destination)) continue;
+        if (c.outcome == "timed_out" || (c.outcome == "failed" && c.syn_retransmits > 0) ||
+            (c.outcome == "refused" && c.side != "app")) {
+            failed.push_back(&c);
+            failed_endpoints.insert(c.destination);
+        }
+    }
+    // Deliberate (policy) drops always count; other reasons happen in healthy traffic too (late
+    // segments of closed sockets, ...) and count only when the packet belongs to a failed
+    // connect (to or from its destination).
+    std::map<std::string, DropGroup> groups;
+    for (const auto& d : observed.drops) {
+        if (d.unix_time_ns / 1'000'000 < input.window_start_unix_ms) continue;
+        if (is_probe_endpoint(d.destination) || is_probe_endpoint(d.source)) continue;
+        if (!is_policy_drop_reason(d.reason_name) && failed_endpoints.count(d.destination) == 0 &&
+            failed_endpoints.count(d.source) == 0)
+            continue;
+        auto& g = groups[d.reason_name];
+        const auto ms = d.unix_time_ns / 1'000'000;
+        if (g.count++ == 0) g.first_ms = ms;
+        g.last_ms = ms;
+        if (g.examples.size() < 3) g.examples.push_back(&d);
+    }
+    for (const auto& r : observed.drops_by_reason)
+        if (auto it = groups.find(r.reason_name); it != groups.end()) it->second.total = r.count;
+    // NO_SOCKET drops that are the sk_lookup refusals belong to finding 1, not here.
+    if (auto it = groups.find("NO_SOCKET"); it != groups.end()) {
+        if (it->second.total <= counter(input, "inbound_refused_no_listener")) groups.erase(it);
+    }
+    if (groups.empty() && observed.peer_drops.empty()) return std::nullopt;
+
+    Finding f;
+    f.code = "kernel_dropped_packets";
+    f.severity = failed.empty() ? Severity::kWarning : Severity::kCritical;
+    std::string reasons;
+    std::string top_reason;
+    std::uint64_t top = 0;
+    for (const auto& [reason, g] : groups) {
+        reasons += (reasons.empty() ? "" : ", ") + reason;
+        if (g.count > top) top = g.count, top_reason = reason;
+        std::string line = std::to_string(g.count) + " packet(s) dropped by the kernel in the " +
+                           "pod netns with reason " + reason + " between " +
+                           utc_ms_text(g.first_ms) + " and " + utc_ms_text(g.last_ms) +
+                           " (sampled events in the window; " + std::to_string(g.total) +
+                           " since enrolment, exact)";
+        f.evidence.push_back(line);
+        for (const auto* d : g.examples)
+            f.evidence.push_back("  " + reason + ": " + describe_drop(input, *d));
+        f.data["drops." + reason] = static_cast<std::int64_t>(g.count);
+        f.data["drops_total." + reason] = static_cast<std::int64_t>(g.total);
+        f.data["drops_first_unix_ms." + reason] = g.first_ms;
+        f.data["drops_last_unix_ms." + reason] = g.last_ms;
+    }
+    std::map<std::string, std::uint64_t> peer_reasons;
+    for (const auto& p : observed.peer_drops) {
+        ++peer_reasons[p.drop.reason_name];
+        if (peer_reasons[p.drop.reason_name] <= 3)
+            f.evidence.push_back("dropped in workload " + p.workload + " (netns " + p.netns +
+                                 ") with reason " + p.drop.reason_name + ": " +
+                                 describe_drop(input, p.drop));
+    }
+    for (const auto& [reason, n] : peer_reasons) {
+        if (reasons.find(reason) == std::string::npos)
+            reasons += (reasons.empty() ? "" : ", ") + reason;
+        f.data["peer_drops." + reason] = static_cast<std::int64_t>(n);
+        if (n > top) top = n, top_reason = reason;
+    }
+    std::size_t timed_out = 0;
+    for (const auto* c : failed) timed_out += c->outcome == "timed_out";
+    if (!failed.empty()) {
+        f.evidence.push_back(std::to_string(failed.size()) + " connect(s) from the pod failed in " +
+                             "the window (" + std::to_string(timed_out) + " timed out); e.g. " +
+                             describe_connect(*failed.back()) + ", " + failed.back()->outcome +
+                             " after " + std::to_string(failed.back()->syn_retransmits) +
+                             " SYN retransmit(s)");
+        f.data["failed_connects"] = static_cast<std::int64_t>(failed.size());
+    }
+    f.cause = "The kernel dropped packets of this workload's connections (" + reasons +
+              "): connects time out or are reset instead of reaching the peer.";
+    std::string netns = input.spec.netns_path;
+    if (!groups.count(top_reason))
+        for (const auto& p : observed.peer_drops)
+            if (p.drop.reason_name == top_reason) netns = p.netns;
+    f.fix = drop_reason_fix(top_reason, netns);
+    if (groups.size() + peer_reasons.size() > 1)
+        f.fix += " (Most frequent reason first; `meshlane drops --workload " + input.workload +
+                 "` lists all.)";
+    return f;
+}
+
+std::optional<Finding> rule_tls_handshakes(const DiagnosisInput& input) {
+    if (!input.tls) return std::nullopt;
+    Finding f;
+    std::uint64_t failures = 0, slow = 0;
+    for (const auto& d : input.tls->destinations) {
+        if (d.failures == 0 && d.slow == 0) continue;
+        failures += d.failures;
+        slow += d.slow;
+        std::string line = d.destination + (d.sni.empty() ? "" : " (SNI " + d.sni + ")") + ": " +
+                           std::to_string(d.handshakes) + " handshake(s), " +
+                           std::to_string(d.failures) + " failed, " + std::to_string(d.slow) +
+                           " slower than " + std::to_string(input.tls->threshold_ms) + " ms (p99 " +
+                           std::to_string(d.p99_us / 1000) + " ms, max " +
+                           std::to_string(d.max_us / 1000) + " ms)";
+        if (!d.last_failure.empty())
+            line +=
+                "; last failure " + d.last_failure + " at " + utc_ms_text(d.last_failure_unix_ms);
+        f.evidence.push_back(line);
+        f.data["tls_failures." + d.destination] = static_cast<std::int64_t>(d.failures);
+        f.data["tls_slow." + d.destination] = static_cast<std::int64_t>(d.slow);
+        f.data["tls_p99_us." + d.destination] = static_cast<std::int64_t>(d.p99_us);
+    }
+    if (f.evidence.empty()) return std::nullopt;
+    f.code = "tls_handshake_problems";
+    f.severity = failures > 0 ? Severity::kCritical : Severity::kWarning;
+    f.cause = failures > 0
+                  ? "TLS handshakes from this workload fail to some destinations (mTLS handshake "
+                    "failure: the peer rejects the certificate, sends an alert, or resets)."
+                  : "TLS handshakes from this workload are slower than " +
+                        std::to_string(input.tls->threshold_ms) +
+                        " ms to some destinations: every new connection pays it.";
+    f.fix = failures > 0
+                ? "Check certificates and TLS mode on both sides: `istioctl proxy-config secret` "
+                  "(expired or wrong trust domain), PeerAuthentication / DestinationRule TLS mode "
+                  "(STRICT vs DISABLE), and `meshlane verify` on both pods (a side that bypasses "
+                  "its proxy sends plaintext to mTLS)."
+                : "Find what delays the server's handshake (CPU, certificate chain size, OCSP, "
+                  "a slow SNI callback or key server); keep connections alive (pooling) so fewer "
+                  "handshakes are paid; raise tls_slow_handshake_threshold_ms if this is normal.";
+    f.data["tls_failures"] = static_cast<std::int64_t>(failures);
+    f.data["tls_slow"] = static_cast<std::int64_t>(slow);
+    f.data["tls_threshold_ms"] = static_cast<std::int64_t>(input.tls->threshold_ms);
+    return f;
+}
+
 std::vector<Finding> diagnose(const DiagnosisInput& input) {
     std::vector<Finding> findings;
     using Rule = std::optional<Finding> (*)(const DiagnosisInput&);
     const Rule rules[] = {
         rule_refused_before_listen, rule_no_inbound_listener, rule_proxy_wrong_uid,
         rule_app_runs_as_proxy_uid, rule_iptables_chains,     rule_foreign_connect_program,
-        rule_orig_dst_unanswered,   rule_app_port_excluded,   rule_proxy_port_included};
+        rule_orig_dst_unanswered,   rule_app_port_excluded,   rule_proxy_port_included,
+        rule_kernel_drops,          rule_tls_handshakes};
     for (auto rule : rules)
         if (auto f = rule(input)) findings.push_back(std::move(*f));
     for (const auto& error : input.collection_errors) {
@@ -483,11 +811,14 @@ bool has_critical(const std::vector<Finding>& findings) {
 json::object to_json(const Finding& finding) {
     json::array evidence;
     for (const auto& e : finding.evidence) evidence.emplace_back(e);
+    json::object data;
+    for (const auto& [key, value] : finding.data) data[key] = value;
     return json::object{{"severity", to_string(finding.severity)},
                         {"code", finding.code},
                         {"cause", finding.cause},
                         {"evidence", std::move(evidence)},
-                        {"fix", finding.fix}};
+                        {"fix", finding.fix},
+                        {"data", std::move(data)}};
 }
 
 json::object to_json(const DiagnosisInput& input, const std::vector<Finding>& findings) {
@@ -504,9 +835,12 @@ json::object to_json(const DiagnosisInput& input, const std::vector<Finding>& fi
         {"iptables_v4", input.nat_v4.has_value()},
         {"iptables_v6", input.nat_v6.has_value()},
         {"connect_programs", input.connect_programs ? json::value(input.connect_programs->size())
-                                                    : json::value(nullptr)}};
+                                                    : json::value(nullptr)},
+        {"observer", input.observed.has_value()},
+        {"tls", input.tls.has_value()}};
     return json::object{{"workload", input.workload},
                         {"collected_at_unix_ms", input.collected_at_unix_ms},
+                        {"window_start_unix_ms", input.window_start_unix_ms},
                         {"critical", critical},
                         {"findings", std::move(list)},
                         {"checked", std::move(checked)}};

@@ -14,6 +14,7 @@
 #include <string_view>
 #include <vector>
 
+#include "agent/observe/observation_source.h"
 #include "agent/workload/workload_spec.h"
 
 namespace meshlane::diagnose {
@@ -27,6 +28,8 @@ struct Finding {
     std::string cause;
     std::vector<std::string> evidence;
     std::string fix;
+    // The evidence's numbers for tools (counts, unix ms times), e.g. "inbound_refused": 3.
+    std::map<std::string, std::int64_t> data;
 };
 
 // A process in the pod's netns or cgroup.
@@ -61,12 +64,60 @@ struct ConnectProgram {
     std::string attached_at;  // cgroup path it is attached to directly, when found
 };
 
+// Startup events dated by the redirect datapath itself (unix ms; 0: never).
+struct StartupTimes {
+    std::int64_t inbound_refused_first_unix_ms = 0;
+    std::int64_t inbound_refused_last_unix_ms = 0;
+    std::int64_t listener_registered_first_unix_ms = 0;
+    std::int64_t listener_registered_last_unix_ms = 0;
+};
+
+// A drop seen in ANOTHER enrolled workload that matches a connect of this one that failed.
+struct PeerDrop {
+    std::string workload;
+    std::string netns;
+    DropRecord drop;
+};
+
+// What the observer (agent/observe) saw for the workload: exact totals since enrolment and the
+// sampled recent events inside the diagnosis window.
+struct ObservedTraffic {
+    std::uint64_t app_refused_total = 0;     // app connects redirected to the proxy and refused
+    std::vector<ConnectionRecord> connects;  // failed or slow connects, in the window
+    std::vector<DropReasonCount> drops_by_reason;  // exact, since enrolment
+    std::vector<DropRecord> drops;                 // sampled, in the window
+    std::vector<PeerDrop> peer_drops;
+};
+
+// TLS handshakes of the workload to one destination, in the diagnosis window.
+struct TlsDestination {
+    std::string destination;  // "10.1.2.3:443" or the SNI
+    std::string sni;
+    std::uint64_t handshakes = 0;
+    std::uint64_t failures = 0;
+    std::uint64_t slow = 0;  // at least the threshold
+    std::uint64_t p99_us = 0;
+    std::uint64_t max_us = 0;
+    std::string last_failure;  // reason text
+    std::int64_t last_failure_unix_ms = 0;
+};
+
+struct TlsObservation {
+    std::uint64_t threshold_ms = 0;
+    std::vector<TlsDestination> destinations;
+};
+
 struct DiagnosisInput {
     std::string workload;
     WorkloadSpec spec;
     std::map<std::string, std::uint64_t> counters;
     bool inbound_listener_registered = false;
     std::int64_t collected_at_unix_ms = 0;
+    std::int64_t window_start_unix_ms = 0;  // observations older than this are not considered
+    std::vector<std::string> pod_addresses;
+    StartupTimes startup;
+    std::optional<ObservedTraffic> observed;  // nullopt: the observer is not running
+    std::optional<TlsObservation> tls;        // nullopt: TLS observation not available
 
     std::vector<ProcessInfo> processes;
     std::optional<std::vector<ListenSocket>> listeners;  // nullopt: could not be read
@@ -90,6 +141,13 @@ std::optional<Finding> rule_no_inbound_listener(const DiagnosisInput& input);
 std::optional<Finding> rule_orig_dst_unanswered(const DiagnosisInput& input);
 std::optional<Finding> rule_app_port_excluded(const DiagnosisInput& input);
 std::optional<Finding> rule_proxy_port_included(const DiagnosisInput& input);
+std::optional<Finding> rule_kernel_drops(const DiagnosisInput& input);
+std::optional<Finding> rule_tls_handshakes(const DiagnosisInput& input);
+
+// The operator's next step for a kfree_skb reason ("NETFILTER_DROP"), naming the netns.
+std::string drop_reason_fix(std::string_view reason, const std::string& netns);
+// Reasons that are deliberate policy (a rule or program chose to drop), reported on their own.
+bool is_policy_drop_reason(std::string_view reason);
 
 // ISTIO_* chain names found in an iptables-save text.
 std::vector<std::string> istio_chains(std::string_view iptables_save);

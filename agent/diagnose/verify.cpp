@@ -2,9 +2,11 @@
 
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/bpf.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
@@ -26,6 +28,9 @@
 
 #include "agent/common/unique_fd.h"
 #include "agent/diagnose/collector.h"
+#include "agent/workload/listener_adoption.h"
+#include "meshlane/fastpath_abi.h"
+#include "meshlane/redirect_abi.h"
 
 namespace meshlane::diagnose {
 
@@ -203,48 +208,76 @@ void append_decimal(char* buffer, long value) {
     buffer[i] = '\0';
 }
 
-// The outbound probe and, when it connects, the SO_ORIGINAL_DST check.
-std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status,
-                                        const VerifyOptions& options) {
-    VerifyCheck outbound{"outbound",
-                         "probe connect " + options.probe_address + ":" +
-                             std::to_string(options.probe_port) +
-                             " is redirected to the proxy's outbound listener",
-                         false,
-                         {}};
-    VerifyCheck orig{
-        "orig_dst", "the proxy's SO_ORIGINAL_DST for the probe is answered", false, {}};
-    const std::uint16_t out_port = status.spec.outbound_port;
+// Who holds the proxy's outbound listener in the pod (uid/gid of the holding process, else of
+// the socket): the identity whose own connects must not be captured again.
+struct ListenerHolder {
+    bool found = false;
+    pid_t pid = 0;
+    std::string comm;
+    std::uint32_t uid = 0;
+    std::uint32_t gid = 0;
+};
 
-    // Never probe without a listener: under the passthrough policy the probe would go direct.
-    Result<std::vector<ListenSocket>> listeners = Error{EIO, "not read"};
-    auto joined = in_netns(status.spec.netns_path, [&] { listeners = read_listeners_here(); });
-    if (!joined || !listeners) {
-        outbound.evidence.push_back("cannot read the pod's sockets: " +
-                                    (!joined ? joined.error().message : listeners.error().message));
-        orig.evidence.push_back("not checked: no probe");
-        return {outbound, orig};
+ListenerHolder outbound_listener_holder(const WorkloadStatus& status,
+                                        const std::vector<ListenSocket>& listeners) {
+    ListenerHolder holder;
+    const auto processes = scan_processes(status.netns_inode, "/nonexistent-cgroup");
+    const auto held = socket_holders(processes);
+    for (const auto& s : listeners) {
+        if (s.port != status.spec.outbound_port) continue;
+        holder.found = true;
+        holder.uid = holder.gid = s.uid;
+        if (auto it = held.find(s.inode); it != held.end())
+            for (const auto& p : processes)
+                if (p.pid == it->second.front()) {
+                    holder.pid = p.pid;
+                    holder.comm = p.comm;
+                    holder.uid = p.uid;
+                    holder.gid = p.gid;
+                }
+        return holder;
     }
-    bool v4_listener = false;
-    for (const auto& s : *listeners)
-        if (s.port == out_port && !s.ipv6)
-            v4_listener = true;
-        else if (s.port == out_port && s.local.rfind("[::]", 0) == 0)
-            v4_listener = true;
-    if (!v4_listener) {
-        outbound.evidence.push_back("proxy not listening: no IPv4 LISTEN socket on port " +
-                                    std::to_string(out_port) +
-                                    " in the pod netns; probe not sent (it would be refused, or "
-                                    "leave the pod under the passthrough policy)");
-        orig.evidence.push_back("not checked: proxy not listening");
-        return {outbound, orig};
-    }
+    return holder;
+}
 
-    // Everything the child needs, prepared before fork (the child only makes system calls).
+bool is_proxy(const WorkloadStatus& status, const ListenerHolder& holder) {
+    return holder.uid == status.spec.proxy_uid || holder.gid == status.spec.proxy_gid;
+}
+
+std::string describe_holder(const ListenerHolder& holder) {
+    return (holder.pid ? "pid " + std::to_string(holder.pid) + " (" + holder.comm + ") " : "") +
+           "uid " + std::to_string(holder.uid) + " gid " + std::to_string(holder.gid);
+}
+
+// What a probe child is told to do. Everything is prepared before fork: the child only makes
+// system calls.
+struct ProbeSpec {
+    std::uint32_t uid = 65534;
+    std::uint32_t gid = 65534;
+    // SO_BINDTODEVICE "lo" before dropping privileges: whatever the redirect decides, the SYN
+    // can only loop back inside the pod netns, never leave it.
+    bool bind_to_loopback = false;
+    sockaddr_in destination{};
+    int connect_wait_ms = 1000;
+};
+
+struct Probe {
+    bool answered = false;  // the child reported
+    std::string failure;    // why it could not run
+    ProbeResult result;
+    pid_t pid = -1;
+    std::string cgroup;  // the cgroup it joined
+};
+
+// Forks a probe into the pod's cgroup and netns; `while_open` runs while its socket is still
+// open (the kernel's tables show it), then the child closes it with RST and is reaped.
+Probe run_probe(const WorkloadStatus& status, const ProbeSpec& spec,
+                const std::function<void(const Probe&)>& while_open) {
+    Probe probe;
     UniqueFd netns(::open(status.spec.netns_path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!netns.valid()) {
-        outbound.evidence.push_back("open " + status.spec.netns_path + ": " + std::strerror(errno));
-        return {outbound, orig};
+        probe.failure = "open " + status.spec.netns_path + ": " + std::strerror(errno);
+        return probe;
     }
     std::vector<std::string> cgroup_dirs{status.cgroup_resolved};
     std::error_code ec;
@@ -256,31 +289,23 @@ std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status,
         procs.emplace_back(::open((d + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC));
     std::vector<int> proc_fds;
     for (const auto& p : procs) proc_fds.push_back(p.get());
-    const std::uint32_t probe_uid = status.spec.proxy_uid == 65534 ? 65533 : 65534;
-    const std::uint32_t probe_gid = status.spec.proxy_gid == 65534 ? 65533 : 65534;
-    sockaddr_in dst{};
-    dst.sin_family = AF_INET;
-    dst.sin_port = htons(options.probe_port);
-    if (::inet_pton(AF_INET, options.probe_address.c_str(), &dst.sin_addr) != 1) {
-        outbound.evidence.push_back("bad probe address " + options.probe_address);
-        return {outbound, orig};
-    }
     int result_pipe[2], go_pipe[2];
-    if (::pipe2(result_pipe, O_CLOEXEC) != 0) return {outbound, orig};
-    if (::pipe2(go_pipe, O_CLOEXEC) != 0) {
-        ::close(result_pipe[0]);
-        ::close(result_pipe[1]);
-        return {outbound, orig};
+    if (::pipe2(result_pipe, O_CLOEXEC) != 0) {
+        probe.failure = std::string("pipe: ") + std::strerror(errno);
+        return probe;
     }
     UniqueFd result_read(result_pipe[0]), result_write(result_pipe[1]);
+    if (::pipe2(go_pipe, O_CLOEXEC) != 0) {
+        probe.failure = std::string("pipe: ") + std::strerror(errno);
+        return probe;
+    }
     UniqueFd go_read(go_pipe[0]), go_write(go_pipe[1]);
-    const auto before =
-        options.read_counters ? options.read_counters() : std::map<std::string, std::uint64_t>{};
+    const sockaddr_in dst = spec.destination;
     const pid_t parent = ::getpid();
     const pid_t child = ::fork();
     if (child < 0) {
-        outbound.evidence.push_back(std::string("fork: ") + std::strerror(errno));
-        return {outbound, orig};
+        probe.failure = std::string("fork: ") + std::strerror(errno);
+        return probe;
     }
     if (child == 0) {
         ::prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -293,22 +318,26 @@ std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status,
             if (proc_fds[i] >= 0 && ::write(proc_fds[i], pid_text, std::strlen(pid_text)) > 0)
                 r.cgroup_index = static_cast<int>(i);
         int s = -1;
+        static const char kLoopback[] = "lo";
         if (r.cgroup_index < 0) {
             r.error = errno;
         } else if (r.stage = 2; ::setns(netns.get(), CLONE_NEWNET) != 0) {
             r.error = errno;
-        } else if (r.stage = 3; ::setgroups(0, nullptr) != 0 ||
-                                ::setresgid(probe_gid, probe_gid, probe_gid) != 0 ||
-                                ::setresuid(probe_uid, probe_uid, probe_uid) != 0) {
-            r.error = errno;
         } else if (r.stage = 4; (s = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0)) < 0) {
+            r.error = errno;
+        } else if (spec.bind_to_loopback &&
+                   ::setsockopt(s, SOL_SOCKET, SO_BINDTODEVICE, kLoopback, sizeof kLoopback) != 0) {
+            r.error = errno;
+        } else if (r.stage = 3; ::setgroups(0, nullptr) != 0 ||
+                                ::setresgid(spec.gid, spec.gid, spec.gid) != 0 ||
+                                ::setresuid(spec.uid, spec.uid, spec.uid) != 0) {
             r.error = errno;
         } else {
             r.stage = 5;
             int rc = ::connect(s, reinterpret_cast<const sockaddr*>(&dst), sizeof dst);
             if (rc != 0 && errno == EINPROGRESS) {
                 pollfd p{s, POLLOUT, 0};
-                if (::poll(&p, 1, 1000) == 1) {
+                if (::poll(&p, 1, spec.connect_wait_ms) == 1) {
                     int err = 0;
                     socklen_t len = sizeof err;
                     ::getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &len);
@@ -337,41 +366,193 @@ std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status,
     }
     result_write.reset();
     go_read.reset();
-    ProbeResult r;
+    probe.pid = child;
     pollfd p{result_read.get(), POLLIN, 0};
-    if (::poll(&p, 1, 3000) != 1 || ::read(result_read.get(), &r, sizeof r) != sizeof r) {
-        outbound.evidence.push_back("probe process gave no answer within 3 s");
+    char buffer[sizeof(ProbeResult)];
+    if (::poll(&p, 1, spec.connect_wait_ms + 2000) != 1 ||
+        ::read(result_read.get(), buffer, sizeof buffer) != sizeof buffer) {
+        probe.failure = "probe process gave no answer in time";
         go_write.reset();
         reap(child);
-        return {outbound, orig};
+        return probe;
     }
-    if (r.cgroup_index >= 0)
-        outbound.evidence.push_back("probe pid " + std::to_string(child) + " uid " +
-                                    std::to_string(probe_uid) + " in cgroup " +
-                                    cgroup_dirs[static_cast<std::size_t>(r.cgroup_index)]);
-    if (r.stage < 5) {
-        static const char* stages[] = {"", "join the pod cgroup", "join the pod netns",
-                                       "drop privileges", "create a socket"};
-        outbound.evidence.push_back(std::string("probe could not ") + stages[r.stage] + ": " +
-                                    std::strerror(r.error));
-    } else if (r.stage == 5) {
-        outbound.evidence.push_back(
-            std::string("probe connect failed: ") + std::strerror(r.error) +
-            (r.error == ECONNREFUSED ? " (proxy not listening on the outbound port?)" : "") +
-            (r.error == ETIMEDOUT ? " (no answer in 1 s: not redirected, or the proxy is stuck)"
-                                  : ""));
+    std::memcpy(&probe.result, buffer, sizeof buffer);
+    probe.answered = true;
+    if (probe.result.cgroup_index >= 0)
+        probe.cgroup = cgroup_dirs[static_cast<std::size_t>(probe.result.cgroup_index)];
+    while_open(probe);
+    go_write.reset();
+    reap(child);
+    return probe;
+}
+
+std::string probe_failure_text(const ProbeResult& r) {
+    static const char* stages[] = {"", "join the pod cgroup", "join the pod netns",
+                                   "drop privileges", "create its socket (or bind it to lo)"};
+    return std::string("probe could not ") + stages[r.stage] + ": " + std::strerror(r.error);
+}
+
+// The probe's own socket in the kernel's table (not LISTEN, not the unconnected 0.0.0.0 entry).
+const TcpEntry* find_probe_socket(const std::vector<TcpEntry>& table, std::uint16_t local_port) {
+    for (const auto& e : table)
+        if (e.local_port == local_port && e.state != "0A" && e.remote_port != 0 &&
+            e.local.rfind("0.0.0.0", 0) != 0 && e.remote_port != local_port)
+            return &e;
+    return nullptr;
+}
+
+std::uint64_t counter_of(const std::map<std::string, std::uint64_t>& counters, const char* name) {
+    auto it = counters.find(name);
+    return it == counters.end() ? 0 : it->second;
+}
+
+std::string fastpath_key_text(const fastpath_key& key) {
+    char local[INET_ADDRSTRLEN]{}, remote[INET_ADDRSTRLEN]{};
+    ::inet_ntop(AF_INET, &key.local_ip4, local, sizeof local);
+    ::inet_ntop(AF_INET, &key.remote_ip4, remote, sizeof remote);
+    return std::string(local) + ":" + std::to_string(key.local_port) + " -> " + remote + ":" +
+           std::to_string(key.remote_port);
+}
+
+// Hop 5b: is the probe's connection in the fast path's SOCKHASH (both ends), and how was it
+// decided? Read from the pinned maps of bpf/fastpath_sockmap (absent: fast path not loaded).
+VerifyCheck check_fast_path(const WorkloadStatus& status, const VerifyOptions& options,
+                            const TcpEntry* probe_socket) {
+    VerifyCheck check{"fast_path", "fast path state of the probe's sockets", true, {}};
+    const std::string maps = options.pin_root + "/maps/";
+    UniqueFd kinds(::bpf_obj_get((maps + "fastpath_workload_kinds").c_str()));
+    UniqueFd peers(::bpf_obj_get((maps + "fastpath_peers").c_str()));
+    UniqueFd conns(::bpf_obj_get((maps + "fastpath_conns").c_str()));
+    if (!kinds.valid() || !peers.valid()) {
+        check.evidence.push_back(
+            "fast path off for this workload: the fast path is not loaded on this node (no "
+            "pinned fastpath_peers map); the probe's bytes take the TCP path");
+        return check;
+    }
+    std::uint32_t key = status.workload_id, enabled = 0;
+    if (::bpf_map_lookup_elem(kinds.get(), &key, &enabled) != 0) enabled = 0;
+    if ((enabled & MESHLANE_FASTPATH_APP_PROXY) == 0) {
+        check.evidence.push_back("fast path off for this workload (fastpath_workload_kinds = " +
+                                 std::to_string(enabled) +
+                                 "): the probe's bytes take the TCP path");
+        return check;
+    }
+    check.evidence.push_back("fast path on for app <-> proxy connections of this workload");
+    if (probe_socket == nullptr) {
+        check.evidence.push_back("no probe connection to look up");
+        return check;
+    }
+    fastpath_key app{};
+    app.netns_cookie = status.netns_cookie;
+    std::uint16_t port = 0;
+    const auto split = [&](const std::string& text, std::uint32_t* ip) {
+        const auto colon = text.rfind(':');
+        ::inet_pton(AF_INET, text.substr(0, colon).c_str(), ip);
+        port = static_cast<std::uint16_t>(std::stoul(text.substr(colon + 1)));
+    };
+    split(probe_socket->local, &app.local_ip4);
+    app.local_port = port;
+    split(probe_socket->remote, &app.remote_ip4);
+    app.remote_port = port;
+    fastpath_key proxy{};
+    proxy.netns_cookie = status.netns_cookie;
+    proxy.local_ip4 = app.remote_ip4;
+    proxy.local_port = app.remote_port;
+    proxy.remote_ip4 = app.local_ip4;
+    proxy.remote_port = app.local_port;
+    const std::pair<const fastpath_key*, const char*> ends[] = {{&app, "probe (app) end"},
+                                                                {&proxy, "proxy end"}};
+    for (const auto& [k, who] : ends) {
+        std::uint64_t cookie = 0;
+        const bool in = ::bpf_map_lookup_elem(peers.get(), k, &cookie) == 0;
+        check.evidence.push_back(
+            std::string(who) + " " + fastpath_key_text(*k) +
+            (in ? ": in the SOCKHASH (socket cookie " + std::to_string(cookie) + ")"
+                : ": NOT in the SOCKHASH"));
+    }
+    fastpath_conn conn{};
+    if (conns.valid() && ::bpf_map_lookup_elem(conns.get(), &app, &conn) == 0) {
+        const char* state = conn.state == MESHLANE_FASTPATH_ACCELERATED ? "accelerated"
+                            : conn.state == MESHLANE_FASTPATH_TCP_ONLY  ? "TCP only"
+                                                                        : "undecided";
+        check.evidence.push_back(std::string("connection state: ") + state +
+                                 " (the probe sent no data)");
     } else {
+        check.evidence.push_back("connection not tracked by the fast path");
+    }
+    return check;
+}
+
+// The outbound probe and, when it connects, the SO_ORIGINAL_DST and fast-path checks.
+std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status,
+                                        const VerifyOptions& options) {
+    VerifyCheck outbound{"outbound",
+                         "probe connect " + options.probe_address + ":" +
+                             std::to_string(options.probe_port) +
+                             " is redirected to the proxy's outbound listener",
+                         false,
+                         {}};
+    VerifyCheck orig{
+        "orig_dst", "the proxy's SO_ORIGINAL_DST for the probe is answered", false, {}};
+    VerifyCheck fast{"fast_path", "fast path state of the probe's sockets", true, {}};
+    const std::uint16_t out_port = status.spec.outbound_port;
+
+    // Never probe without a listener: under the passthrough policy the probe would go direct.
+    Result<std::vector<ListenSocket>> listeners = Error{EIO, "not read"};
+    auto joined = in_netns(status.spec.netns_path, [&] { listeners = read_listeners_here(); });
+    if (!joined || !listeners) {
+        outbound.evidence.push_back("cannot read the pod's sockets: " +
+                                    (!joined ? joined.error().message : listeners.error().message));
+        orig.evidence.push_back("not checked: no probe");
+        fast.evidence.push_back("not checked: no probe");
+        return {outbound, orig, fast};
+    }
+    bool v4_listener = false;
+    for (const auto& s : *listeners)
+        if (s.port == out_port && !s.ipv6)
+            v4_listener = true;
+        else if (s.port == out_port && s.local.rfind("[::]", 0) == 0)
+            v4_listener = true;
+    if (const auto holder = outbound_listener_holder(status, *listeners);
+        v4_listener && !is_proxy(status, holder)) {
+        outbound.evidence.push_back(
+            "the outbound listener is held by " + describe_holder(holder) + ", NOT the proxy uid " +
+            std::to_string(status.spec.proxy_uid) +
+            ": probe not sent (its upstream connect would be captured again and loop)");
+        orig.evidence.push_back("not checked: no probe");
+        fast.evidence.push_back("not checked: no probe");
+        return {outbound, orig, fast};
+    }
+    if (!v4_listener) {
+        outbound.evidence.push_back("proxy not listening: no IPv4 LISTEN socket on port " +
+                                    std::to_string(out_port) +
+                                    " in the pod netns; probe not sent (it would be refused, or "
+                                    "leave the pod under the passthrough policy)");
+        orig.evidence.push_back("not checked: proxy not listening");
+        fast.evidence.push_back("not checked: proxy not listening");
+        return {outbound, orig, fast};
+    }
+
+    ProbeSpec spec;
+    spec.uid = status.spec.proxy_uid == 65534 ? 65533 : 65534;
+    spec.gid = status.spec.proxy_gid == 65534 ? 65533 : 65534;
+    spec.destination.sin_family = AF_INET;
+    spec.destination.sin_port = htons(options.probe_port);
+    if (::inet_pton(AF_INET, options.probe_address.c_str(), &spec.destination.sin_addr) != 1) {
+        outbound.evidence.push_back("bad probe address " + options.probe_address);
+        return {outbound, orig, fast};
+    }
+    const auto before =
+        options.read_counters ? options.read_counters() : std::map<std::string, std::uint64_t>{};
+    const auto probe = run_probe(status, spec, [&](const Probe& running) {
+        const ProbeResult& r = running.result;
+        if (r.stage < 6) return;
         // The kernel's view of the probe socket: where it really connected.
-        const TcpEntry* conn = nullptr;
-        const auto table = read_tcp4(child);
-        for (const auto& e : table)
-            // ESTABLISHED, or CLOSE_WAIT when the proxy already closed its side (its upstream
-            // to the TEST-NET address failed): either way the kernel shows where it went.
-            if (e.local_port == r.local_port && e.state != "0A" && e.remote_port != 0 &&
-                e.local.rfind("0.0.0.0", 0) != 0 && e.remote_port != r.local_port) {
-                conn = &e;
-                break;
-            }
+        const auto table = read_tcp4(running.pid);
+        // ESTABLISHED, or CLOSE_WAIT when the proxy already closed its side (its upstream to
+        // the TEST-NET address failed): either way the kernel shows where it went.
+        const TcpEntry* conn = find_probe_socket(table, r.local_port);
+        fast = check_fast_path(status, options, conn);
         if (conn == nullptr) {
             outbound.evidence.push_back("probe socket (local port " + std::to_string(r.local_port) +
                                         ") not found in the pod's TCP table");
@@ -422,64 +603,355 @@ std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status,
         }
         // SO_ORIGINAL_DST: the proxy asks on accept; give it up to 2 s.
         if (options.read_counters) {
-            const auto answered = [](const std::map<std::string, std::uint64_t>& c, const char* k) {
-                auto it = c.find(k);
-                return it == c.end() ? std::uint64_t{0} : it->second;
-            };
-            const auto was = answered(before, "orig_dst_answered");
-            const auto miss_was = answered(before, "orig_dst_miss");
+            const auto was = counter_of(before, "orig_dst_answered");
+            const auto miss_was = counter_of(before, "orig_dst_miss");
             std::map<std::string, std::uint64_t> now;
             for (int i = 0; i < 40; ++i) {
                 now = options.read_counters();
-                if (answered(now, "orig_dst_answered") > was) break;
+                if (counter_of(now, "orig_dst_answered") > was) break;
                 std::this_thread::sleep_for(std::chrono::milliseconds(50));
             }
-            orig.passed = answered(now, "orig_dst_answered") > was;
+            orig.passed = counter_of(now, "orig_dst_answered") > was;
             orig.evidence.push_back("orig_dst_answered " + std::to_string(was) + " -> " +
-                                    std::to_string(answered(now, "orig_dst_answered")) +
+                                    std::to_string(counter_of(now, "orig_dst_answered")) +
                                     ", orig_dst_miss " + std::to_string(miss_was) + " -> " +
-                                    std::to_string(answered(now, "orig_dst_miss")));
+                                    std::to_string(counter_of(now, "orig_dst_miss")));
             if (!orig.passed)
                 orig.evidence.push_back(
                     "the proxy did not get an SO_ORIGINAL_DST answer within "
                     "2 s (it may not ask, e.g. a proxy that reads getsockname)");
         }
+    });
+    if (!probe.answered) {
+        outbound.evidence.push_back(probe.failure);
+    } else {
+        outbound.evidence.insert(outbound.evidence.begin(),
+                                 "probe pid " + std::to_string(probe.pid) + " uid " +
+                                     std::to_string(spec.uid) + " in cgroup " + probe.cgroup);
+        const ProbeResult& r = probe.result;
+        if (r.stage < 5) {
+            outbound.evidence.push_back(probe_failure_text(r));
+        } else if (r.stage == 5) {
+            outbound.evidence.push_back(
+                std::string("probe connect failed: ") + std::strerror(r.error) +
+                (r.error == ECONNREFUSED ? " (proxy not listening on the outbound port?)" : "") +
+                (r.error == ETIMEDOUT ? " (no answer in 1 s: not redirected, or the proxy is stuck)"
+                                      : ""));
+        }
     }
-    if (r.stage < 6) orig.evidence.push_back("not checked: the probe did not connect");
-    go_write.reset();
-    reap(child);
-    return {outbound, orig};
+    if (!probe.answered || probe.result.stage < 6) {
+        orig.evidence.push_back("not checked: the probe did not connect");
+        fast.evidence.push_back("not checked: the probe did not connect");
+    }
+    return {outbound, orig, fast};
 }
 
-VerifyCheck check_inbound(const WorkloadStatus& status) {
-    VerifyCheck check{"inbound",
-                      "the proxy's inbound listener (port " +
-                          std::to_string(status.spec.inbound_port) +
-                          ") is registered for sk_lookup steering",
-                      status.inbound_listener_v4 || status.inbound_listener_v6,
+// Hop 5a: the proxy's own outbound connect is not captured again. A probe as the proxy's uid/gid
+// connects to the TEST-NET address with its socket bound to "lo", so the SYN can only loop back
+// inside the pod, whatever the redirect decides: redirected (a loop) it lands on the proxy's
+// listener; passed, it stays unanswered in SYN_SENT to the TEST-NET address.
+VerifyCheck check_no_loop(const WorkloadStatus& status, const VerifyOptions& options) {
+    VerifyCheck check{"no_loop",
+                      "a connect by the proxy's uid " + std::to_string(status.spec.proxy_uid) +
+                          " is not redirected again (no loop)",
+                      false,
                       {}};
-    check.evidence.push_back(std::string("IPv4 slot: ") +
-                             (status.inbound_listener_v4 ? "registered" : "empty"));
-    check.evidence.push_back(std::string("IPv6 slot: ") +
-                             (status.inbound_listener_v6 ? "registered" : "empty"));
-    if (!check.passed)
+    // The identity that really runs the proxy: a proxy under another uid than configured is
+    // captured again by design, and probing as it would set the loop off for real.
+    Result<std::vector<ListenSocket>> listeners = Error{EIO, "not read"};
+    auto joined = in_netns(status.spec.netns_path, [&] { listeners = read_listeners_here(); });
+    if (!joined || !listeners) {
+        check.evidence.push_back("cannot read the pod's sockets: " +
+                                 (!joined ? joined.error().message : listeners.error().message));
+        return check;
+    }
+    const auto holder = outbound_listener_holder(status, *listeners);
+    if (holder.found && !is_proxy(status, holder)) {
         check.evidence.push_back(
-            "proxy not listening (or not as the proxy uid): inbound "
-            "connections are " +
-            std::string(status.spec.startup_policy == StartupPolicy::kRefuse
-                            ? "refused"
-                            : "passed to the app unmeshed"));
+            "LOOP: the outbound listener is held by " + describe_holder(holder) +
+            ", not the configured proxy uid " + std::to_string(status.spec.proxy_uid) + " / gid " +
+            std::to_string(status.spec.proxy_gid) +
+            ": its own upstream connects are captured and sent back to itself (probe not sent, "
+            "so as not to start the loop)");
+        return check;
+    }
+    ProbeSpec spec;
+    spec.uid = status.spec.proxy_uid;
+    spec.gid = status.spec.proxy_gid;
+    spec.bind_to_loopback = true;
+    spec.connect_wait_ms = 300;
+    spec.destination.sin_family = AF_INET;
+    spec.destination.sin_port = htons(options.probe_port);
+    if (::inet_pton(AF_INET, options.probe_address.c_str(), &spec.destination.sin_addr) != 1) {
+        check.evidence.push_back("bad probe address " + options.probe_address);
+        return check;
+    }
+    const auto before =
+        options.read_counters ? options.read_counters() : std::map<std::string, std::uint64_t>{};
+    std::string seen;
+    bool stayed = false;
+    const auto probe = run_probe(status, spec, [&](const Probe& running) {
+        const auto table = read_tcp4(running.pid);
+        const auto* conn = find_probe_socket(table, running.result.local_port);
+        if (conn == nullptr) return;
+        seen = conn->local + " -> " + conn->remote + " (state " + conn->state + ")";
+        stayed = conn->remote == options.probe_address + ":" + std::to_string(options.probe_port);
+    });
+    if (!probe.answered) {
+        check.evidence.push_back(probe.failure);
+        return check;
+    }
+    const ProbeResult& r = probe.result;
+    check.evidence.push_back(
+        "probe pid " + std::to_string(probe.pid) + " uid " + std::to_string(spec.uid) + " gid " +
+        std::to_string(spec.gid) + " in cgroup " + probe.cgroup + ", socket bound to lo" +
+        (holder.found ? " (the outbound listener is held by " + describe_holder(holder) + ")"
+                      : " (no outbound listener)"));
+    if (r.stage < 5) {
+        check.evidence.push_back(probe_failure_text(r));
+        return check;
+    }
+    if (!seen.empty()) check.evidence.push_back("probe socket " + seen + " (kernel view)");
+    const auto after =
+        options.read_counters ? options.read_counters() : std::map<std::string, std::uint64_t>{};
+    const auto owner_was = counter_of(before, "outbound_pass_proxy_owner");
+    const auto owner_now = counter_of(after, "outbound_pass_proxy_owner");
+    check.evidence.push_back("outbound_pass_proxy_owner " + std::to_string(owner_was) + " -> " +
+                             std::to_string(owner_now));
+    if (r.stage == 6 || r.error == ECONNREFUSED) {
+        check.evidence.push_back(
+            "LOOP: the proxy's own connect was " +
+            std::string(r.stage == 6 ? "accepted by a local listener" : "refused locally") +
+            ": it was redirected back into the pod (check --proxy-uid/--proxy-gid and "
+            "--include-outbound-ports)");
+        return check;
+    }
+    check.passed = stayed && owner_now > owner_was;
+    if (check.passed)
+        check.evidence.push_back(
+            "passed as the proxy's own traffic (ISTIO_OUTPUT uid-owner RETURN), left "
+            "unanswered on lo");
+    else if (!stayed)
+        check.evidence.push_back("the probe socket did not keep the TEST-NET destination");
     return check;
 }
 
+// The proxy's inbound listening sockets (cookie -> "pid P (comm)"), duplicated with pidfd_getfd.
+std::map<std::uint64_t, std::string> inbound_listener_cookies(const WorkloadStatus& status) {
+    std::map<std::uint64_t, std::string> cookies;
+    auto adopted = adopt_listeners(status.netns_inode, status.spec.inbound_port,
+                                   status.spec.proxy_uid, status.spec.proxy_gid);
+    if (!adopted) return cookies;
+    for (const auto& l : *adopted) {
+        std::uint64_t cookie = 0;
+        socklen_t len = sizeof cookie;
+        int reuseport = 0;
+        socklen_t reuseport_len = sizeof reuseport;
+        ::getsockopt(l.fd.get(), SOL_SOCKET, SO_REUSEPORT, &reuseport, &reuseport_len);
+        if (::getsockopt(l.fd.get(), SOL_SOCKET, SO_COOKIE, &cookie, &len) == 0)
+            cookies[cookie] = "pid " + std::to_string(l.pid) + (l.ipv6 ? " (IPv6" : " (IPv4") +
+                              " listener on port " + std::to_string(status.spec.inbound_port) +
+                              (reuseport ? ", SO_REUSEPORT)" : ")");
+    }
+    return cookies;
+}
+
+// Where an inbound SYN to `port` would be steered: a listening app port that capture covers.
+std::uint16_t inbound_probe_port(const WorkloadStatus& status,
+                                 const std::vector<ListenSocket>& listeners) {
+    const auto& spec = status.spec;
+    const std::set<std::uint16_t> always(MESHLANE_ALWAYS_EXCLUDED_INBOUND_PORTS);
+    auto captured = [&](std::uint16_t port) {
+        if (port == spec.inbound_port || port == spec.outbound_port || always.count(port) != 0)
+            return false;
+        if (std::find(spec.exclude_inbound_ports.begin(), spec.exclude_inbound_ports.end(), port) !=
+            spec.exclude_inbound_ports.end())
+            return false;
+        return spec.include_all_inbound_ports ||
+               std::find(spec.include_inbound_ports.begin(), spec.include_inbound_ports.end(),
+                         port) != spec.include_inbound_ports.end();
+    };
+    for (const auto& s : listeners)
+        if (captured(s.port)) return s.port;
+    if (!spec.include_all_inbound_ports) {
+        for (auto port : spec.include_inbound_ports)
+            if (captured(port)) return port;
+        return 0;
+    }
+    return captured(15002) ? 15002 : 0;
+}
+
+// Hop 4: an inbound SYN from outside the pod is steered to the proxy's inbound listener, and
+// keeps its original local address. The pod's own attached sk_lookup program is run by the
+// kernel (BPF_PROG_TEST_RUN, inside the pod netns) on a SYN from TEST-NET-1 to the pod's
+// address: no packet is sent at all, so nothing can leave the pod and nothing in it changes
+// (the inbound_steered counter counts the run). A real packet from outside would need an
+// interface or route the pod does not have.
+VerifyCheck check_inbound(const WorkloadStatus& status, const VerifyOptions& options) {
+    VerifyCheck check{"inbound",
+                      "an inbound connection from outside the pod reaches the proxy's inbound "
+                      "listener (port " +
+                          std::to_string(status.spec.inbound_port) +
+                          ") with its original local address",
+                      false,
+                      {}};
+    const bool registered = status.inbound_listener_v4 || status.inbound_listener_v6;
+    check.evidence.push_back(std::string("listener slots: IPv4 ") +
+                             (status.inbound_listener_v4 ? "registered" : "empty") + ", IPv6 " +
+                             (status.inbound_listener_v6 ? "registered" : "empty"));
+    if (!registered) {
+        check.evidence.push_back(
+            "proxy not listening (or not as the proxy uid): inbound connections are " +
+            std::string(status.spec.startup_policy == StartupPolicy::kRefuse
+                            ? "refused"
+                            : "passed to the app unmeshed"));
+        return check;
+    }
+    std::string pod_v4;
+    for (const auto& a : status.pod_addresses)
+        if (a.find(':') == std::string::npos && a.rfind("127.", 0) != 0) {
+            pod_v4 = a;
+            break;
+        }
+    if (pod_v4.empty()) {
+        check.passed = true;
+        check.evidence.push_back(
+            "the pod has no IPv4 address besides loopback: steering not probed");
+        return check;
+    }
+    std::uint32_t sk_lookup_prog = 0;
+    for (const auto& p : status.programs)
+        if (p.program == "redirect_sk_lookup") sk_lookup_prog = p.prog_id;
+    UniqueFd prog(sk_lookup_prog ? ::bpf_prog_get_fd_by_id(sk_lookup_prog) : -1);
+    if (!prog.valid()) {
+        check.evidence.push_back("cannot open the pod's sk_lookup program (id " +
+                                 std::to_string(sk_lookup_prog) + "): " + std::strerror(errno));
+        return check;
+    }
+    Result<std::vector<ListenSocket>> listeners = Error{EIO, "not read"};
+    bpf_sk_lookup ctx{};
+    int run_error = 0;
+    std::uint32_t verdict = 0;
+    std::uint16_t port = 0;
+    auto joined = in_netns(status.spec.netns_path, [&] {
+        listeners = read_listeners_here();
+        if (!listeners) return;
+        port = inbound_probe_port(status, *listeners);
+        if (port == 0) return;
+        ctx.family = AF_INET;
+        ctx.protocol = IPPROTO_TCP;
+        ::inet_pton(AF_INET, options.probe_address.c_str(), &ctx.remote_ip4);
+        ctx.remote_port = htons(40000);
+        ::inet_pton(AF_INET, pod_v4.c_str(), &ctx.local_ip4);
+        ctx.local_port = port;
+        LIBBPF_OPTS(bpf_test_run_opts, run, .ctx_in = &ctx, .ctx_out = &ctx,
+                    .ctx_size_in = sizeof ctx, .ctx_size_out = sizeof ctx);
+        if (::bpf_prog_test_run_opts(prog.get(), &run) != 0)
+            run_error = errno;
+        else
+            verdict = run.retval;
+    });
+    if (!joined || !listeners) {
+        check.evidence.push_back("cannot enter the pod netns: " +
+                                 (!joined ? joined.error().message : listeners.error().message));
+        return check;
+    }
+    if (port == 0) {
+        check.passed = true;
+        check.evidence.push_back("no inbound port is captured by the rules: nothing to steer");
+        return check;
+    }
+    const std::string syn = "SYN " + options.probe_address + ":40000 -> " + pod_v4 + ":" +
+                            std::to_string(port) + " (from outside the pod)";
+    const auto cookies = inbound_listener_cookies(status);
+    if (run_error == EOPNOTSUPP) {
+        // The kernel refuses to report a selected SO_REUSEPORT socket from a test run: the
+        // program did steer the SYN to a reuseport listener. HAProxy and Envoy listen so.
+        std::string reuseport;
+        for (const auto& [cookie, who] : cookies)
+            if (who.find("SO_REUSEPORT") != std::string::npos) reuseport = who;
+        check.passed = !reuseport.empty();
+        check.evidence.push_back("sk_lookup (prog " + std::to_string(sk_lookup_prog) +
+                                 ", kernel test run in the pod netns) steers the " + syn +
+                                 " to a SO_REUSEPORT listener (the test run cannot name it); " +
+                                 (reuseport.empty() ? "NO proxy inbound listener is SO_REUSEPORT"
+                                                    : "the proxy's listener is one: " + reuseport));
+        if (check.passed)
+            check.evidence.push_back(
+                "no NAT: sk_lookup only picks the socket, so the proxy's accepted socket keeps " +
+                pod_v4 + ":" + std::to_string(port) + " as its local address (getsockname)");
+    } else if (run_error != 0) {
+        check.evidence.push_back("kernel test run of sk_lookup prog " +
+                                 std::to_string(sk_lookup_prog) + " for " + syn +
+                                 " failed: " + std::strerror(run_error));
+        return check;
+    }
+    const auto it = run_error != 0 ? cookies.end() : cookies.find(ctx.cookie);
+    if (run_error != 0) {
+        // reported above
+    } else if (verdict != 1 /* SK_PASS */) {
+        check.evidence.push_back("sk_lookup (prog " + std::to_string(sk_lookup_prog) +
+                                 ") DROPS the " + syn + ": the client gets a reset");
+    } else if (ctx.cookie == 0) {
+        check.evidence.push_back("sk_lookup (prog " + std::to_string(sk_lookup_prog) +
+                                 ") does not steer the " + syn +
+                                 ": it goes to whatever listens on port " + std::to_string(port) +
+                                 ", bypassing the proxy");
+    } else if (it == cookies.end()) {
+        check.evidence.push_back("sk_lookup (prog " + std::to_string(sk_lookup_prog) +
+                                 ") steers the " + syn + " to socket cookie " +
+                                 std::to_string(ctx.cookie) +
+                                 ", which is NOT a proxy-owned listener on port " +
+                                 std::to_string(status.spec.inbound_port));
+    } else {
+        check.passed = true;
+        check.evidence.push_back("sk_lookup (prog " + std::to_string(sk_lookup_prog) +
+                                 ", kernel test run in the pod netns) steers the " + syn +
+                                 " to the proxy's listener: socket cookie " +
+                                 std::to_string(ctx.cookie) + ", " + it->second);
+        check.evidence.push_back(
+            "no NAT: sk_lookup only picks the socket, so the proxy's accepted socket keeps " +
+            pod_v4 + ":" + std::to_string(port) +
+            " as its local address (getsockname) and forwards there");
+    }
+    // Real connections the proxy holds now, with their original local addresses.
+    std::set<std::uint64_t> proxy_sockets;
+    const auto processes = scan_processes(status.netns_inode, "/nonexistent-cgroup");
+    for (const auto& [inode, pids] : socket_holders(processes))
+        for (auto pid : pids)
+            for (const auto& proc : processes)
+                if (proc.pid == pid &&
+                    (proc.uid == status.spec.proxy_uid || proc.gid == status.spec.proxy_gid))
+                    proxy_sockets.insert(inode);
+    std::size_t shown = 0;
+    for (const auto& pid_entry : processes) {
+        if (shown > 0 || !pid_entry.in_netns) continue;
+        for (const auto& e : read_tcp4(pid_entry.pid)) {
+            if (e.state != "01" || proxy_sockets.count(e.inode) == 0 ||
+                e.local_port == status.spec.inbound_port ||
+                e.local_port == status.spec.outbound_port || e.local.rfind("127.", 0) == 0 ||
+                e.remote.rfind("127.", 0) == 0)
+                continue;
+            if (shown++ < 3)
+                check.evidence.push_back("held by the proxy now: " + e.local + " <- " + e.remote +
+                                         " (accepted with the original local address)");
+        }
+    }
+    return check;
+}
 }  // namespace
 
 VerifyReport verify(const WorkloadStatus& status, const VerifyOptions& options) {
     VerifyReport report;
     report.workload = status.spec.name;
     report.checks.push_back(check_programs(status, options));
-    for (auto& c : probe_outbound(status, options)) report.checks.push_back(std::move(c));
-    report.checks.push_back(check_inbound(status));
+    auto outbound = probe_outbound(status, options);
+    VerifyCheck fast = std::move(outbound.back());
+    outbound.pop_back();
+    for (auto& c : outbound) report.checks.push_back(std::move(c));
+    report.checks.push_back(check_inbound(status, options));
+    report.checks.push_back(check_no_loop(status, options));
+    report.checks.push_back(std::move(fast));
     report.passed = true;
     for (const auto& c : report.checks) report.passed = report.passed && c.passed;
     return report;

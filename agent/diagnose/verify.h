@@ -7,9 +7,18 @@
 //      socket table must show the connection landed on the outbound listener, owned by the proxy
 //      uid, with no hop outside the pod; the datapath must then answer the proxy's
 //      SO_ORIGINAL_DST (counter orig_dst_answered);
-//   3. inbound: the proxy's inbound listener is registered in the datapath.
-// Before the proxy listens, the probe is not sent at all ("proxy not listening"); every wait is
-// bounded (1 s connect, 2 s SO_ORIGINAL_DST).
+//   3. inbound: the pod's attached sk_lookup program, run by the kernel inside the pod netns
+//      (BPF_PROG_TEST_RUN) on a SYN from TEST-NET-1 to the pod's address and a captured port,
+//      selects the proxy's inbound listener (same socket cookie as the listener the proxy holds);
+//      sk_lookup does no NAT, so the accepted socket keeps the original local address. No packet
+//      is sent: a real one from outside would need an interface or route the pod does not have;
+//   4. no loop: a child as the proxy's uid/gid, its socket bound to "lo" (so nothing can leave the
+//      pod), connects to the TEST-NET address and must NOT be redirected (stays in SYN_SENT to
+//      it; counter outbound_pass_proxy_owner grows);
+//   5. fast path: whether the outbound probe's two sockets are in the fast path's SOCKHASH
+//      (pinned maps of bpf/fastpath_sockmap), or "fast path off for this workload".
+// Before the proxy listens, the outbound probe is not sent at all ("proxy not listening"); every
+// wait is bounded (1 s connect, 2 s SO_ORIGINAL_DST, 0.3 s for the no-loop probe).
 #pragma once
 
 #include <boost/json/object.hpp>
@@ -24,7 +33,7 @@
 namespace meshlane::diagnose {
 
 struct VerifyCheck {
-    std::string hop;   // "programs" | "outbound" | "orig_dst" | "inbound"
+    std::string hop;   // "programs" | "outbound" | "orig_dst" | "inbound" | "no_loop" | "fast_path"
     std::string name;  // what was checked
     bool passed = false;
     std::vector<std::string> evidence;

@@ -423,7 +423,8 @@ Status RedirectDatapath::clear_workload(std::uint32_t id) {
         bpf_map_delete_elem(impl_->listener_map, &key);
     }
     std::vector<std::uint64_t> zeros(static_cast<std::size_t>(impl_->possible_cpus), 0);
-    for (std::uint32_t c = 0; c < MESHLANE_REDIRECT_COUNTER_MAX; ++c) {
+    // The whole stride: counters and the time slots at its end.
+    for (std::uint32_t c = 0; c < MESHLANE_REDIRECT_COUNTER_STRIDE; ++c) {
         std::uint32_t key = id * MESHLANE_REDIRECT_COUNTER_STRIDE + c;
         if (bpf_map_update_elem(impl_->counters_map, &key, zeros.data(), BPF_ANY) != 0)
             return Error::last_errno("reset counters");
@@ -469,6 +470,23 @@ RedirectCounters RedirectDatapath::counters(std::uint32_t id) const {
         for (auto v : per_cpu) totals[c] += v;
     }
     return totals;
+}
+
+RedirectTimes RedirectDatapath::times(std::uint32_t id) const {
+    std::vector<std::uint64_t> per_cpu(static_cast<std::size_t>(impl_->possible_cpus));
+    // FIRST slots: the earliest non-zero over CPUs; LAST slots: the latest.
+    auto read = [&](std::uint32_t slot, bool earliest) {
+        std::uint64_t result = 0;
+        std::uint32_t key = id * MESHLANE_REDIRECT_COUNTER_STRIDE + slot;
+        if (bpf_map_lookup_elem(impl_->counters_map, &key, per_cpu.data()) != 0) return result;
+        for (auto v : per_cpu)
+            if (v != 0 && (result == 0 || (earliest ? v < result : v > result))) result = v;
+        return result;
+    };
+    return RedirectTimes{read(MESHLANE_TIME_INBOUND_REFUSED_FIRST, true),
+                         read(MESHLANE_TIME_INBOUND_REFUSED_LAST, false),
+                         read(MESHLANE_TIME_LISTENER_REGISTERED_FIRST, true),
+                         read(MESHLANE_TIME_LISTENER_REGISTERED_LAST, false)};
 }
 
 std::vector<AttachedProgram> RedirectDatapath::attached_programs(const std::string& name) const {

@@ -39,6 +39,15 @@ struct AttachTarget {
 };
 
 using RedirectCounters = std::array<std::uint64_t, MESHLANE_REDIRECT_COUNTER_MAX>;
+
+// The datapath's own dates of startup events (enum meshlane_redirect_time), CLOCK_MONOTONIC ns
+// as the kernel stamped them; 0: never happened.
+struct RedirectTimes {
+    std::uint64_t inbound_refused_first = 0;
+    std::uint64_t inbound_refused_last = 0;
+    std::uint64_t listener_registered_first = 0;
+    std::uint64_t listener_registered_last = 0;
+};
 const char* redirect_counter_name(unsigned counter);
 
 class RedirectDatapath {
@@ -74,6 +83,7 @@ class RedirectDatapath {
     Status register_inbound_listener(std::uint32_t workload_id, int socket_fd);
     bool inbound_listener_registered(std::uint32_t workload_id, unsigned slot) const;
     RedirectCounters counters(std::uint32_t workload_id) const;
+    RedirectTimes times(std::uint32_t workload_id) const;
     std::vector<AttachedProgram> attached_programs(const std::string& name) const;
     // Names of the workloads that have a pin directory.
     std::vector<std::string> pinned_workloads() const;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "agent/observe/log2_histogram.h"
+#include "agent/observe/tls_aggregate.h"
 #include "meshlane/observe_abi.h"
 
 namespace meshlane {
@@ -104,6 +106,14 @@ struct ObserverHealth {
     std::size_t memory_bytes = 0;      // the aggregate, estimated
     std::size_t memory_limit_bytes = 0;
     std::size_t bpf_map_bytes = 0;  // memlock of the observe objects' own maps
+
+    // TLS handshakes (agent/observe/tls_observer.h).
+    bool tls_wire_tracking = false;    // observe_tls_wire attached (per pod cgroup)
+    bool tls_libssl_tracking = false;  // observe_tls_libssl uprobes attached
+    std::uint64_t tls_events = 0;
+    std::size_t tls_attached_cgroups = 0;  // pod cgroups the wire programs are attached to
+    std::size_t tls_memory_bytes = 0;      // the TLS aggregate, estimated (also in memory_bytes)
+    std::size_t tls_memory_limit_bytes = 0;
 };
 
 class ObservationSource {
@@ -117,6 +127,18 @@ class ObservationSource {
     virtual ObserverHealth health() const = 0;
     // Resolves a reason name of the running kernel ("NETFILTER_DROP").
     virtual std::optional<std::uint32_t> drop_reason_value(std::string_view name) const = 0;
+    // Handshakes at least this slow are "slow" (config tls_slow_handshake_threshold_ms); the
+    // diagnosis (finding tls_handshake_problems) uses the same value.
+    virtual std::chrono::milliseconds tls_slow_handshake_threshold() const {
+        return std::chrono::milliseconds(500);
+    }
+    // TLS handshakes (agent/observe/tls_aggregate.h); empty when TLS observation is off.
+    virtual WorkloadTls tls(std::uint32_t workload_id, std::uint64_t netns_cookie) const {
+        WorkloadTls view;
+        view.workload_id = workload_id;
+        view.netns_cookie = netns_cookie;
+        return view;
+    }
 };
 
 }  // namespace meshlane

@@ -76,6 +76,9 @@ json::object drop_json(const DropRecord& r) {
 
 }  // namespace
 
+json::object to_json(const ConnectionRecord& record) { return record_json(record); }
+json::object to_json(const DropRecord& record) { return drop_json(record); }
+
 json::object latency_json(const Log2Histogram& histogram, std::uint64_t sum_us) {
     const std::uint64_t count = histogram.count();
     json::array buckets;  // non-empty buckets only: [lower_ms, upper_ms, count]
@@ -132,12 +135,23 @@ json::object to_json(const ObserverHealth& h) {
     json::object lost;
     for (const auto& [kind, count] : h.lost_events) lost[kind] = count;
     return json::object{
-        {"connect_tracking", h.connect_tracking}, {"drop_tracking", h.drop_tracking},
-        {"problems", std::move(problems)},        {"lost_events_total", h.lost_events_total},
-        {"lost_events", std::move(lost)},         {"connect_events", h.connect_events},
-        {"drop_events", h.drop_events},           {"events_evicted", h.events_evicted},
-        {"memory_bytes", h.memory_bytes},         {"memory_limit_bytes", h.memory_limit_bytes},
+        {"connect_tracking", h.connect_tracking},
+        {"drop_tracking", h.drop_tracking},
+        {"problems", std::move(problems)},
+        {"lost_events_total", h.lost_events_total},
+        {"lost_events", std::move(lost)},
+        {"connect_events", h.connect_events},
+        {"drop_events", h.drop_events},
+        {"events_evicted", h.events_evicted},
+        {"memory_bytes", h.memory_bytes},
+        {"memory_limit_bytes", h.memory_limit_bytes},
         {"bpf_map_bytes", h.bpf_map_bytes},
+        {"tls_wire_tracking", h.tls_wire_tracking},
+        {"tls_libssl_tracking", h.tls_libssl_tracking},
+        {"tls_events", h.tls_events},
+        {"tls_memory_bytes", h.tls_memory_bytes},
+        {"tls_attached_cgroups", h.tls_attached_cgroups},
+        {"tls_memory_limit_bytes", h.tls_memory_limit_bytes},
     };
 }
 

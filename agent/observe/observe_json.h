@@ -13,6 +13,9 @@ namespace meshlane {
 boost::json::object to_json(const WorkloadConnections& connections, const std::string& name);
 boost::json::object to_json(const WorkloadDrops& drops, const std::string& name);
 boost::json::object to_json(const ObserverHealth& health);
+// One slow/failed connect or one drop, as in the views' "recent" arrays and the event stream.
+boost::json::object to_json(const ConnectionRecord& record);
+boost::json::object to_json(const DropRecord& record);
 boost::json::object latency_json(const Log2Histogram& histogram, std::uint64_t sum_us);
 
 }  // namespace meshlane

@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <boost/json.hpp>
+#include <condition_variable>
 #include <fstream>
 #include <mutex>
 #include <optional>
@@ -16,8 +18,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "agent/events/event_bus.h"
 #include "agent/loader/bpf_skeleton.h"
 #include "agent/observe/drop_reasons.h"
+#include "agent/observe/observe_json.h"
+#include "agent/observe/tls_observer.h"
 #include "observe_connect.skel.h"
 #include "observe_drops.skel.h"
 
@@ -109,6 +114,50 @@ ConnectSideTotals side_totals(const connect_stats& stats) {
     return totals;
 }
 
+ConnectionRecord decode_connect(const connect_event& e, std::int64_t unix_time_ns) {
+    ConnectionRecord record;
+    record.unix_time_ns = unix_time_ns;
+    record.latency_ns = e.latency_ns;
+    record.pid = e.pid;
+    record.comm.assign(reinterpret_cast<const char*>(e.comm),
+                       strnlen(reinterpret_cast<const char*>(e.comm), sizeof(e.comm)));
+    record.side = side_name(e.side);
+    record.outcome = outcome_name(e.outcome);
+    record.error = e.error;
+    record.source = endpoint_text(e.saddr, e.sport);
+    record.destination = endpoint_text(e.daddr, e.dport);
+    if (e.orig_dport) record.original_destination = endpoint_text(e.orig_daddr, e.orig_dport);
+    record.syn_retransmits = e.syn_retransmits;
+    return record;
+}
+
+DropRecord decode_drop(const drop_event& e, std::int64_t unix_time_ns, std::string reason_name) {
+    DropRecord record;
+    record.unix_time_ns = unix_time_ns;
+    record.reason = e.reason;
+    record.reason_name = std::move(reason_name);
+    record.attributed_by = e.attributed_by == MESHLANE_DROP_BY_SOCKET ? "socket" : "device";
+    record.ifindex = e.ifindex;
+    record.protocol = e.protocol;
+    record.ip_proto = e.ip_proto;
+    record.source = endpoint_text(e.saddr, e.sport);
+    record.destination = endpoint_text(e.daddr, e.dport);
+    record.length = e.length;
+    record.location = e.location;
+    return record;
+}
+
+// The event bus carries flat string details: a view's JSON record, each value as text.
+std::map<std::string, std::string> event_details(const boost::json::object& record) {
+    std::map<std::string, std::string> details;
+    for (const auto& [key, value] : record) {
+        if (key == "time_unix_ms") continue;  // the event's own time
+        details[std::string(key)] =
+            value.is_string() ? std::string(value.get_string()) : boost::json::serialize(value);
+    }
+    return details;
+}
+
 // memlock of a map as the kernel accounts it (/proc/self/fdinfo).
 std::size_t map_memlock(int fd) {
     if (fd < 0) return 0;
@@ -158,6 +207,7 @@ struct Observer::Impl {
     BpfSkeleton<ObserveConnectOps> connect;
     BpfSkeleton<ObserveDropsOps> drops;
     std::vector<LinkPtr> links;
+    std::unique_ptr<TlsObserver> tls;  // TLS objects and links (agent/observe/tls_observer.h)
     std::unique_ptr<ring_buffer, RingBufferDeleter> ring;
     std::thread reader;
     std::atomic<bool> stopping{false};
@@ -175,6 +225,11 @@ struct Observer::Impl {
     std::vector<connect_event> pending_connects;
     std::vector<drop_event> pending_drops;
 
+    // Reader thread only: names for published events, and the kernel losses already published.
+    std::map<std::uint64_t, std::string> workload_names;
+    std::chrono::steady_clock::time_point names_refreshed{};
+    std::map<std::string, std::uint64_t> published_losses;
+
     mutable std::mutex mutex;  // guards everything below
     ObserveAggregate aggregate;
     std::vector<std::string> problems;
@@ -183,6 +238,18 @@ struct Observer::Impl {
     std::uint64_t drop_events = 0;
     bool connect_tracking = false;
     bool drop_tracking = false;
+    TlsAggregate tls_aggregate{TlsAggregateLimits{
+        options.max_workloads, 256, options.events_per_workload, options.events_total}};
+    std::uint64_t tls_events = 0;
+    std::size_t tls_attached_cgroups = 0;
+    std::chrono::steady_clock::time_point next_tls_reconcile{};
+
+    // sync_attachments(): requests counted by callers, served by the reader thread.
+    std::mutex attach_mutex;
+    std::condition_variable attach_served;
+    std::uint64_t attach_requested = 0;  // guarded by attach_mutex
+    std::uint64_t attach_done = 0;       // guarded by attach_mutex
+    void reconcile_if_requested();
 
     explicit Impl(const ObserverOptions& o)
         : options(o),
@@ -192,7 +259,16 @@ struct Observer::Impl {
     Status load_drops(const std::string& map_dir);
     void run();
     void drain(std::int64_t realtime_offset_ns);
+    void publish(const std::vector<connect_event>& connects, const std::vector<drop_event>& drops,
+                 std::int64_t realtime_offset_ns);
+    void publish_losses(const std::map<std::string, std::uint64_t>& losses);
+    const std::string* workload_name(std::uint64_t netns_cookie);
+    std::string reason_name(std::uint32_t reason) const {
+        return reasons ? reasons->name(reason) : "UNKNOWN:" + std::to_string(reason);
+    }
     void snapshot();
+    void drain_tls(std::int64_t realtime_offset_ns);
+    void snapshot_tls();
     std::uint64_t sum_per_cpu(int map_fd, std::uint32_t key) const;
 };
 
@@ -257,17 +333,76 @@ std::uint64_t Observer::Impl::sum_per_cpu(int map_fd, std::uint32_t key) const {
 
 void Observer::Impl::drain(std::int64_t realtime_offset_ns) {
     if (pending_connects.empty() && pending_drops.empty()) return;
-    std::lock_guard lock(mutex);
-    for (const auto& event : pending_connects)
-        aggregate.add_connect_event(
-            event, static_cast<std::int64_t>(event.timestamp_ns) + realtime_offset_ns);
-    for (const auto& event : pending_drops)
-        aggregate.add_drop_event(
-            event, static_cast<std::int64_t>(event.timestamp_ns) + realtime_offset_ns);
-    connect_events += pending_connects.size();
-    drop_events += pending_drops.size();
+    {
+        std::lock_guard lock(mutex);
+        for (const auto& event : pending_connects)
+            aggregate.add_connect_event(
+                event, static_cast<std::int64_t>(event.timestamp_ns) + realtime_offset_ns);
+        for (const auto& event : pending_drops)
+            aggregate.add_drop_event(
+                event, static_cast<std::int64_t>(event.timestamp_ns) + realtime_offset_ns);
+        connect_events += pending_connects.size();
+        drop_events += pending_drops.size();
+    }
+    publish(pending_connects, pending_drops, realtime_offset_ns);
     pending_connects.clear();
     pending_drops.clear();
+}
+
+const std::string* Observer::Impl::workload_name(std::uint64_t netns_cookie) {
+    auto it = workload_names.find(netns_cookie);
+    if (it != workload_names.end()) return &it->second;
+    const auto now = std::chrono::steady_clock::now();
+    if (!options.workload_names || now - names_refreshed < options.snapshot_interval)
+        return nullptr;
+    names_refreshed = now;
+    workload_names = options.workload_names();
+    it = workload_names.find(netns_cookie);
+    return it != workload_names.end() ? &it->second : nullptr;
+}
+
+// Outside the aggregate's lock; the bus never blocks (slow subscribers lose events, counted).
+// The kernel's rate bound on drop events bounds this too.
+void Observer::Impl::publish(const std::vector<connect_event>& connects,
+                             const std::vector<drop_event>& drops,
+                             std::int64_t realtime_offset_ns) {
+    if (options.events == nullptr) return;
+    auto publish_one = [&](const char* type, std::uint64_t cookie, std::uint32_t workload_id,
+                           std::int64_t unix_ns, const boost::json::object& record) {
+        const std::string* name = workload_name(cookie);
+        auto details = event_details(record);
+        details["workload_id"] = std::to_string(workload_id);
+        options.events->publish(events::Event{.unix_time_ms = unix_ns / 1'000'000,
+                                              .type = type,
+                                              .workload = name ? *name : std::string(),
+                                              .details = std::move(details)});
+    };
+    for (const auto& e : connects) {
+        const auto unix_ns = static_cast<std::int64_t>(e.timestamp_ns) + realtime_offset_ns;
+        publish_one(kConnectEventType, e.netns_cookie, e.workload_id, unix_ns,
+                    to_json(decode_connect(e, unix_ns)));
+    }
+    for (const auto& e : drops) {
+        const auto unix_ns = static_cast<std::int64_t>(e.timestamp_ns) + realtime_offset_ns;
+        publish_one(kDropEventType, e.netns_cookie, e.workload_id, unix_ns,
+                    to_json(decode_drop(e, unix_ns, reason_name(e.reason))));
+    }
+}
+
+// Kernel-side losses are per CPU, not per workload: one agent-wide notice per kind that grew,
+// so a stream never has a silent gap (Hubble's LostEvent).
+void Observer::Impl::publish_losses(const std::map<std::string, std::uint64_t>& losses) {
+    if (options.events == nullptr) return;
+    for (const auto& [kind, total] : losses) {
+        auto& published = published_losses[kind];
+        if (total > published)
+            options.events->publish(
+                events::Event{.type = kObserveLostEventType,
+                              .details = {{"kind", kind},
+                                          {"lost", std::to_string(total - published)},
+                                          {"lost_total", std::to_string(total)}}});
+        published = total;
+    }
 }
 
 // Reads the kernel's exact totals for every enrolled workload, outside the lock, then swaps
@@ -334,9 +469,67 @@ void Observer::Impl::snapshot() {
     std::vector<WorkloadTotals> list;
     list.reserve(totals.size());
     for (auto& [cookie, t] : totals) list.push_back(std::move(t));
+    publish_losses(losses);
     std::lock_guard lock(mutex);
     aggregate.apply_snapshot(std::move(list));
     lost_events = std::move(losses);
+}
+
+void Observer::Impl::drain_tls(std::int64_t realtime_offset_ns) {
+    if (!tls || tls->pending().empty()) return;
+    std::lock_guard lock(mutex);
+    for (const auto& event : tls->pending())
+        tls_aggregate.add_event(event,
+                                static_cast<std::int64_t>(event.timestamp_ns) + realtime_offset_ns);
+    tls_events += tls->pending().size();
+    tls->pending().clear();
+}
+
+void Observer::Impl::reconcile_if_requested() {
+    std::uint64_t requested = 0;
+    {
+        std::lock_guard lock(attach_mutex);
+        if (attach_requested == attach_done) return;
+        requested = attach_requested;
+    }
+    if (tls && options.workload_cgroups) {
+        tls->reconcile(options.workload_cgroups());
+        next_tls_reconcile = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+        std::lock_guard lock(mutex);
+        tls_attached_cgroups = tls->attached_cgroups();
+    }
+    {
+        std::lock_guard lock(attach_mutex);
+        attach_done = requested;
+    }
+    attach_served.notify_all();
+}
+
+// TLS totals for the enrolled workloads; every second, the wire programs follow the pods'
+// cgroups (attached after enrolment, detached after removal).
+void Observer::Impl::snapshot_tls() {
+    if (!tls) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (options.workload_cgroups && now >= next_tls_reconcile) {
+        tls->reconcile(options.workload_cgroups());
+        next_tls_reconcile = now + std::chrono::seconds(1);
+    }
+    std::map<std::uint64_t, std::uint32_t> workloads;
+    std::uint64_t key = 0, next = 0;
+    const void* previous = nullptr;
+    while (workload_map >= 0 && bpf_map_get_next_key(workload_map, previous, &next) == 0) {
+        workload_config config{};
+        if (bpf_map_lookup_elem(workload_map, &next, &config) == 0)
+            workloads[next] = config.workload_id;
+        key = next;
+        previous = &key;
+    }
+    auto totals = tls->read_totals(workloads);
+    auto losses = tls->losses();
+    std::lock_guard lock(mutex);
+    tls_aggregate.apply_snapshot(totals);
+    tls_attached_cgroups = tls->attached_cgroups();
+    for (auto& [name, count] : losses) lost_events[name] = count;
 }
 
 void Observer::Impl::run() {
@@ -351,9 +544,14 @@ void Observer::Impl::run() {
             std::this_thread::sleep_for(options.poll_timeout);
         }
         // bpf_ktime_get_ns() is CLOCK_MONOTONIC; views want wall-clock time.
-        drain(clock_ns(CLOCK_REALTIME) - clock_ns(CLOCK_MONOTONIC));
+        const std::int64_t realtime_offset_ns =
+            clock_ns(CLOCK_REALTIME) - clock_ns(CLOCK_MONOTONIC);
+        drain(realtime_offset_ns);
+        drain_tls(realtime_offset_ns);
+        reconcile_if_requested();
         if (std::chrono::steady_clock::now() >= next_snapshot) {
             snapshot();
+            snapshot_tls();
             next_snapshot = std::chrono::steady_clock::now() + options.snapshot_interval;
         }
     }
@@ -377,11 +575,15 @@ Result<std::unique_ptr<Observer>> Observer::start(const ObserverOptions& options
         impl->problems.push_back("drop reasons shown as numbers: " + reasons.error().message);
 
     const std::string map_dir = options.pin_root + "/maps";
-    if (auto loaded = impl->load_connect(map_dir); loaded)
+    if (!options.connect_tracking)
+        impl->problems.push_back("connect tracking disabled at start (see feature_states)");
+    else if (auto loaded = impl->load_connect(map_dir); loaded)
         impl->connect_tracking = true;
     else
         impl->problems.push_back("connect tracking unavailable: " + loaded.error().message);
-    if (auto loaded = impl->load_drops(map_dir); loaded)
+    if (!options.drop_tracking)
+        impl->problems.push_back("drop tracking disabled at start (see feature_states)");
+    else if (auto loaded = impl->load_drops(map_dir); loaded)
         impl->drop_tracking = true;
     else
         impl->problems.push_back("drop tracking unavailable: " + loaded.error().message);
@@ -419,6 +621,18 @@ Result<std::unique_ptr<Observer>> Observer::start(const ObserverOptions& options
             if (!impl->ring) return Error::last_errno("ring buffer for drop_events");
         }
     }
+    impl->tls = TlsObserver::start({.map_dir = map_dir,
+                                    .max_workloads = options.max_workloads,
+                                    .wire = options.tls_wire,
+                                    .libssl = options.tls_libssl,
+                                    .libssl_path = options.libssl_path});
+    {
+        ring_buffer* ring = impl->ring.release();
+        auto added = impl->tls->add_to_ring(ring);
+        impl->ring.reset(ring);
+        if (!added) return added.error();
+        for (int fd : impl->tls->own_map_fds()) impl->own_maps.push_back(fd);
+    }
     for (const auto& problem : impl->problems) spdlog::warn("observe: {}", problem);
     impl->reader = std::thread([raw] { raw->run(); });
     return std::unique_ptr<Observer>(new Observer(std::move(impl)));
@@ -430,6 +644,21 @@ void Observer::stop() {
     if (impl_->reader.joinable()) impl_->reader.join();
     impl_->ring.reset();
     impl_->links.clear();
+    impl_->tls.reset();
+    {
+        std::lock_guard lock(impl_->attach_mutex);
+        impl_->attach_done = impl_->attach_requested;
+    }
+    impl_->attach_served.notify_all();
+}
+
+bool Observer::sync_attachments(std::chrono::milliseconds timeout) {
+    if (!impl_ || impl_->stopping.load()) return false;
+    std::unique_lock lock(impl_->attach_mutex);
+    const std::uint64_t wanted = ++impl_->attach_requested;
+    return impl_->attach_served.wait_for(lock, timeout, [&] {
+        return impl_->attach_done >= wanted;
+    }) && !impl_->stopping.load();
 }
 
 WorkloadConnections Observer::connections(std::uint32_t workload_id,
@@ -442,23 +671,8 @@ WorkloadConnections Observer::connections(std::uint32_t workload_id,
     if (!workload) return view;
     view.sides = workload->totals.sides;
     view.tcp = workload->totals.tcp;
-    for (const auto& stored : workload->connects) {
-        const auto& e = stored.event;
-        ConnectionRecord record;
-        record.unix_time_ns = stored.unix_time_ns;
-        record.latency_ns = e.latency_ns;
-        record.pid = e.pid;
-        record.comm.assign(reinterpret_cast<const char*>(e.comm),
-                           strnlen(reinterpret_cast<const char*>(e.comm), sizeof(e.comm)));
-        record.side = side_name(e.side);
-        record.outcome = outcome_name(e.outcome);
-        record.error = e.error;
-        record.source = endpoint_text(e.saddr, e.sport);
-        record.destination = endpoint_text(e.daddr, e.dport);
-        if (e.orig_dport) record.original_destination = endpoint_text(e.orig_daddr, e.orig_dport);
-        record.syn_retransmits = e.syn_retransmits;
-        view.recent.push_back(std::move(record));
-    }
+    for (const auto& stored : workload->connects)
+        view.recent.push_back(decode_connect(stored.event, stored.unix_time_ns));
     return view;
 }
 
@@ -467,9 +681,7 @@ WorkloadDrops Observer::drops(std::uint32_t workload_id, std::uint64_t netns_coo
     WorkloadDrops view;
     view.workload_id = workload_id;
     view.netns_cookie = netns_cookie;
-    auto name_of = [this](std::uint32_t reason) {
-        return impl_->reasons ? impl_->reasons->name(reason) : "UNKNOWN:" + std::to_string(reason);
-    };
+    auto name_of = [this](std::uint32_t reason) { return impl_->reason_name(reason); };
     std::lock_guard lock(impl_->mutex);
     const auto* workload = impl_->aggregate.find(netns_cookie);
     if (!workload) return view;
@@ -485,22 +697,9 @@ WorkloadDrops Observer::drops(std::uint32_t workload_id, std::uint64_t netns_coo
         matching.push_back(&stored);
     }
     const std::size_t first = matching.size() > query.limit ? matching.size() - query.limit : 0;
-    for (std::size_t i = first; i < matching.size(); ++i) {
-        const auto& e = matching[i]->event;
-        DropRecord record;
-        record.unix_time_ns = matching[i]->unix_time_ns;
-        record.reason = e.reason;
-        record.reason_name = name_of(e.reason);
-        record.attributed_by = e.attributed_by == MESHLANE_DROP_BY_SOCKET ? "socket" : "device";
-        record.ifindex = e.ifindex;
-        record.protocol = e.protocol;
-        record.ip_proto = e.ip_proto;
-        record.source = endpoint_text(e.saddr, e.sport);
-        record.destination = endpoint_text(e.daddr, e.dport);
-        record.length = e.length;
-        record.location = e.location;
-        view.recent.push_back(std::move(record));
-    }
+    for (std::size_t i = first; i < matching.size(); ++i)
+        view.recent.push_back(decode_drop(matching[i]->event, matching[i]->unix_time_ns,
+                                          name_of(matching[i]->event.reason)));
     return view;
 }
 
@@ -518,7 +717,29 @@ ObserverHealth Observer::health() const {
     health.events_evicted = impl_->aggregate.evicted();
     health.memory_bytes = impl_->aggregate.memory_bytes();
     health.memory_limit_bytes = impl_->aggregate.memory_limit_bytes();
+    health.tls_wire_tracking = impl_->tls && impl_->tls->wire_tracking();
+    health.tls_libssl_tracking = impl_->tls && impl_->tls->libssl_tracking();
+    if (impl_->tls)
+        health.problems.insert(health.problems.end(), impl_->tls->problems().begin(),
+                               impl_->tls->problems().end());
+    health.tls_events = impl_->tls_events;
+    health.tls_attached_cgroups = impl_->tls_attached_cgroups;
+    health.tls_memory_bytes = impl_->tls_aggregate.memory_bytes();
+    health.tls_memory_limit_bytes = impl_->tls_aggregate.memory_limit_bytes();
+    health.memory_bytes += health.tls_memory_bytes;
+    health.memory_limit_bytes += health.tls_memory_limit_bytes;
+    health.events_evicted += impl_->tls_aggregate.evicted();
     return health;
+}
+
+std::chrono::milliseconds Observer::tls_slow_handshake_threshold() const {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+        impl_->options.tls_slow_handshake_threshold);
+}
+
+WorkloadTls Observer::tls(std::uint32_t workload_id, std::uint64_t netns_cookie) const {
+    std::lock_guard lock(impl_->mutex);
+    return impl_->tls_aggregate.view(workload_id, netns_cookie);
 }
 
 std::optional<std::uint32_t> Observer::drop_reason_value(std::string_view name) const {

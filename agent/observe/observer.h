@@ -12,14 +12,26 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
 #include "agent/common/result.h"
 #include "agent/observe/observation_source.h"
 #include "agent/observe/observe_aggregate.h"
+#include "agent/observe/tls_observer.h"
 
 namespace meshlane {
+
+namespace events {
+class EventBus;
+}
+
+// Event types the observer publishes on the event bus.
+inline constexpr const char* kConnectEventType = "connect";
+inline constexpr const char* kDropEventType = "drop";
+inline constexpr const char* kObserveLostEventType = "observe_lost_events";
 
 struct ObserverOptions {
     std::string pin_root;  // <bpffs>/<pin_dir>, as given to RedirectDatapath
@@ -33,6 +45,25 @@ struct ObserverOptions {
     std::chrono::milliseconds snapshot_interval{250};
     std::size_t events_per_workload = 256;
     std::size_t events_total = 16384;
+    // false: the object is not loaded (the agent's feature probe failed for it).
+    bool connect_tracking = true;
+    bool drop_tracking = true;
+    // TLS handshakes at least this slow are streamed as events (agent config
+    // tls_slow_handshake_threshold_ms; read by the TLS observation).
+    std::chrono::nanoseconds tls_slow_handshake_threshold = std::chrono::milliseconds(500);
+    // When set, every slow/failed connect and every drop event the kernel delivered is also
+    // published here (types "connect" and "drop", workload = its name), and growth of the kernel
+    // side's lost-event counters as "observe_lost_events". May be null.
+    events::EventBus* events = nullptr;
+    // netns cookie -> workload name for those events; asked again (at most once per
+    // snapshot_interval) when an event names a cookie it did not know.
+    std::function<std::map<std::uint64_t, std::string>()> workload_names;
+    // TLS handshakes (agent/observe/tls_observer.h): the wire programs attach to the cgroups
+    // this returns (asked once a second); libssl uprobes go on libssl_path (empty: found).
+    bool tls_wire = true;
+    bool tls_libssl = true;
+    std::string libssl_path;
+    std::function<std::vector<ObservedCgroup>()> workload_cgroups;
 };
 
 class Observer final : public ObservationSource {
@@ -46,12 +77,20 @@ class Observer final : public ObservationSource {
     // Joins the reader and detaches every program. Idempotent.
     void stop();
 
+    // Brings the per-pod attachments (the TLS wire programs on each enrolled pod's cgroup) in
+    // line with the enrolled workloads now, on the reader thread, and waits for it (at most
+    // `timeout`; false on timeout or when stopped). Called after every enrol/unenrol so that
+    // unenrol returns with nothing of meshlane left on the pod's cgroup.
+    bool sync_attachments(std::chrono::milliseconds timeout);
+
     WorkloadConnections connections(std::uint32_t workload_id,
                                     std::uint64_t netns_cookie) const override;
     WorkloadDrops drops(std::uint32_t workload_id, std::uint64_t netns_cookie,
                         const DropQuery& query) const override;
     ObserverHealth health() const override;
     std::optional<std::uint32_t> drop_reason_value(std::string_view name) const override;
+    WorkloadTls tls(std::uint32_t workload_id, std::uint64_t netns_cookie) const override;
+    std::chrono::milliseconds tls_slow_handshake_threshold() const override;
 
   private:
     struct Impl;

@@ -100,6 +100,7 @@ Result<NetnsFacts> read_netns_facts(int netns_fd, bool want_cookie) {
                 continue;
             }
             pod.text = text;
+            if (it->ifa_name) pod.interface = it->ifa_name;
             facts.addresses.push_back(std::move(pod));
         }
         ::freeifaddrs(list);

@@ -22,6 +22,7 @@ struct PodAddress {
     std::array<std::uint8_t, 16> addr{};  // v4-mapped for IPv4
     bool is_v4 = false;
     std::string text;
+    std::string interface;  // the device it is configured on, e.g. "eth0"
 };
 
 struct NetnsHandle {

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -98,10 +99,17 @@ Status WorkloadManager::bring_up_locked(const Record& record, const CgroupHandle
         (void)datapath_.clear_workload(record.workload_id);
         return attached;
     }
+    if (auto fast = fast_path_up_locked(record, cgroup); !fast) {
+        (void)fast_path_down_locked(record);
+        (void)datapath_.detach(record.spec.name);
+        (void)datapath_.clear_workload(record.workload_id);
+        return fast;
+    }
     if (!datapath_.inbound_listener_registered(record.workload_id, MESHLANE_LISTENER_SLOT_V4) &&
         !datapath_.inbound_listener_registered(record.workload_id, MESHLANE_LISTENER_SLOT_V6))
         adopt_listeners_locked(record);
     if (auto active = datapath_.activate(record.netns_cookie, config_of(record)); !active) {
+        (void)fast_path_down_locked(record);
         (void)datapath_.detach(record.spec.name);
         (void)datapath_.clear_workload(record.workload_id);
         return active;
@@ -109,8 +117,30 @@ Status WorkloadManager::bring_up_locked(const Record& record, const CgroupHandle
     return Ok{};
 }
 
+// The fast path's sockops link sits in the workload's pin directory next to the redirect
+// links; its kinds entry is what switches acceleration on for new connections.
+Status WorkloadManager::fast_path_up_locked(const Record& record, const CgroupHandle& cgroup) {
+    if (options_.fastpath == nullptr) return Ok{};
+    if (!record.spec.fast_path || !options_.fast_path_available)
+        return fast_path_down_locked(record);  // e.g. a restart after a failed self-test
+    const std::string dir = datapath_.workload_pin_dir(record.spec.name);
+    if (auto attached = options_.fastpath->attach(dir, cgroup.fd.get(), cgroup.path); !attached)
+        return attached;
+    return options_.fastpath->set_kinds(record.workload_id, MESHLANE_FASTPATH_APP_PROXY);
+}
+
+Status WorkloadManager::fast_path_down_locked(const Record& record) {
+    if (options_.fastpath == nullptr) return Ok{};
+    Status first = options_.fastpath->clear_workload(record.workload_id);
+    if (auto detached = options_.fastpath->detach(datapath_.workload_pin_dir(record.spec.name));
+        !detached && first)
+        first = detached;
+    return first;
+}
+
 Status WorkloadManager::tear_down_locked(const Record& record) {
     Status first = datapath_.deactivate(record.netns_cookie);
+    if (auto fast = fast_path_down_locked(record); !fast && first) first = fast;
     if (auto detached = datapath_.detach(record.spec.name); !detached && first) first = detached;
     if (auto cleared = datapath_.clear_workload(record.workload_id); !cleared && first)
         first = cleared;
@@ -145,6 +175,18 @@ void WorkloadManager::publish(const char* type, const std::string& name,
 }
 
 Result<EnrollResult> WorkloadManager::enroll(const WorkloadSpec& spec) {
+    auto result = enroll_now(spec);
+    if (options_.after_change) options_.after_change();
+    return result;
+}
+
+Result<bool> WorkloadManager::unenroll(const std::string& name) {
+    auto result = unenroll_now(name);
+    if (options_.after_change) options_.after_change();
+    return result;
+}
+
+Result<EnrollResult> WorkloadManager::enroll_now(const WorkloadSpec& spec) {
     if (auto valid = validate(spec); !valid) return valid.error();
     std::lock_guard lock(mutex_);
     if (auto it = records_.find(spec.name); it != records_.end()) {
@@ -189,7 +231,7 @@ Result<EnrollResult> WorkloadManager::enroll(const WorkloadSpec& spec) {
     return EnrollResult{EnrollOutcome::kCreated, status_of_locked(record)};
 }
 
-Result<bool> WorkloadManager::unenroll(const std::string& name) {
+Result<bool> WorkloadManager::unenroll_now(const std::string& name) {
     std::lock_guard lock(mutex_);
     auto it = records_.find(name);
     if (it == records_.end()) return false;
@@ -229,6 +271,9 @@ AgentStatus WorkloadManager::status() {
     s.workloads = records_.size();
     s.max_workloads = datapath_.max_workloads();
     s.features = options_.features;
+    if (options_.feature_states != nullptr) s.feature_states = *options_.feature_states;
+    s.fast_path_available = options_.fast_path_available;
+    s.fast_path_reason = options_.fast_path_reason;
     return s;
 }
 
@@ -255,6 +300,27 @@ WorkloadStatus WorkloadManager::status_of_locked(const Record& record) const {
     auto counters = datapath_.counters(record.workload_id);
     for (unsigned c = 0; c < counters.size(); ++c)
         s.counters[redirect_counter_name(c)] = counters[c];
+    if (options_.fastpath != nullptr) {
+        s.fast_path_active = record.spec.fast_path && options_.fast_path_available &&
+                             options_.fastpath->kinds(record.workload_id) != 0;
+        auto fast = options_.fastpath->counters(record.workload_id);
+        for (unsigned c = 0; c < fast.size(); ++c)
+            s.fast_path_counters[fastpath_counter_name(c)] = fast[c];
+    }
+    const auto times = datapath_.times(record.workload_id);
+    timespec realtime{}, monotonic{};
+    ::clock_gettime(CLOCK_REALTIME, &realtime);
+    ::clock_gettime(CLOCK_MONOTONIC, &monotonic);
+    const std::int64_t offset_ns = (realtime.tv_sec - monotonic.tv_sec) * 1'000'000'000LL +
+                                   (realtime.tv_nsec - monotonic.tv_nsec);
+    auto to_unix = [offset_ns](std::uint64_t monotonic_ns) {
+        return monotonic_ns == 0 ? std::int64_t{0}
+                                 : static_cast<std::int64_t>(monotonic_ns) + offset_ns;
+    };
+    s.inbound_refused_first_unix_ns = to_unix(times.inbound_refused_first);
+    s.inbound_refused_last_unix_ns = to_unix(times.inbound_refused_last);
+    s.listener_registered_first_unix_ns = to_unix(times.listener_registered_first);
+    s.listener_registered_last_unix_ns = to_unix(times.listener_registered_last);
     return s;
 }
 
@@ -356,6 +422,8 @@ Status WorkloadManager::restore() {
     for (const auto& name : datapath_.pinned_workloads()) {
         if (records_.count(name)) continue;
         spdlog::warn("removing orphaned pins of workload {}", name);
+        if (options_.fastpath != nullptr)
+            (void)options_.fastpath->detach(datapath_.workload_pin_dir(name));
         (void)datapath_.detach(name);
     }
     std::set<std::uint64_t> cookies;

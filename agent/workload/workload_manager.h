@@ -4,12 +4,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "agent/events/event_bus.h"
+#include "agent/loader/fastpath_datapath.h"
 #include "agent/loader/redirect_datapath.h"
 #include "agent/workload/workload_registry.h"
 
@@ -19,8 +21,20 @@ struct ManagerOptions {
     std::string state_dir;
     std::string cgroup2_mount;
     std::map<std::string, bool> features;  // reported in status
+    // The agent's parts, on or off (reported in status); owned by the agent, filled before the
+    // API serves. May be null.
+    const std::map<std::string, FeatureState>* feature_states = nullptr;
     // Receives workload_enrolled / workload_unenrolled / workload_removed; may be null.
     events::EventBus* events = nullptr;
+    // sk_msg fast path (docs/fastpath.md); null when it could not be loaded. Workloads with
+    // spec.fast_path get it only when fast_path_available (the kernel self-test passed).
+    FastpathDatapath* fastpath = nullptr;
+    bool fast_path_available = false;
+    std::string fast_path_reason;
+    // Called after every enrol/unenrol, outside the manager's lock, before the call returns:
+    // the agent uses it to bring per-pod attachments owned by other parts (the TLS wire
+    // observer's cgroup_skb programs) in line, so unenrol leaves nothing attached. May be empty.
+    std::function<void()> after_change;
 };
 
 class WorkloadManager : public WorkloadRegistry {
@@ -42,6 +56,9 @@ class WorkloadManager : public WorkloadRegistry {
     AgentStatus status() override;
 
   private:
+    Result<EnrollResult> enroll_now(const WorkloadSpec& spec);
+    Result<bool> unenroll_now(const std::string& name);
+
     struct Record {
         WorkloadSpec spec;
         std::uint32_t workload_id = 0;
@@ -58,6 +75,8 @@ class WorkloadManager : public WorkloadRegistry {
     Status bring_up_locked(const Record& record, const CgroupHandle& cgroup,
                            const NetnsHandle& netns);
     Status tear_down_locked(const Record& record);
+    Status fast_path_up_locked(const Record& record, const CgroupHandle& cgroup);
+    Status fast_path_down_locked(const Record& record);
     void adopt_listeners_locked(const Record& record);
     bool still_present(const Record& record) const;
     WorkloadStatus status_of_locked(const Record& record) const;

@@ -34,6 +34,16 @@ struct WorkloadStatus {
     bool inbound_listener_v4 = false;  // the proxy's inbound listener is registered
     bool inbound_listener_v6 = false;
     std::map<std::string, std::uint64_t> counters;  // meshlane_redirect_counter names
+    // sk_msg fast path (docs/fastpath.md): active = asked for (spec.fast_path), allowed node-wide
+    // by the self-test, and written to the kernel; counters by meshlane_fastpath_counter name.
+    bool fast_path_active = false;
+    std::map<std::string, std::uint64_t> fast_path_counters;
+    // Dated by the datapath itself (unix ns; 0: never): inbound connections refused for want of
+    // a proxy listener, and the proxy's inbound listener registered by sockops on listen().
+    std::int64_t inbound_refused_first_unix_ns = 0;
+    std::int64_t inbound_refused_last_unix_ns = 0;
+    std::int64_t listener_registered_first_unix_ns = 0;
+    std::int64_t listener_registered_last_unix_ns = 0;
 };
 
 enum class EnrollOutcome { kCreated, kUnchanged };
@@ -41,6 +51,15 @@ enum class EnrollOutcome { kCreated, kUnchanged };
 struct EnrollResult {
     EnrollOutcome outcome;
     WorkloadStatus status;
+};
+
+// A part of the agent (redirect, observe_connect, ...), on or off with the reason: the missing
+// kernel features, or the verifier's rejection with the tail of its log. Decided at start
+// (agent/daemon/prerequisites.h).
+struct FeatureState {
+    bool enabled = false;
+    bool essential = false;  // without it the agent refuses enrolment (the redirect datapath)
+    std::string reason;      // why it is off; empty when on
 };
 
 struct AgentStatus {
@@ -51,7 +70,11 @@ struct AgentStatus {
     std::string state_dir;
     std::size_t workloads = 0;
     std::uint32_t max_workloads = 0;
-    std::map<std::string, bool> features;  // kernel features probed at start
+    std::map<std::string, bool> features;                // kernel features probed at start
+    std::map<std::string, FeatureState> feature_states;  // the agent's parts, on or off
+    // Node-wide sk_msg fast path: loaded and the kernel self-test passed; reason either way.
+    bool fast_path_available = false;
+    std::string fast_path_reason;
 };
 
 class WorkloadRegistry {

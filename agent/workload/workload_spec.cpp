@@ -433,6 +433,7 @@ std::vector<std::string> differing_fields(const WorkloadSpec& a, const WorkloadS
     check(a.include_outbound_ports != b.include_outbound_ports, "include_outbound_ports");
     check(a.proxy_self_to_inbound != b.proxy_self_to_inbound, "proxy_self_to_inbound");
     check(a.startup_policy != b.startup_policy, "startup_policy");
+    check(a.fast_path != b.fast_path, "fast_path");
     return fields;
 }
 
@@ -651,6 +652,8 @@ constexpr FieldEntry kFields[] = {
          s.startup_policy = *policy;
          return Ok{};
      }},
+    {"fast_path",
+     [](const json::value& v, WorkloadSpec& s) { return bool_field(v, s.fast_path, "fast_path"); }},
 };
 
 const FieldEntry* find_field(std::string_view name) {
@@ -681,6 +684,7 @@ json::object to_json(const WorkloadSpec& spec) {
     object["include_outbound_ports"] = ports_to_json(spec.include_outbound_ports);
     object["proxy_self_to_inbound"] = spec.proxy_self_to_inbound;
     object["startup_policy"] = to_string(spec.startup_policy);
+    object["fast_path"] = spec.fast_path;
     return object;
 }
 

@@ -53,6 +53,9 @@ struct WorkloadSpec {
     std::vector<std::uint16_t> include_outbound_ports;  // istio -q
     bool proxy_self_to_inbound = false;                 // see MESHLANE_WL_PROXY_SELF_TO_INBOUND
     StartupPolicy startup_policy = StartupPolicy::kRefuse;
+    // sk_msg fast path for app <-> proxy connections (docs/fastpath.md); only takes effect when
+    // the agent's kernel self-test passed.
+    bool fast_path = false;
 
     bool operator==(const WorkloadSpec&) const = default;
 };

@@ -43,6 +43,10 @@ json::object to_json(const WorkloadStatus& status) {
     json::object counters;
     for (const auto& [name, value] : status.counters) counters[name] = value;
     object["counters"] = std::move(counters);
+    json::object fast_counters;
+    for (const auto& [name, value] : status.fast_path_counters) fast_counters[name] = value;
+    object["fast_path"] = {{"active", status.fast_path_active},
+                           {"counters", std::move(fast_counters)}};
     return object;
 }
 
@@ -58,6 +62,13 @@ json::object to_json(const AgentStatus& status) {
     json::object features;
     for (const auto& [name, available] : status.features) features[name] = available;
     object["features"] = std::move(features);
+    json::object feature_states;
+    for (const auto& [name, state] : status.feature_states)
+        feature_states[name] = {
+            {"enabled", state.enabled}, {"essential", state.essential}, {"reason", state.reason}};
+    object["feature_states"] = std::move(feature_states);
+    object["fast_path"] = {{"available", status.fast_path_available},
+                           {"reason", status.fast_path_reason}};
     return object;
 }
 

@@ -10,8 +10,13 @@
 
 #include <atomic>
 
+#include "agent/diagnose/diagnose_service.h"
 #include "agent/events/event_bus.h"
+#include "agent/observe/observation_source.h"
+#include "api/grpc/diagnose_convert.h"
 #include "api/grpc/proto_convert.h"
+#include "api/grpc/tcp_auth.h"
+#include "api/grpc/tls_convert.h"
 #include "api/meshlane.grpc.pb.h"
 #include "api/rest/rest_server.h"
 
@@ -25,8 +30,12 @@ constexpr std::chrono::milliseconds kStreamPoll{200};
 
 class AgentService final : public v1::Agent::Service {
   public:
-    AgentService(WorkloadRegistry& registry, events::EventBus* events, std::size_t max_streams)
-        : registry_(registry), events_(events), max_streams_(max_streams) {}
+    AgentService(WorkloadRegistry& registry, events::EventBus* events, std::size_t max_streams,
+                 const ObservationSource* observations = nullptr)
+        : registry_(registry),
+          events_(events),
+          max_streams_(max_streams),
+          observations_(observations) {}
 
     void stop() { stopping_ = true; }
     std::size_t active_streams() const { return streams_; }
@@ -117,7 +126,53 @@ class AgentService final : public v1::Agent::Service {
         return grpc::Status::OK;
     }
 
+    // One implementation with the REST routes (agent/diagnose/diagnose_service.h).
+    grpc::Status Diagnose(grpc::ServerContext*, const v1::DiagnoseRequest* request,
+                          v1::DiagnoseResponse* response) override {
+        const auto window = request->window_seconds() == 0
+                                ? diagnose::kDefaultWindow
+                                : std::chrono::seconds(request->window_seconds());
+        auto report = diagnose::diagnose_workload(diagnose_environment(), request->name(), window);
+        if (!report) return to_grpc_status(report.error());
+        to_proto(*report, *response);
+        return grpc::Status::OK;
+    }
+
+    grpc::Status Verify(grpc::ServerContext*, const v1::VerifyRequest* request,
+                        v1::VerifyResponse* response) override {
+        auto report = diagnose::verify_workload(diagnose_environment(), request->name());
+        if (!report) return to_grpc_status(report.error());
+        to_proto(*report, *response);
+        return grpc::Status::OK;
+    }
+
+    // The same view as GET /v1/tls (api/rest/observe_routes.cpp).
+    grpc::Status Tls(grpc::ServerContext*, const v1::TlsRequest* request,
+                     v1::TlsResponse* response) override {
+        if (observations_ == nullptr)
+            return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                "TLS observation is not running in this agent");
+        std::vector<WorkloadStatus> workloads;
+        if (request->workload().empty()) {
+            workloads = registry_.list();
+        } else {
+            if (auto valid = validate_name(request->workload()); !valid)
+                return to_grpc_status(valid.error());
+            auto status = registry_.get(request->workload());
+            if (!status) return to_grpc_status(status.error());
+            workloads.push_back(std::move(*status));
+        }
+        for (const auto& status : workloads)
+            to_proto(observations_->tls(status.workload_id, status.netns_cookie), status.spec.name,
+                     *response->add_workloads());
+        return grpc::Status::OK;
+    }
+
   private:
+    diagnose::DiagnoseEnvironment diagnose_environment() const {
+        return {&registry_, observations_, diagnose::tls_stats_reader(observations_)};
+    }
+
     // Counts an open stream for the cap; released on every exit path.
     class StreamSlot {
       public:
@@ -147,6 +202,7 @@ class AgentService final : public v1::Agent::Service {
     WorkloadRegistry& registry_;
     events::EventBus* events_;
     const std::size_t max_streams_;
+    const ObservationSource* observations_;
     std::atomic<std::size_t> streams_{0};
     std::atomic<bool> stopping_{false};
 };
@@ -155,12 +211,34 @@ class AgentService final : public v1::Agent::Service {
 
 struct GrpcServer::Impl {
     Impl(WorkloadRegistry& registry, events::EventBus* events, GrpcServerOptions opts)
-        : options(std::move(opts)), service(registry, events, options.max_streams) {}
+        : options(std::move(opts)),
+          service(registry, events, options.max_streams, options.observations) {}
     GrpcServerOptions options;
     AgentService service;
     std::unique_ptr<grpc::Server> server;
     std::optional<std::pair<dev_t, ino_t>> socket_identity;
+    int tcp_port = 0;
 };
+
+namespace {
+
+// TLS with the configured key pair; client certificates requested and verified against the CA
+// bundle when one is configured (required with tls_require_client_cert).
+std::shared_ptr<grpc::ServerCredentials> tcp_credentials(
+    const std::shared_ptr<const tls::TlsMaterial>& material) {
+    const auto request = !material->verifies_clients() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                         : material->require_client_cert
+                             ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                             : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY;
+    grpc::SslServerCredentialsOptions options(request);
+    options.pem_root_certs = material->client_ca_pem;
+    options.pem_key_cert_pairs.push_back({material->private_key_pem, material->cert_chain_pem});
+    auto credentials = grpc::SslServerCredentials(options);
+    credentials->SetAuthMetadataProcessor(std::make_shared<TcpAuthProcessor>(material));
+    return credentials;
+}
+
+}  // namespace
 
 GrpcServer::GrpcServer(WorkloadRegistry& registry, events::EventBus* events,
                        GrpcServerOptions options)
@@ -178,13 +256,19 @@ Status GrpcServer::start() {
     grpc::ServerBuilder builder;
     int bound = 0;
     builder.AddListeningPort("unix:" + path, grpc::InsecureServerCredentials(), &bound);
+    const auto& tcp = impl_->options.tcp;
+    if (tcp && !tcp->tls) return Error::invalid("gRPC TCP listener without TLS material: refused");
+    if (tcp)
+        builder.AddListeningPort(tcp->endpoint.text(), tcp_credentials(tcp->tls), &impl_->tcp_port);
     builder.RegisterService(&impl_->service);
     builder.SetMaxReceiveMessageSize(impl_->options.max_receive_message_bytes);
     grpc::ResourceQuota quota("meshlane-grpc");
     quota.SetMaxThreads(impl_->options.max_threads);
     builder.SetResourceQuota(quota);
     impl_->server = builder.BuildAndStart();
-    if (!impl_->server) return Error{EADDRNOTAVAIL, "gRPC: cannot listen on unix:" + path};
+    if (!impl_->server)
+        return Error{EADDRNOTAVAIL, "gRPC: cannot listen on unix:" + path +
+                                        (tcp ? " and " + tcp->endpoint.text() : std::string())};
     // gRPC binds with the process umask; a socket needs write permission to connect, so until
     // this chmod only root could connect anyway (0755 at most under the usual umask).
     if (::chmod(path.c_str(), 0600) != 0) {
@@ -195,6 +279,15 @@ Status GrpcServer::start() {
     struct stat st {};
     if (::lstat(path.c_str(), &st) == 0) impl_->socket_identity = {st.st_dev, st.st_ino};
     spdlog::info("grpc: listening on unix:{}", path);
+    if (tcp) {
+        if (!tcp->endpoint.loopback)
+            spdlog::warn("grpc: listens on non-loopback {}: reachable from other hosts",
+                         tcp->endpoint.text());
+        spdlog::info("grpc: listening on {}:{} (TLS{})",
+                     tcp->endpoint.v6 ? "[" + tcp->endpoint.address + "]" : tcp->endpoint.address,
+                     impl_->tcp_port,
+                     tcp->tls->require_client_cert ? ", client certificate required" : "");
+    }
     return Ok{};
 }
 
@@ -214,5 +307,7 @@ void GrpcServer::stop(std::chrono::milliseconds grace) {
 }
 
 std::size_t GrpcServer::active_streams() const { return impl_->service.active_streams(); }
+
+int GrpcServer::tcp_port() const { return impl_->server ? impl_->tcp_port : 0; }
 
 }  // namespace meshlane::grpc_api

@@ -5,13 +5,18 @@
 
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "agent/common/result.h"
 #include "agent/workload/workload_registry.h"
+#include "api/rest/tls_config.h"
 
 namespace meshlane::events {
 class EventBus;
+}
+namespace meshlane {
+class ObservationSource;  // agent/observe/observation_source.h
 }
 
 namespace meshlane::grpc_api {
@@ -24,6 +29,16 @@ struct GrpcServerOptions {
     int max_receive_message_bytes = 1 << 20;
     // Handler threads; streams hold one each while open.
     int max_threads = 64;
+    // The observer's data for Diagnose (drops, refused connects); null: not running.
+    const ObservationSource* observations = nullptr;
+    // Optional TCP listener with SslServerCredentials (same files and rule as REST: read-only
+    // methods open to TLS clients, the rest need a bearer token or a verified client
+    // certificate, api/grpc/tcp_auth.h). Port 0 picks a free port (tcp_port()).
+    struct Tcp {
+        tls::TcpEndpoint endpoint;
+        std::shared_ptr<const tls::TlsMaterial> tls;
+    };
+    std::optional<Tcp> tcp;
 };
 
 class GrpcServer {
@@ -42,6 +57,8 @@ class GrpcServer {
     void stop(std::chrono::milliseconds grace = std::chrono::milliseconds(2000));
 
     std::size_t active_streams() const;
+    // The bound TCP port; 0 without a TCP listener.
+    int tcp_port() const;
 
   private:
     struct Impl;

@@ -17,6 +17,8 @@ grpc::StatusCode status_code_for_errno(int code) {
         case EPERM:
         case EACCES:
             return grpc::StatusCode::PERMISSION_DENIED;
+        case ENOTSUP:  // a disabled part of the agent (e.g. the redirect datapath)
+            return grpc::StatusCode::UNAVAILABLE;
         default:
             return grpc::StatusCode::INTERNAL;
     }
@@ -71,6 +73,7 @@ Result<WorkloadSpec> spec_from_proto(const v1::WorkloadSpec& proto) {
     if (proto.has_proxy_self_to_inbound())
         object["proxy_self_to_inbound"] = proto.proxy_self_to_inbound();
     if (proto.has_startup_policy()) object["startup_policy"] = proto.startup_policy();
+    if (proto.has_fast_path()) object["fast_path"] = proto.fast_path();
     auto spec = workload_spec_from_json(object);
     if (!spec) return spec.error();
     if (auto valid = validate(*spec); !valid) return valid.error();
@@ -95,6 +98,7 @@ void to_proto(const WorkloadSpec& spec, v1::WorkloadSpec& out) {
     for (auto port : spec.include_outbound_ports) out.add_include_outbound_ports(port);
     out.set_proxy_self_to_inbound(spec.proxy_self_to_inbound);
     out.set_startup_policy(std::string(to_string(spec.startup_policy)));
+    out.set_fast_path(spec.fast_path);
 }
 
 void to_proto(const WorkloadStatus& status, v1::Workload& out) {
@@ -128,6 +132,12 @@ void to_proto(const AgentStatus& status, v1::StatusResponse& out) {
     out.set_workloads(static_cast<std::uint32_t>(status.workloads));
     out.set_max_workloads(status.max_workloads);
     for (const auto& [name, present] : status.features) (*out.mutable_features())[name] = present;
+    for (const auto& [name, state] : status.feature_states) {
+        auto& feature = (*out.mutable_feature_states())[name];
+        feature.set_enabled(state.enabled);
+        feature.set_essential(state.essential);
+        feature.set_reason(state.reason);
+    }
 }
 
 void to_proto(const events::StreamItem& item, v1::StreamEventsResponse& out) {

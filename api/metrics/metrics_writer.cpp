@@ -165,4 +165,25 @@ void MetricsWriter::histogram_sample(const Labels& labels, const std::vector<Buc
     write_sample("_count", labels, nullptr, std::to_string(count));
 }
 
+std::vector<Bucket> MetricsWriter::log2_us_buckets(std::span<const std::uint64_t> log2_us_counts) {
+    std::vector<Bucket> buckets;
+    if (log2_us_counts.empty()) return buckets;
+    buckets.reserve(log2_us_counts.size() - 1);
+    std::uint64_t cumulative = 0;
+    for (std::size_t i = 0; i + 1 < log2_us_counts.size(); ++i) {
+        cumulative += log2_us_counts[i];
+        const double upper_us = std::ldexp(1.0, static_cast<int>(i) + 1);
+        buckets.push_back({upper_us * 1e-6, cumulative});
+    }
+    return buckets;
+}
+
+void MetricsWriter::log2_histogram_sample(const Labels& labels,
+                                          std::span<const std::uint64_t> log2_us_counts,
+                                          double sum_seconds) {
+    std::uint64_t count = 0;
+    for (const auto n : log2_us_counts) count += n;
+    histogram_sample(labels, log2_us_buckets(log2_us_counts), sum_seconds, count);
+}
+
 }  // namespace meshlane::metrics

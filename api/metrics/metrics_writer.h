@@ -11,11 +11,17 @@
 //   out.sample({{"workload", "web"}, {"decision", "outbound_redirected"}}, 42);
 //   out.histogram("meshlane_connect_latency_seconds", "TCP connect latency.");
 //   out.histogram_sample({{"workload", "web"}}, {{0.001, 3}, {0.002, 7}}, 0.0123, 9);
+// The kernel's log2-of-microseconds histograms (include/meshlane/observe_abi.h) go through
+// log2_histogram_sample(), so every latency family (connect, TLS handshake) has the same le set:
+//   out.histogram("meshlane_tcp_connect_seconds", "TCP connect latency.");
+//   out.log2_histogram_sample({{"workload", "web"}, {"side", "app"}}, totals.latency.buckets(),
+//                             totals.latency_sum_us * 1e-6);
 #pragma once
 
 #include <cstdint>
 #include <initializer_list>
 #include <set>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -51,6 +57,17 @@ class MetricsWriter {
     // with non-decreasing cumulative counts, none above `count`; le="+Inf" is added.
     void histogram_sample(const Labels& labels, const std::vector<Bucket>& buckets, double sum,
                           std::uint64_t count);
+
+    // A histogram series from per-bucket (not cumulative) counts of a log2 histogram of
+    // microseconds: bucket 0 holds [0, 2) us, bucket i >= 1 holds [2^i, 2^(i+1)) us, the last
+    // bucket everything above. Bucket i becomes le = 2^(i+1) us in seconds (its values are all
+    // below that bound); the last, unbounded bucket is only counted in le="+Inf". _count is the
+    // total of all buckets.
+    void log2_histogram_sample(const Labels& labels, std::span<const std::uint64_t> log2_us_counts,
+                               double sum_seconds);
+    // The cumulative buckets log2_histogram_sample writes (without +Inf), for tests and callers
+    // that need the bounds.
+    static std::vector<Bucket> log2_us_buckets(std::span<const std::uint64_t> log2_us_counts);
 
     const std::string& text() const { return out_; }
     std::string take() { return std::move(out_); }

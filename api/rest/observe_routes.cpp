@@ -7,6 +7,7 @@
 
 #include "agent/observe/observation_source.h"
 #include "agent/observe/observe_json.h"
+#include "agent/observe/tls_json.h"
 #include "agent/workload/workload_spec.h"
 
 namespace meshlane::rest {
@@ -63,7 +64,8 @@ Result<std::vector<WorkloadStatus>> selected_workloads(
     const RouteContext& context, const std::map<std::string, std::string>& query) {
     auto it = query.find("workload");
     if (it == query.end() || it->second.empty()) return context.registry.list();
-    if (auto valid = validate_name(it->second); !valid) return valid.error();
+    if (auto valid = validate_name(it->second); !valid)
+        return valid.error().with_context("workload");
     auto status = context.registry.get(it->second);
     if (!status) return status.error();
     return std::vector<WorkloadStatus>{std::move(*status)};
@@ -77,6 +79,19 @@ Status only_known_keys(const std::map<std::string, std::string>& query,
         if (!ok) return Error::invalid("unknown query parameter \"" + key + "\"");
     }
     return Ok{};
+}
+
+// since=<unix milliseconds> -> unix nanoseconds; absent -> nullopt.
+Result<std::optional<std::int64_t>> parse_since_ns(
+    const std::map<std::string, std::string>& query) {
+    auto it = query.find("since");
+    if (it == query.end()) return std::optional<std::int64_t>{};
+    auto since = parse_int<std::int64_t>(it->second, "since (unix milliseconds)");
+    if (!since) return since.error();
+    // Negative times, or times so large they overflow nanoseconds, are not instants.
+    if (*since < 0 || *since > std::int64_t{9'000'000'000'000})
+        return Error::invalid("since (unix milliseconds): out of range");
+    return std::optional<std::int64_t>{*since * 1'000'000};
 }
 
 }  // namespace
@@ -107,15 +122,21 @@ Response list_connections(const RouteContext& context) {
     if (!context.observations) return unavailable();
     auto query = parse_query(context.request.target());
     if (!query) return error_response(query.error());
-    if (auto known = only_known_keys(*query, {"workload"}); !known)
+    if (auto known = only_known_keys(*query, {"workload", "since"}); !known)
         return error_response(known.error());
+    auto since_ns = parse_since_ns(*query);
+    if (!since_ns) return error_response(since_ns.error());
     auto workloads = selected_workloads(context, *query);
     if (!workloads) return error_response(workloads.error());
     json::array items;
-    for (const auto& status : *workloads)
-        items.push_back(
-            to_json(context.observations->connections(status.workload_id, status.netns_cookie),
-                    status.spec.name));
+    for (const auto& status : *workloads) {
+        auto view = context.observations->connections(status.workload_id, status.netns_cookie);
+        // since filters the recent slow/failed connects; totals and histograms stay cumulative.
+        if (*since_ns)
+            std::erase_if(view.recent,
+                          [&](const ConnectionRecord& r) { return r.unix_time_ns < **since_ns; });
+        items.push_back(to_json(view, status.spec.name));
+    }
     return json_response(http::status::ok,
                          json::object{{"workloads", std::move(items)},
                                       {"observer", to_json(context.observations->health())}});
@@ -134,14 +155,9 @@ Response list_drops(const RouteContext& context) {
             return error_response(Error::invalid("reason \"" + it->second +
                                                  "\" is not a drop reason of this kernel"));
     }
-    if (auto it = query->find("since"); it != query->end()) {
-        auto since = parse_int<std::int64_t>(it->second, "since (unix milliseconds)");
-        if (!since) return error_response(since.error());
-        // Negative times, or times so large they overflow nanoseconds, are not instants.
-        if (*since < 0 || *since > std::int64_t{9'000'000'000'000})
-            return error_response(Error::invalid("since (unix milliseconds): out of range"));
-        drop_query.since_unix_ns = *since * 1'000'000;
-    }
+    auto since_ns = parse_since_ns(*query);
+    if (!since_ns) return error_response(since_ns.error());
+    drop_query.since_unix_ns = *since_ns;
     if (auto it = query->find("limit"); it != query->end()) {
         auto limit = parse_int<std::size_t>(it->second, "limit");
         if (!limit) return error_response(limit.error());
@@ -157,6 +173,23 @@ Response list_drops(const RouteContext& context) {
         items.push_back(to_json(
             context.observations->drops(status.workload_id, status.netns_cookie, drop_query),
             status.spec.name));
+    return json_response(http::status::ok,
+                         json::object{{"workloads", std::move(items)},
+                                      {"observer", to_json(context.observations->health())}});
+}
+
+Response list_tls(const RouteContext& context) {
+    if (!context.observations) return unavailable();
+    auto query = parse_query(context.request.target());
+    if (!query) return error_response(query.error());
+    if (auto known = only_known_keys(*query, {"workload"}); !known)
+        return error_response(known.error());
+    auto workloads = selected_workloads(context, *query);
+    if (!workloads) return error_response(workloads.error());
+    json::array items;
+    for (const auto& status : *workloads)
+        items.push_back(to_json(context.observations->tls(status.workload_id, status.netns_cookie),
+                                status.spec.name));
     return json_response(http::status::ok,
                          json::object{{"workloads", std::move(items)},
                                       {"observer", to_json(context.observations->health())}});

@@ -16,6 +16,8 @@ namespace meshlane::rest {
 
 Response list_connections(const RouteContext& context);
 Response list_drops(const RouteContext& context);
+// GET /v1/tls?workload=NAME: TLS handshakes per workload (wire and libssl sources).
+Response list_tls(const RouteContext& context);
 
 // "a=1&b=x%20y" -> {a: "1", b: "x y"}; Error on a malformed escape or a repeated key.
 Result<std::map<std::string, std::string>> parse_query(std::string_view target);

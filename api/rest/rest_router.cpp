@@ -83,6 +83,8 @@ std::string_view error_code_for_status(http::status status) {
             return "too_many_connections";
         case http::status::request_header_fields_too_large:
             return "header_too_large";
+        case http::status::service_unavailable:
+            return "unavailable";
         default:
             return "internal";
     }
@@ -99,6 +101,8 @@ http::status http_status_for_errno(int code) {
         case EPERM:
         case EACCES:
             return http::status::forbidden;
+        case ENOTSUP:  // a disabled part of the agent (e.g. the redirect datapath)
+            return http::status::service_unavailable;
         default:
             return http::status::internal_server_error;
     }

@@ -114,6 +114,12 @@ constexpr auto kRoutes = std::to_array<Route>({
      "drop events and lost-event counts (?workload=NAME&reason=NETFILTER_DROP&since=UNIX_MS"
      "&limit=N).",
      false, list_drops},
+    {http::verb::get, "/v1/tls",
+     "TLS-handshake latency per workload, measured on the wire (ClientHello to the client's "
+     "first application_data record, any TLS library) and by libssl uprobes: p50/p90/p99, "
+     "failures (alerts, resets, closes mid-handshake), per destination (SNI or original "
+     "destination), recent handshakes (?workload=NAME).",
+     false, list_tls},
     {http::verb::get, "/v1/events",
      "Workload lifecycle events as NDJSON: recent history, then live with follow=true "
      "(?follow=true&workload=NAME&type=workload_enrolled,workload_removed&since=UNIX_MS); "

@@ -1,5 +1,9 @@
 #include "api/rest/rest_server.h"
 
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -9,31 +13,40 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/basic_stream.hpp>
 #include <boost/beast/core/error.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/chunk_encode.hpp>
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
 #include <functional>
 #include <map>
 #include <optional>
 
 #include "api/rest/rest_router.h"
+#include "api/rest/tls_auth.h"
 
 namespace meshlane::rest {
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 using UnixProtocol = asio::local::stream_protocol;
+using TcpProtocol = asio::ip::tcp;
+using UnixStream = beast::basic_stream<UnixProtocol>;
+using TlsStream = beast::ssl_stream<beast::tcp_stream>;
 
 constexpr auto kAwait = asio::as_tuple(asio::use_awaitable);
 
@@ -48,6 +61,8 @@ struct detail::ServerState {
     RestServerOptions options;
     std::optional<UnixProtocol::acceptor> unix_acceptor;
     std::optional<std::pair<dev_t, ino_t>> unix_socket_identity;  // what stop() may unlink
+    std::optional<asio::ssl::context> tls_context;
+    std::optional<TcpProtocol::acceptor> tcp_acceptor;
     bool stopped = false;
     std::size_t active = 0;
     std::size_t streaming = 0;
@@ -154,7 +169,7 @@ asio::awaitable<beast::error_code> read_request(Stream& stream, beast::flat_buff
                                                 const RestServerOptions& options) {
     parser.header_limit(static_cast<std::uint32_t>(options.header_limit));
     parser.body_limit(options.body_limit);
-    stream.expires_after(options.read_timeout);
+    beast::get_lowest_layer(stream).expires_after(options.read_timeout);
     auto [ec, header_bytes] = co_await http::async_read_header(stream, buffer, parser, kAwait);
     if (ec) co_return ec;
     if (expects_continue(parser)) {
@@ -169,7 +184,7 @@ asio::awaitable<beast::error_code> read_request(Stream& stream, beast::flat_buff
 template <typename Stream>
 asio::awaitable<bool> write_response(Stream& stream, Response& response,
                                      const RestServerOptions& options) {
-    stream.expires_after(options.read_timeout);
+    beast::get_lowest_layer(stream).expires_after(options.read_timeout);
     auto [ec, bytes] = co_await http::async_write(stream, response, kAwait);
     co_return !ec;
 }
@@ -199,11 +214,11 @@ constexpr std::chrono::seconds kStreamIdleWake{5};
 template <typename Stream>
 asio::awaitable<bool> write_chunk(Stream& stream, const std::string& text,
                                   const RestServerOptions& options) {
-    stream.expires_after(options.read_timeout);
+    beast::get_lowest_layer(stream).expires_after(options.read_timeout);
     auto [ec, bytes] =
         co_await asio::async_write(stream, http::make_chunk(asio::buffer(text)), kAwait);
     // An armed expiry with no operation pending would fail the next operation at once.
-    stream.expires_never();
+    beast::get_lowest_layer(stream).expires_never();
     co_return !ec;
 }
 
@@ -221,16 +236,16 @@ asio::awaitable<void> serve_stream(Stream& stream, detail::ServerState& state, R
     });
     // The client sends nothing after its request; readability means it closed (or broke the
     // protocol): either way the stream ends.
-    stream.socket().async_wait(asio::socket_base::wait_read,
-                               [wake, client_gone](const boost::system::error_code&) {
-                                   *client_gone = true;
-                                   wake->cancel();
-                               });
+    beast::get_lowest_layer(stream).socket().async_wait(
+        asio::socket_base::wait_read, [wake, client_gone](const boost::system::error_code&) {
+            *client_gone = true;
+            wake->cancel();
+        });
     http::response<http::empty_body> header{head.base()};
     http::response_serializer<http::empty_body> serializer{header};
-    stream.expires_after(state.options.read_timeout);
+    beast::get_lowest_layer(stream).expires_after(state.options.read_timeout);
     auto [header_ec, header_bytes] = co_await http::async_write_header(stream, serializer, kAwait);
-    stream.expires_never();
+    beast::get_lowest_layer(stream).expires_never();
     if (header_ec) co_return;
 
     std::string text;
@@ -251,13 +266,42 @@ asio::awaitable<void> serve_stream(Stream& stream, detail::ServerState& state, R
         if (!co_await write_chunk(stream, text, state.options)) co_return;
     }
     // The bus closed (agent stopping): end the body properly.
-    stream.expires_after(state.options.read_timeout);
+    beast::get_lowest_layer(stream).expires_after(state.options.read_timeout);
     co_await asio::async_write(stream, http::make_chunk_last(), kAwait);
-    stream.expires_never();
+    beast::get_lowest_layer(stream).expires_never();
+}
+
+// Who is on the other end, as far as authorization cares. The unix socket is root-only
+// (mode 0600), so its clients are trusted with every call.
+struct Peer {
+    const tls::TlsMaterial* tls = nullptr;  // set on the TCP listener: mutations need auth
+    bool certificate_verified = false;      // the handshake verified a client certificate
+};
+
+// A state-changing call: everything but GET/HEAD (the route table allows mutations only by
+// POST/DELETE; any other method is refused by the router anyway, authorized or not).
+bool mutates(const Request& request) {
+    return request.method() != http::verb::get && request.method() != http::verb::head;
+}
+
+// nullopt: go ahead. Otherwise the 401 to send instead.
+std::optional<Response> refuse_unauthorized(const Request& request, const Peer& peer) {
+    if (peer.tls == nullptr || !mutates(request)) return std::nullopt;
+    const auto decision = tls::authorize_mutation(*peer.tls, peer.certificate_verified,
+                                                  request[http::field::authorization]);
+    if (decision == tls::AuthDecision::kAllowed) return std::nullopt;
+    auto response = error_response(http::status::unauthorized, "unauthenticated",
+                                   tls::describe(decision, *peer.tls));
+    response.set(http::field::www_authenticate, tls::www_authenticate(decision));
+    response.version(request.version());
+    response.keep_alive(request.keep_alive());
+    response.prepare_payload();
+    return response;
 }
 
 template <typename Stream>
-asio::awaitable<void> serve_connection(Stream& stream, detail::ServerState& state) {
+asio::awaitable<void> serve_connection(Stream& stream, detail::ServerState& state,
+                                       const Peer& peer) {
     beast::flat_buffer buffer;
     for (;;) {
         http::request_parser<http::string_body> parser;
@@ -267,6 +311,14 @@ asio::awaitable<void> serve_connection(Stream& stream, detail::ServerState& stat
                 co_await write_response(stream, *reply, state.options);
             }
             break;
+        }
+        if (auto refusal = refuse_unauthorized(parser.get(), peer)) {
+            spdlog::info("api: {} {} over TCP refused: {}",
+                         std::string(parser.get().method_string()),
+                         std::string(parser.get().target()), refusal->body());
+            if (!co_await write_response(stream, *refusal, state.options)) break;
+            if (!refusal->keep_alive() || state.stopped) break;
+            continue;
         }
         StreamingReply streaming;
         streaming.allowed = state.streaming < state.options.max_streaming_clients;
@@ -281,8 +333,26 @@ asio::awaitable<void> serve_connection(Stream& stream, detail::ServerState& stat
         if (!co_await write_response(stream, response, state.options)) break;
         if (!response.keep_alive() || state.stopped) break;
     }
+}
+
+// Ends a connection politely: FIN on a unix socket; TLS close_notify (bounded, the peer may be
+// gone or never answer) and then FIN on TCP.
+asio::awaitable<void> finish(UnixStream& stream, const RestServerOptions&) {
     beast::error_code ignored;
     stream.socket().shutdown(asio::socket_base::shutdown_send, ignored);
+    co_return;
+}
+
+constexpr std::chrono::seconds kTlsShutdownTimeout{2};
+
+asio::awaitable<void> finish(TlsStream& stream, const RestServerOptions& options) {
+    auto& tcp = beast::get_lowest_layer(stream);
+    if (!tcp.socket().is_open()) co_return;
+    tcp.expires_after(std::min<std::chrono::seconds>(options.read_timeout, kTlsShutdownTimeout));
+    co_await stream.async_shutdown(kAwait);
+    beast::error_code ignored;
+    tcp.socket().shutdown(asio::socket_base::shutdown_send, ignored);
+    tcp.close();
 }
 
 // Counts the connection and registers a closer for stop(); undone on every exit path.
@@ -305,34 +375,76 @@ class SessionRegistration {
     std::uint64_t id_;
 };
 
-template <typename Protocol>
-asio::awaitable<void> run_session(std::shared_ptr<detail::ServerState> state,
-                                  typename Protocol::socket socket) {
-    using Stream = beast::basic_stream<Protocol>;
-    auto stream = std::make_shared<Stream>(std::move(socket));
-    SessionRegistration registration(*state, [weak = std::weak_ptr<Stream>(stream)] {
-        if (auto open = weak.lock()) open->close();
-    });
-    co_await serve_connection(*stream, *state);
-}
-
 // Over the cap: answer without reading, so the client sees why, then close.
-template <typename Protocol>
-asio::awaitable<void> refuse_busy(std::shared_ptr<detail::ServerState> state,
-                                  typename Protocol::socket socket) {
-    beast::basic_stream<Protocol> stream(std::move(socket));
+template <typename Stream>
+asio::awaitable<void> refuse_busy(Stream& stream, detail::ServerState& state) {
     auto response = transport_error_response(http::status::too_many_requests,
                                              "too many open API connections (limit " +
-                                                 std::to_string(state->options.max_connections) +
+                                                 std::to_string(state.options.max_connections) +
                                                  "); retry later");
-    co_await write_response(stream, response, state->options);
-    beast::error_code ignored;
-    stream.socket().shutdown(asio::socket_base::shutdown_send, ignored);
+    co_await write_response(stream, response, state.options);
 }
 
-template <typename Protocol>
-asio::awaitable<void> accept_loop(std::shared_ptr<detail::ServerState> state,
-                                  typename Protocol::acceptor& acceptor) {
+// `busy`: the connection cap is reached; the client gets a 429 and is not counted.
+asio::awaitable<void> run_unix_session(std::shared_ptr<detail::ServerState> state,
+                                       UnixProtocol::socket socket, bool busy) {
+    auto stream = std::make_shared<UnixStream>(std::move(socket));
+    if (busy) {
+        co_await refuse_busy(*stream, *state);
+    } else {
+        SessionRegistration registration(*state, [weak = std::weak_ptr<UnixStream>(stream)] {
+            if (auto open = weak.lock()) open->close();
+        });
+        co_await serve_connection(*stream, *state, Peer{});
+    }
+    co_await finish(*stream, state->options);
+}
+
+// The handshake verified the client's certificate against tls_client_ca_file (with verify_peer
+// a certificate that fails verification fails the handshake, so this is belt and braces).
+bool peer_certificate_verified(SSL* ssl) {
+    X509* certificate = SSL_get1_peer_certificate(ssl);
+    const bool verified = certificate != nullptr && SSL_get_verify_result(ssl) == X509_V_OK;
+    X509_free(certificate);
+    return verified;
+}
+
+asio::awaitable<void> run_tls_session(std::shared_ptr<detail::ServerState> state,
+                                      TcpProtocol::socket socket, bool busy) {
+    boost::system::error_code ignored;
+    const auto remote = socket.remote_endpoint(ignored);
+    auto stream = std::make_shared<TlsStream>(std::move(socket), *state->tls_context);
+    std::optional<SessionRegistration> registration;
+    if (!busy) {
+        registration.emplace(*state, [weak = std::weak_ptr<TlsStream>(stream)] {
+            if (auto open = weak.lock()) beast::get_lowest_layer(*open).close();
+        });
+    }
+    // The handshake is a read like any other: a client that stalls in it loses its slot.
+    auto& tcp = beast::get_lowest_layer(*stream);
+    tcp.expires_after(state->options.read_timeout);
+    auto [handshake_ec] = co_await stream->async_handshake(asio::ssl::stream_base::server, kAwait);
+    tcp.expires_never();
+    if (handshake_ec) {
+        spdlog::info("api: TLS handshake with {} failed: {}",
+                     remote.address().to_string() + ":" + std::to_string(remote.port()),
+                     handshake_ec.message());
+        tcp.close();
+        co_return;
+    }
+    const tls::TlsMaterial& material = *state->options.tcp->tls;
+    Peer peer{&material, peer_certificate_verified(stream->native_handle())};
+    if (busy) {
+        co_await refuse_busy(*stream, *state);
+    } else {
+        co_await serve_connection(*stream, *state, peer);
+    }
+    co_await finish(*stream, state->options);
+}
+
+template <typename Acceptor, typename Session>
+asio::awaitable<void> accept_loop(std::shared_ptr<detail::ServerState> state, Acceptor& acceptor,
+                                  Session session) {
     for (;;) {
         auto [ec, socket] = co_await acceptor.async_accept(kAwait);
         if (state->stopped || ec == asio::error::operation_aborted) co_return;
@@ -343,12 +455,8 @@ asio::awaitable<void> accept_loop(std::shared_ptr<detail::ServerState> state,
             co_await backoff.async_wait(kAwait);
             continue;
         }
-        if (state->active >= state->options.max_connections) {
-            asio::co_spawn(state->io, refuse_busy<Protocol>(state, std::move(socket)),
-                           asio::detached);
-            continue;
-        }
-        asio::co_spawn(state->io, run_session<Protocol>(state, std::move(socket)), asio::detached);
+        const bool busy = state->active >= state->options.max_connections;
+        asio::co_spawn(state->io, session(state, std::move(socket), busy), asio::detached);
     }
 }
 
@@ -362,6 +470,68 @@ Status bind_unix_acceptor(UnixProtocol::acceptor& acceptor, const std::string& p
     if (::chmod(path.c_str(), 0600) != 0) return Error::last_errno("chmod 0600 " + path);
     acceptor.listen(asio::socket_base::max_listen_connections, ec);
     if (ec) return Error::from_errno(ec.value(), "listen on API socket " + path);
+    return Ok{};
+}
+
+// Sends the CA names in the CertificateRequest, so a client holding several certificates picks
+// one this server can verify.
+void advertise_client_cas(SSL_CTX* ctx, const std::string& ca_pem) {
+    BIO* bio = BIO_new_mem_buf(ca_pem.data(), static_cast<int>(ca_pem.size()));
+    if (bio == nullptr) return;
+    while (X509* ca = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) {
+        SSL_CTX_add_client_CA(ctx, ca);
+        X509_free(ca);
+    }
+    ERR_clear_error();  // the loop ends on "no more PEM data"
+    BIO_free(bio);
+}
+
+// TLS 1.2 or newer, the configured certificate chain and key, and client-certificate
+// verification when a CA bundle is configured (required or merely requested).
+Status make_tls_context(std::optional<asio::ssl::context>& out, const tls::TlsMaterial& material) {
+    try {
+        auto& context = out.emplace(asio::ssl::context::tls_server);
+        SSL_CTX* ctx = context.native_handle();
+        SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+        context.set_options(asio::ssl::context::default_workarounds |
+                            asio::ssl::context::single_dh_use);
+        context.use_certificate_chain(asio::buffer(material.cert_chain_pem));
+        context.use_private_key(asio::buffer(material.private_key_pem), asio::ssl::context::pem);
+        if (material.verifies_clients()) {
+            context.add_certificate_authority(asio::buffer(material.client_ca_pem));
+            advertise_client_cas(ctx, material.client_ca_pem);
+            context.set_verify_mode(asio::ssl::verify_peer |
+                                    (material.require_client_cert
+                                         ? asio::ssl::verify_fail_if_no_peer_cert
+                                         : asio::ssl::verify_none));
+            // Session resumption with verify_peer needs a session id context, or OpenSSL fails
+            // every resumed handshake.
+            static constexpr unsigned char kSessionContext[] = "meshlane-api";
+            SSL_CTX_set_session_id_context(ctx, kSessionContext, sizeof kSessionContext - 1);
+        } else {
+            context.set_verify_mode(asio::ssl::verify_none);
+        }
+    } catch (const boost::system::system_error& e) {
+        out.reset();
+        return Error::invalid(std::string("API TLS setup: ") + e.what());
+    }
+    return Ok{};
+}
+
+Status bind_tcp_acceptor(TcpProtocol::acceptor& acceptor, const tls::TcpEndpoint& where) {
+    boost::system::error_code ec;
+    const auto address = asio::ip::make_address(where.address, ec);
+    if (ec) return Error::invalid("API TCP address " + where.text() + ": " + ec.message());
+    const TcpProtocol::endpoint endpoint(address, where.port);
+    acceptor.open(endpoint.protocol(), ec);
+    if (ec) return Error::from_errno(ec.value(), "open API TCP socket");
+    acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+    if (ec) return Error::from_errno(ec.value(), "SO_REUSEADDR on API TCP socket");
+    if (where.v6) acceptor.set_option(asio::ip::v6_only(true), ec);
+    acceptor.bind(endpoint, ec);
+    if (ec) return Error::from_errno(ec.value(), "bind API TCP listener " + where.text());
+    acceptor.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) return Error::from_errno(ec.value(), "listen on API TCP " + where.text());
     return Ok{};
 }
 
@@ -395,20 +565,66 @@ Status RestServer::start() {
                                        std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) +
                                        " bytes"};
     }
-    if (auto s = create_parent_directories(path); !s) return s;
-    if (auto s = remove_stale_socket(path); !s) return s;
+    // TCP first: it has no side effects on the file system to undo if the unix socket fails.
+    if (auto s = start_tcp(); !s) return s;
+    auto undo_tcp = [this] {
+        boost::system::error_code ignored;
+        if (state_->tcp_acceptor) state_->tcp_acceptor->close(ignored);
+        state_->tcp_acceptor.reset();
+        state_->tls_context.reset();
+    };
+    if (auto s = create_parent_directories(path); !s) {
+        undo_tcp();
+        return s;
+    }
+    if (auto s = remove_stale_socket(path); !s) {
+        undo_tcp();
+        return s;
+    }
     auto& acceptor = state_->unix_acceptor.emplace(state_->io);
     if (auto s = bind_unix_acceptor(acceptor, path); !s) {
         boost::system::error_code ignored;
         acceptor.close(ignored);
         state_->unix_acceptor.reset();
+        undo_tcp();
         return s;
     }
     struct stat st {};
     if (::lstat(path.c_str(), &st) == 0) state_->unix_socket_identity = {st.st_dev, st.st_ino};
     state_->stopped = false;
-    asio::co_spawn(state_->io, accept_loop<UnixProtocol>(state_, acceptor), asio::detached);
+    asio::co_spawn(state_->io, accept_loop(state_, acceptor, run_unix_session), asio::detached);
     spdlog::info("api: listening on unix:{}", path);
+    if (state_->tcp_acceptor) {
+        asio::co_spawn(state_->io, accept_loop(state_, *state_->tcp_acceptor, run_tls_session),
+                       asio::detached);
+        const auto& tcp = *state_->options.tcp;
+        spdlog::info("api: listening on https://{} (TLS{}; mutating calls need {})",
+                     tls::TcpEndpoint{tcp.endpoint.address, tcp_port(), tcp.endpoint.loopback,
+                                      tcp.endpoint.v6}
+                         .text(),
+                     tcp.tls->require_client_cert ? ", client certificate required" : "",
+                     tcp.tls->accepts_mutations() ? "a bearer token or client certificate"
+                                                  : "the unix socket (no token or client CA)");
+    }
+    return Ok{};
+}
+
+Status RestServer::start_tcp() {
+    if (!state_->options.tcp) return Ok{};
+    const auto& tcp = *state_->options.tcp;
+    if (!tcp.tls) return Error::invalid("API TCP listener without TLS material: refused");
+    if (auto s = make_tls_context(state_->tls_context, *tcp.tls); !s) return s;
+    auto& acceptor = state_->tcp_acceptor.emplace(state_->io);
+    if (auto s = bind_tcp_acceptor(acceptor, tcp.endpoint); !s) {
+        boost::system::error_code ignored;
+        acceptor.close(ignored);
+        state_->tcp_acceptor.reset();
+        state_->tls_context.reset();
+        return s;
+    }
+    if (!tcp.endpoint.loopback)
+        spdlog::warn("api: REST listens on non-loopback {}: reachable from other hosts",
+                     tcp.endpoint.text());
     return Ok{};
 }
 
@@ -417,6 +633,7 @@ void RestServer::stop() {
     state_->stopped = true;
     boost::system::error_code ignored;
     state_->unix_acceptor->close(ignored);
+    if (state_->tcp_acceptor) state_->tcp_acceptor->close(ignored);
     // Unlink only our own socket file: a newer agent may already have replaced it.
     const std::string& path = state_->options.unix_socket_path;
     struct stat st {};
@@ -432,5 +649,12 @@ void RestServer::stop() {
 std::size_t RestServer::active_connections() const { return state_->active; }
 
 std::size_t RestServer::active_streams() const { return state_->streaming; }
+
+std::uint16_t RestServer::tcp_port() const {
+    if (!state_->tcp_acceptor || !state_->tcp_acceptor->is_open()) return 0;
+    boost::system::error_code ec;
+    const auto endpoint = state_->tcp_acceptor->local_endpoint(ec);
+    return ec ? 0 : endpoint.port();
+}
 
 }  // namespace meshlane::rest

@@ -1,8 +1,9 @@
-// The REST API's transport: HTTP/1.1 (Boost.Beast) over a unix stream socket, one C++20
-// coroutine per connection. Requests go to RestRouter; this layer only enforces limits
-// (read timeout, header and body size, connection cap) and owns the listening socket.
-// The session and accept loop are templates over the socket protocol, so a TCP listener is one
-// more acceptor, not another server.
+// The REST API's transport: HTTP/1.1 (Boost.Beast) over a unix stream socket and, optionally,
+// over TLS on a TCP listener (Beast ssl_stream; plain-text TCP does not exist), one C++20
+// coroutine per connection. Requests go to RestRouter; this layer only enforces limits (read
+// timeout, header and body size, connection cap), owns the listening sockets and, on TCP, the
+// authorization of mutating calls (api/rest/tls_auth.h). The session and accept loop are
+// templates over the stream, so the TCP listener is one more acceptor, not another server.
 //
 // Threading: construct, start() and stop() on the thread that runs the io_context (stop() may
 // also be called after that io_context has stopped running). Handlers run on the io_context
@@ -12,11 +13,14 @@
 #include <boost/asio/io_context.hpp>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "agent/common/result.h"
 #include "agent/workload/workload_registry.h"
+#include "api/rest/tls_config.h"
 
 namespace meshlane {
 class ObservationSource;  // agent/observe/observation_source.h
@@ -45,6 +49,14 @@ struct RestServerOptions {
     events::EventBus* events = nullptr;
     // Open GET /v1/events?follow=true streams; beyond, 429. Streams count as connections too.
     std::size_t max_streaming_clients = 32;
+    // Optional TLS listener on TCP. Read-only calls are open to any TLS client; mutating ones
+    // need the bearer token or a verified client certificate (401 otherwise). Port 0 picks a
+    // free port (tcp_port() tells which).
+    struct Tcp {
+        tls::TcpEndpoint endpoint;
+        std::shared_ptr<const tls::TlsMaterial> tls;
+    };
+    std::optional<Tcp> tcp;
 };
 
 // For any unix-socket server of the agent (REST, gRPC): creates missing parent directories
@@ -63,16 +75,21 @@ class RestServer {
 
     // Binds and listens on options.unix_socket_path: creates missing parent directories (0755),
     // removes a stale socket file only when it is a socket nobody accepts on, refuses to
-    // replace anything else, and leaves the socket mode 0600 (root-only API). Then starts
-    // accepting on the io_context.
+    // replace anything else, and leaves the socket mode 0600 (root-only API). Then the TCP
+    // listener when configured (its TLS context first: a bad certificate fails here). Starts
+    // accepting on the io_context only once everything is bound; on failure nothing is left.
     Status start();
     // Stops accepting, closes open connections and removes the socket file. Idempotent.
     void stop();
 
     std::size_t active_connections() const;
     std::size_t active_streams() const;
+    // The bound TCP port; 0 without a TCP listener.
+    std::uint16_t tcp_port() const;
 
   private:
+    Status start_tcp();
+
     std::shared_ptr<detail::ServerState> state_;
 };
 

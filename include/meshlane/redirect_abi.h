@@ -162,10 +162,22 @@ enum meshlane_redirect_counter {
     MESHLANE_CNT_OUTBOUND_STARTUP_PASSTHROUGH,
     MESHLANE_REDIRECT_COUNTER_MAX
 };
+/* Kernel times (bpf_ktime_get_ns, CLOCK_MONOTONIC) kept in the LAST slots of each workload's
+ * redirect_counters stride, so counters can grow from the front without a new map or a resized
+ * pin. Per CPU: a FIRST slot is set once (0 = never), a LAST slot on every event; the agent
+ * takes the earliest non-zero FIRST and the latest LAST across CPUs. They date startup
+ * refusals exactly: "N refused between T1 and T2, the proxy's listener registered at T3". */
+enum meshlane_redirect_time {
+    MESHLANE_TIME_INBOUND_REFUSED_FIRST = MESHLANE_REDIRECT_COUNTER_STRIDE - 4,
+    MESHLANE_TIME_INBOUND_REFUSED_LAST,
+    MESHLANE_TIME_LISTENER_REGISTERED_FIRST,
+    MESHLANE_TIME_LISTENER_REGISTERED_LAST,
+};
 #ifdef __cplusplus
-static_assert(MESHLANE_REDIRECT_COUNTER_MAX <= MESHLANE_REDIRECT_COUNTER_STRIDE, "grow the stride");
+static_assert((int)MESHLANE_REDIRECT_COUNTER_MAX <= (int)MESHLANE_TIME_INBOUND_REFUSED_FIRST,
+              "grow the stride");
 #else
-_Static_assert(MESHLANE_REDIRECT_COUNTER_MAX <= MESHLANE_REDIRECT_COUNTER_STRIDE,
+_Static_assert((int)MESHLANE_REDIRECT_COUNTER_MAX <= (int)MESHLANE_TIME_INBOUND_REFUSED_FIRST,
                "grow the stride");
 #endif
 

@@ -1,9 +1,11 @@
 """Startup prerequisite checks: the agent probes BTF, cgroup v2, bpffs and every program type,
 attach type, map type and helper it uses, reports them in `status` → features, and when something
-is missing says exactly what and which capabilities still work, instead of a verifier error."""
+is missing says exactly what and which capabilities still work, instead of a verifier error, and
+starts with what works (test_degraded_start.py covers the features one by one)."""
+import json
 import os
-import subprocess
 
+from harness import proc, util
 from harness.meshlane import Agent, meshlane_bin
 
 EXPECTED_FEATURES = {
@@ -30,19 +32,26 @@ def test_status_reports_probed_features(agent):
 
 
 def test_missing_prerequisites_are_named_with_what_still_works():
-    # Without CAP_BPF every BPF probe fails: the report must name each one, keep BTF / cgroup2 /
-    # bpffs as working, and exit before loading anything.
+    # Without CAP_BPF every BPF probe fails: the report names each one and keeps BTF / cgroup2 /
+    # bpffs as working; the agent starts degraded (status and diagnostics, no enrolment) instead
+    # of exiting, loads nothing and pins nothing.
     instance = Agent(meshlane_bin())
+    nobody = 65534
     try:
         instance.prepare()
-        os.chown(instance.dir, 65534, 65534)
-        os.chown(instance.state_dir, 65534, 65534)
-        result = subprocess.run(
-            [instance.binary, "agent", "--config", instance.config_path], capture_output=True,
-            text=True, timeout=30, user=65534, group=65534, extra_groups=[], cwd="/")
-        output = result.stdout + result.stderr
-        assert result.returncode != 0, output
-        assert "kernel prerequisites missing; nothing was loaded" in output, output
+        os.chown(instance.dir, nobody, nobody)
+        os.chown(instance.state_dir, nobody, nobody)
+        with open(instance.log_path, "ab") as log:
+            instance.process = proc.spawn(
+                [instance.binary, "agent", "--config", instance.config_path], uid=nobody,
+                gid=nobody, groups=[], stdout=log, stderr=log,
+                description=f"meshlane agent {instance.id} as nobody")
+        util.wait_until(lambda: instance.process.poll() is not None or
+                        instance.cli("status", uid=nobody, timeout=5).returncode == 0,
+                        timeout=20, interval=0.1, message="the degraded agent answering status")
+        output = instance.log_text()
+        assert instance.process.poll() is None, output
+        assert "kernel prerequisites missing:" in output, output
         for key in ("prog_type.sk_lookup", "attach.cgroup_getsockopt", "map.sk_storage",
                     "helper.sk_lookup.sk_assign"):
             assert f"missing: {key}: not probed: this process may not load BPF programs" in \
@@ -50,6 +59,15 @@ def test_missing_prerequisites_are_named_with_what_still_works():
         assert "does not work: inbound capture" in output, output
         assert "still works: kernel BTF for CO-RE relocations" in output, output
         assert "still works: workload cgroups (cgroup v2)" in output, output
-        assert not os.path.exists(instance.pin_path), "nothing may be pinned"
+        status = json.loads(instance.cli("status", "--json", uid=nobody).stdout)
+        redirect = status["feature_states"]["redirect"]
+        assert redirect["enabled"] is False and redirect["essential"] is True, redirect
+        assert "may not load BPF programs" in redirect["reason"], redirect
+        refused = instance.cli("enroll", "x", "--cgroup", "/", "--netns", "/proc/self/ns/net",
+                               uid=nobody)
+        assert refused.returncode != 0
+        assert "refused: the redirect datapath is disabled" in refused.stderr, refused.stderr
+        assert not os.path.exists(os.path.join(instance.pin_path, "workloads")), \
+            "nothing may be pinned"
     finally:
         instance.destroy()

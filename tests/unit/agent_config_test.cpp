@@ -12,7 +12,13 @@ bool same(const AgentConfig& a, const AgentConfig& b) {
     return a.state_dir == b.state_dir && a.api_socket == b.api_socket &&
            a.grpc_socket == b.grpc_socket && a.bpffs == b.bpffs && a.pin_dir == b.pin_dir &&
            a.log_level == b.log_level && a.max_workloads == b.max_workloads &&
-           a.reconcile_interval_ms == b.reconcile_interval_ms;
+           a.reconcile_interval_ms == b.reconcile_interval_ms &&
+           a.rest_tcp_listen == b.rest_tcp_listen && a.grpc_tcp_listen == b.grpc_tcp_listen &&
+           a.api_tcp_allow_non_loopback == b.api_tcp_allow_non_loopback &&
+           a.tls_cert_file == b.tls_cert_file && a.tls_key_file == b.tls_key_file &&
+           a.tls_client_ca_file == b.tls_client_ca_file &&
+           a.tls_require_client_cert == b.tls_require_client_cert &&
+           a.api_token_file == b.api_token_file;
 }
 
 TEST(AgentConfig, EmbeddedDefaultMatchesStructDefaultsAndShippedFile) {

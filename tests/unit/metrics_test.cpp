@@ -11,8 +11,10 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "agent/observe/observation_source.h"
 #include "api/metrics/agent_metrics.h"
 #include "api/metrics/metrics_writer.h"
+#include "api/metrics/observe_metrics.h"
 #include "api/rest/rest_router.h"
 #include "fake_workload_registry.h"
 
@@ -113,7 +115,7 @@ std::vector<std::string> validate_exposition(const std::string& text) {
     std::set<std::string> help_seen, series, finished;
     std::string current;  // family whose samples may follow
     std::map<std::string, double> inf_bucket, counts;
-    std::map<std::string, double> last_bucket;
+    std::map<std::string, double> last_bucket, last_le;
     std::istringstream lines(text);
     int number = 0;
     for (std::string line; std::getline(lines, line);) {
@@ -179,6 +181,19 @@ std::vector<std::string> validate_exposition(const std::string& text) {
                         base += "|" + k + "=" + v;
                 }
                 if (le.empty()) problem("bucket without le");
+                double bound = INFINITY;
+                if (le != "+Inf") {
+                    std::size_t used = 0;
+                    try {
+                        bound = std::stod(le, &used);
+                    } catch (const std::exception&) {
+                        used = 0;
+                    }
+                    if (le.empty() || used != le.size()) problem("le is not a number");
+                }
+                if (last_le.count(base) && !(bound > last_le[base]))
+                    problem("le not ascending (or a bucket after +Inf)");
+                last_le[base] = bound;
                 if (last_bucket.count(base) && sample.value < last_bucket[base])
                     problem("buckets not cumulative");
                 last_bucket[base] = sample.value;
@@ -354,6 +369,145 @@ TEST(MetricsEndpoint, ServesValidExpositionWithEveryFamily) {
              "# TYPE meshlane_original_dst_lookups_total counter\n",
          })
         EXPECT_NE(text.find(expected), std::string::npos) << "missing " << expected << "\n" << text;
+}
+
+TEST(MetricsValidator, CatchesBucketMistakes) {
+    const std::string head = "# HELP h x\n# TYPE h histogram\n";
+    EXPECT_FALSE(validate_exposition(head + "h_bucket{le=\"0.2\"} 1\nh_bucket{le=\"0.1\"} 1\n" +
+                                     "h_bucket{le=\"+Inf\"} 1\nh_count 1\n")
+                     .empty());
+    EXPECT_FALSE(validate_exposition(head + "h_bucket{le=\"+Inf\"} 2\nh_count 3\n").empty());
+    EXPECT_FALSE(validate_exposition(head + "h_bucket{le=\"1\"} 3\nh_bucket{le=\"+Inf\"} 2\n" +
+                                     "h_count 2\n")
+                     .empty());
+}
+
+// The kernel's log2-of-microseconds buckets: bucket i (values < 2^(i+1) us) becomes le =
+// 2^(i+1) us in seconds, cumulative; the last, unbounded bucket only counts in +Inf.
+TEST(MetricsWriter, Log2HistogramBucketsAreCumulativeSecondsWithTheTopOnlyInInf) {
+    std::array<std::uint64_t, MESHLANE_HIST_BUCKETS> counts{};
+    counts[0] = 1;                          // [0, 2) us
+    counts[9] = 2;                          // [512, 1024) us
+    counts[MESHLANE_HIST_BUCKETS - 1] = 4;  // >= 2^31 us
+    const auto buckets = MetricsWriter::log2_us_buckets(counts);
+    ASSERT_EQ(buckets.size(), MESHLANE_HIST_BUCKETS - 1u);
+    EXPECT_DOUBLE_EQ(buckets[0].upper_bound, 2e-6);
+    EXPECT_EQ(buckets[0].cumulative_count, 1u);
+    EXPECT_DOUBLE_EQ(buckets[9].upper_bound, 1024e-6);
+    EXPECT_EQ(buckets[8].cumulative_count, 1u);
+    EXPECT_EQ(buckets[9].cumulative_count, 3u);
+    EXPECT_EQ(buckets.back().cumulative_count, 3u);
+    MetricsWriter out;
+    out.histogram("meshlane_tcp_connect_seconds", "x");
+    out.log2_histogram_sample({{"workload", "web"}, {"side", "app"}}, counts, 1.5);
+    const auto& text = out.text();
+    EXPECT_NE(text.find("meshlane_tcp_connect_seconds_bucket{workload=\"web\",side=\"app\","
+                        "le=\"0.001024\"} 3\n"),
+              std::string::npos)
+        << text;
+    EXPECT_NE(text.find("le=\"+Inf\"} 7\n"), std::string::npos);
+    EXPECT_NE(text.find("meshlane_tcp_connect_seconds_count{workload=\"web\",side=\"app\"} 7\n"),
+              std::string::npos);
+    EXPECT_NE(text.find("meshlane_tcp_connect_seconds_sum{workload=\"web\",side=\"app\"} 1.5\n"),
+              std::string::npos);
+    EXPECT_TRUE(validate_exposition(text).empty()) << text;
+    // Every value lands in a bucket whose le is at or above it.
+    for (std::uint64_t us : {0ull, 1ull, 2ull, 3ull, 1000ull, 1023ull, 1024ull, 999999ull}) {
+        std::array<std::uint64_t, MESHLANE_HIST_BUCKETS> one{};
+        one[Log2Histogram::bucket_of(us)] = 1;
+        for (const auto& b : MetricsWriter::log2_us_buckets(one))
+            if (b.cumulative_count == 1) {
+                EXPECT_GE(b.upper_bound, static_cast<double>(us) * 1e-6) << us;
+                break;
+            }
+    }
+}
+
+class FakeObservations : public ObservationSource {
+  public:
+    WorkloadConnections connections(std::uint32_t id, std::uint64_t cookie) const override {
+        WorkloadConnections view;
+        view.workload_id = id;
+        view.netns_cookie = cookie;
+        auto& app = view.sides[MESHLANE_SIDE_APP];
+        app.latency.add(150, 3);
+        app.latency.add(1'000'000);
+        app.established = 4;
+        app.latency_sum_us = 1'000'450;
+        view.sides[MESHLANE_SIDE_UPSTREAM].refused = 2;
+        view.tcp.syn_retransmits = 1;
+        view.tcp.resets_received = 2;
+        return view;
+    }
+    WorkloadDrops drops(std::uint32_t id, std::uint64_t cookie, const DropQuery&) const override {
+        WorkloadDrops view;
+        view.workload_id = id;
+        view.netns_cookie = cookie;
+        view.by_reason.push_back({12, "NETFILTER_DROP", 5});
+        view.by_reason.push_back({2, "NO_SOCKET", 1});
+        view.total = 6;
+        return view;
+    }
+    ObserverHealth health() const override {
+        ObserverHealth health;
+        health.connect_tracking = health.drop_tracking = true;
+        health.lost_events["drops.rate_limited"] = 9;
+        health.lost_events["drops.ringbuf_full"] = 0;
+        health.lost_events_total = 9;
+        health.drop_events = 3;
+        health.memory_bytes = 1000;
+        health.memory_limit_bytes = 5000;
+        return health;
+    }
+    std::optional<std::uint32_t> drop_reason_value(std::string_view) const override {
+        return std::nullopt;
+    }
+};
+
+// The observer's families through the router: valid exposition (the validator above), one
+// histogram series per workload and side with the +Inf bucket equal to _count, exact counts.
+TEST(MetricsEndpoint, ServesTheObserversFamilies) {
+    meshlane::testing::FakeWorkloadRegistry registry;
+    for (const char* name : {"web", "db"}) {
+        WorkloadSpec spec;
+        spec.name = name;
+        spec.cgroup_path = std::string("/sys/fs/cgroup/") + name;
+        spec.netns_path = std::string("/run/netns/") + name;
+        ASSERT_TRUE(registry.enroll(spec).ok());
+    }
+    FakeObservations observations;
+    rest::RestRouter router(registry, rest::kDefaultBodyLimit, &observations, nullptr);
+    rest::Request request{rest::http::verb::get, "/metrics", 11};
+    const auto response = router.handle(request);
+    ASSERT_EQ(response.result(), rest::http::status::ok);
+    const auto& text = response.body();
+    for (const auto& p : validate_exposition(text)) ADD_FAILURE() << p;
+    for (const char* expected : {
+             "# TYPE meshlane_tcp_connect_seconds histogram\n",
+             "meshlane_tcp_connect_seconds_bucket{workload=\"web\",side=\"app\",le=\"0.000256\"} "
+             "3\n",
+             "meshlane_tcp_connect_seconds_bucket{workload=\"web\",side=\"app\",le=\"+Inf\"} 4\n",
+             "meshlane_tcp_connect_seconds_count{workload=\"db\",side=\"app\"} 4\n",
+             "meshlane_tcp_connect_seconds_sum{workload=\"web\",side=\"app\"} 1.00045\n",
+             "meshlane_tcp_connect_seconds_count{workload=\"web\",side=\"upstream\"} 0\n",
+             "meshlane_tcp_connect_failures_total{workload=\"web\",side=\"upstream\","
+             "outcome=\"refused\"} 2\n",
+             "meshlane_tcp_retransmits_total{workload=\"db\",kind=\"syn\"} 1\n",
+             "meshlane_tcp_resets_total{workload=\"web\",direction=\"received\"} 2\n",
+             "meshlane_drops_total{workload=\"web\",reason=\"NETFILTER_DROP\"} 5\n",
+             "meshlane_drops_total{workload=\"db\",reason=\"NO_SOCKET\"} 1\n",
+             "meshlane_observe_drop_count_entries 4\n",
+             "meshlane_observe_lost_events_total{kind=\"drops.rate_limited\"} 9\n",
+             "meshlane_observe_events_total{kind=\"drop\"} 3\n",
+             "meshlane_observe_memory_limit_bytes 5000\n",
+             "meshlane_observe_tracking{part=\"drop\"} 1\n",
+         })
+        EXPECT_NE(text.find(expected), std::string::npos) << "missing " << expected << "\n" << text;
+    // HELP and TYPE exactly once per family.
+    for (const char* family : {"meshlane_tcp_connect_seconds", "meshlane_drops_total"}) {
+        const std::string help = std::string("# HELP ") + family + " ";
+        EXPECT_EQ(text.find(help), text.rfind(help)) << family;
+    }
 }
 
 }  // namespace

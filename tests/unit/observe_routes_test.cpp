@@ -122,6 +122,49 @@ TEST_F(ObserveRoutesTest, BadQueriesAre400And404) {
     EXPECT_EQ(call(router_, "/v1/connections?workload=other").result(), http::status::not_found);
 }
 
+// Every filter of /v1/connections and /v1/drops: a bad value is a 400 whose message names the
+// parameter, so a script author sees what to fix.
+TEST_F(ObserveRoutesTest, EveryBadFilterNamesItsParameter) {
+    const std::pair<const char*, const char*> cases[] = {
+        {"/v1/drops?reason=NOPE", "reason"},
+        {"/v1/drops?limit=x", "limit"},
+        {"/v1/drops?limit=-1", "limit"},
+        {"/v1/drops?limit=100000", "limit"},
+        {"/v1/drops?since=yesterday", "since"},
+        {"/v1/drops?since=-5", "since"},
+        {"/v1/drops?since=99999999999999999", "since"},
+        {"/v1/drops?workload=Bad_Name", "workload"},
+        {"/v1/drops?colour=red", "colour"},
+        {"/v1/connections?since=1.5", "since"},
+        {"/v1/connections?since=", "since"},
+        {"/v1/connections?workload=-x", "workload"},
+        {"/v1/connections?limit=5", "limit"},
+    };
+    for (const auto& [target, parameter] : cases) {
+        auto response = call(router_, target);
+        EXPECT_EQ(response.result(), http::status::bad_request) << target;
+        EXPECT_NE(response.body().find(parameter), std::string::npos)
+            << target << ": " << response.body();
+    }
+}
+
+TEST_F(ObserveRoutesTest, ConnectionsSinceFiltersRecentEventsOnly) {
+    // The fake's one recent record has time 0: since=1 hides it, the totals stay.
+    auto all = json::parse(call(router_, "/v1/connections?since=0").body());
+    EXPECT_EQ(all.at("workloads").as_array().at(0).at("recent").as_array().size(), 1u);
+    auto later = json::parse(call(router_, "/v1/connections?workload=web&since=1").body());
+    const auto& w = later.at("workloads").as_array().at(0);
+    EXPECT_TRUE(w.at("recent").as_array().empty());
+    EXPECT_EQ(w.at("upstream").at("established").to_number<std::uint64_t>(), 4u);
+}
+
+TEST_F(ObserveRoutesTest, DropsWithoutFiltersUseTheDefaults) {
+    ASSERT_EQ(call(router_, "/v1/drops").result(), http::status::ok);
+    EXPECT_FALSE(observations_.last_query.reason);
+    EXPECT_FALSE(observations_.last_query.since_unix_ns);
+    EXPECT_EQ(observations_.last_query.limit, 100u);
+}
+
 TEST_F(ObserveRoutesTest, WithoutAnObserverTheViewsAre503) {
     RestRouter bare{registry_, 4096};
     EXPECT_EQ(call(bare, "/v1/connections").result(), http::status::service_unavailable);

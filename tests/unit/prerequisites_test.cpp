@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <set>
 
 namespace meshlane {
@@ -58,6 +59,54 @@ TEST(Prerequisites, MissingHelperBreaksOnlyItsCapability) {
     auto broken = report.broken_capabilities();
     ASSERT_EQ(broken.size(), 1u);
     EXPECT_NE(broken[0].find("getpeername"), std::string::npos);
+}
+
+TEST(Features, AllOnWhenEverythingIsPresent) {
+    auto states = evaluate_features(probe_prerequisites(environment_missing({})), {});
+    for (const auto& feature : agent_features()) {
+        ASSERT_TRUE(states.count(feature.name)) << feature.name;
+        EXPECT_TRUE(states[feature.name].enabled) << feature.name;
+        EXPECT_EQ(states[feature.name].reason, "");
+    }
+    EXPECT_TRUE(states[kFeatureRedirect].essential);
+    EXPECT_FALSE(states[kFeatureObserveDrops].essential);
+}
+
+TEST(Features, AMissingProbeDisablesOnlyTheFeaturesThatNeedIt) {
+    auto states = evaluate_features(
+        probe_prerequisites(environment_missing({"map.sockhash", "prog_type.sk_lookup"})), {});
+    EXPECT_FALSE(states[kFeatureFastPath].enabled);
+    EXPECT_EQ(states[kFeatureFastPath].reason,
+              "missing kernel features: map.sockhash: not in this kernel");
+    EXPECT_FALSE(states[kFeatureRedirect].enabled);
+    EXPECT_NE(states[kFeatureRedirect].reason.find("prog_type.sk_lookup: not in this kernel"),
+              std::string::npos);
+    EXPECT_TRUE(states[kFeatureObserveConnect].enabled);
+    EXPECT_TRUE(states[kFeatureObserveDrops].enabled);
+    const auto text = describe_features(states);
+    EXPECT_NE(text.find("  observe_drops: on\n"), std::string::npos) << text;
+    EXPECT_NE(text.find("  fast_path: OFF (missing kernel features: map.sockhash"),
+              std::string::npos)
+        << text;
+}
+
+TEST(Features, ForcedOffUsesTheForcedReason) {
+    auto states =
+        evaluate_features(probe_prerequisites(environment_missing({})), {kFeatureObserveDrops},
+                          [](const std::string& name) { return "forced " + name; });
+    EXPECT_FALSE(states[kFeatureObserveDrops].enabled);
+    EXPECT_EQ(states[kFeatureObserveDrops].reason, "forced observe_drops");
+    EXPECT_TRUE(states[kFeatureRedirect].enabled);
+}
+
+TEST(Features, ForcedOffNamesComeFromTheEnvironment) {
+    ::setenv("MESHLANE_TEST_DISABLE_FEATURE", "observe_drops,,nonsense,fast_path", 1);
+    std::vector<std::string> unknown;
+    auto forced = features_forced_off(&unknown);
+    ::unsetenv("MESHLANE_TEST_DISABLE_FEATURE");
+    EXPECT_EQ(forced, (std::set<std::string>{"observe_drops", "fast_path"}));
+    EXPECT_EQ(unknown, std::vector<std::string>{"nonsense"});
+    EXPECT_TRUE(features_forced_off().empty());
 }
 
 }  // namespace

@@ -100,7 +100,7 @@ class SidecarLog:
 
 
 def haproxy_config(inbound_bind="dual", passthrough_source=False,
-                   outbound_port=OUTBOUND_PORT, inbound_port=INBOUND_PORT):
+                   outbound_port=OUTBOUND_PORT, inbound_port=INBOUND_PORT, maxconn=256):
     """inbound_bind "dual": one `:::15006 v4v6` socket (meshlane: sk_lookup keeps the local
     address, no SO_ORIGINAL_DST needed). "split": 0.0.0.0:15006 + [::]:15006 v6only, needed with
     iptables REDIRECT because HAProxy asks SO_ORIGINAL_DST only on AF_INET sockets.
@@ -108,7 +108,7 @@ def haproxy_config(inbound_bind="dual", passthrough_source=False,
     `-o lo ! -d 127.0.0.1 --uid-owner 1337 -j ISTIO_IN_REDIRECT` rule does not loop."""
     lines = [
         "global",
-        "    maxconn 256",
+        f"    maxconn {maxconn}",
         "    log stdout format raw local0",
         "defaults",
         "    mode tcp",
@@ -160,8 +160,9 @@ class Sidecar:
     """One running sidecar process of a pod, in the pod's sidecar cgroup, as uid/gid 1337."""
 
     def __init__(self, pod, kind="haproxy", inbound_bind="dual", passthrough_source=False,
-                 uid=PROXY_UID, gid=PROXY_GID):
+                 uid=PROXY_UID, gid=PROXY_GID, maxconn=256):
         self.pod = pod
+        self.maxconn = maxconn  # HAProxy only (the stress tests need > 1000)
         self.kind = kind
         self.inbound_bind = inbound_bind
         self.passthrough_source = passthrough_source
@@ -175,7 +176,8 @@ class Sidecar:
         if self.kind == "haproxy":
             cfg = os.path.join(self.pod.workdir, f"haproxy-{self.pod.short}.cfg")
             with open(cfg, "w") as f:
-                f.write(haproxy_config(self.inbound_bind, self.passthrough_source))
+                f.write(haproxy_config(self.inbound_bind, self.passthrough_source,
+                                       maxconn=self.maxconn))
             os.chmod(cfg, 0o644)
             args = ["/usr/sbin/haproxy", "-db", "-f", cfg]
         else:

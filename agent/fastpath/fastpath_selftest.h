@@ -1,0 +1,35 @@
+// Kernel self-test of the sk_msg fast path, run once at agent start (docs/fastpath.md). Kernels
+// changed psock behaviour more than once (FIONREAD reporting only part of the queue, lost epoll
+// wake-ups with 20-80 s stalls); acceleration is only switched on where this kernel passes.
+//
+// In a private cgroup and network namespace (a forked child, so the agent's own netns and cgroup
+// are never touched) it loads a private, unpinned instance of fastpath_sockmap, makes one
+// accelerated loopback connection and checks: bytes arrive intact both ways, FIONREAD (SIOCINQ)
+// reports exactly the pending bytes, epoll wakes the reader within a bound, a half-close reaches
+// the reader after the last byte, and the bytes really took the sk_msg redirect.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace meshlane {
+
+struct FastpathSelftestOptions {
+    std::string cgroup2_mount;
+    // Fail without running (tests, and operators who want acceleration off node-wide).
+    bool force_fail = false;
+    std::uint32_t epoll_bound_ms = 1000;
+};
+
+struct FastpathSelftestResult {
+    bool passed = false;
+    std::string reason;  // why it failed, or what passed
+    std::uint64_t redirected_bytes = 0;
+};
+
+FastpathSelftestResult run_fastpath_selftest(const FastpathSelftestOptions& options);
+
+// The environment knob: MESHLANE_FASTPATH_SELFTEST=fail forces a failure.
+bool fastpath_selftest_forced_to_fail();
+
+}  // namespace meshlane

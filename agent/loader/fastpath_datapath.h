@@ -1,0 +1,61 @@
+// The sk_msg fast path in the kernel (bpf/fastpath_sockmap.bpf.c, docs/fastpath.md): loads the
+// object once, its maps pinned under <pin_root>/maps next to the redirect datapath's (it shares
+// workload_by_netns), the sk_msg program attached to the SOCKHASH by a link pinned at
+// <pin_root>/fastpath/sk_msg, and per workload a sockops link pinned in the workload's pin
+// directory (<pin_root>/workloads/<name>/fastpath_sockops), next to redirect_sockops on the same
+// cgroup (multi-attach). Restarted agents re-point the pinned links with BPF_LINK_UPDATE.
+//
+// A workload's pairs are accelerated only while its entry in fastpath_workload_kinds is non-zero;
+// the agent writes 0 for every workload when the kernel self-test failed.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "agent/common/result.h"
+#include "meshlane/fastpath_abi.h"
+
+namespace meshlane {
+
+struct FastpathOptions {
+    std::string pin_root;  // <bpffs>/<pin_dir>, the same as the redirect datapath's
+    std::uint32_t max_workloads = MESHLANE_MAX_WORKLOADS_DEFAULT;
+};
+
+using FastpathCounters = std::array<std::uint64_t, MESHLANE_FP_COUNTER_MAX>;
+const char* fastpath_counter_name(unsigned counter);
+
+// The fast path's pins inside a workload pin directory and under the pin root.
+inline constexpr const char* kFastpathSockopsPin = "fastpath_sockops";
+inline constexpr const char* kFastpathDirName = "fastpath";
+
+class FastpathDatapath {
+  public:
+    // Must run after RedirectDatapath::load (it creates workload_by_netns).
+    static Result<std::unique_ptr<FastpathDatapath>> load(const FastpathOptions& options);
+    ~FastpathDatapath();
+    FastpathDatapath(const FastpathDatapath&) = delete;
+    FastpathDatapath& operator=(const FastpathDatapath&) = delete;
+
+    // Creates (or re-points) <workload_pin_dir>/fastpath_sockops on the cgroup.
+    Status attach(const std::string& workload_pin_dir, int cgroup_fd,
+                  const std::string& cgroup_path);
+    // Missing pin: not an error.
+    Status detach(const std::string& workload_pin_dir);
+    // enum meshlane_fastpath_kind bits; 0 switches the workload's new connections off.
+    Status set_kinds(std::uint32_t workload_id, std::uint32_t kinds);
+    std::uint32_t kinds(std::uint32_t workload_id) const;
+    // Kinds 0 and counters zeroed.
+    Status clear_workload(std::uint32_t workload_id);
+    FastpathCounters counters(std::uint32_t workload_id) const;
+
+  private:
+    struct Impl;
+    explicit FastpathDatapath(FastpathOptions options);
+    FastpathOptions options_;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace meshlane

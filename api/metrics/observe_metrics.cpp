@@ -1,0 +1,124 @@
+#include "api/metrics/observe_metrics.h"
+
+#include <string>
+#include <vector>
+
+namespace meshlane::metrics {
+
+namespace {
+
+constexpr const char* kSideNames[MESHLANE_SIDE_MAX] = {"app", "upstream"};
+
+struct WorkloadView {
+    std::string name;
+    WorkloadConnections connections;
+    WorkloadDrops drops;
+};
+
+std::vector<WorkloadView> collect(WorkloadRegistry& registry,
+                                  const ObservationSource& observations) {
+    std::vector<WorkloadView> views;
+    DropQuery every_reason;
+    every_reason.limit = 0;  // counts only, no recent events
+    for (const auto& w : registry.list())
+        views.push_back({w.spec.name, observations.connections(w.workload_id, w.netns_cookie),
+                         observations.drops(w.workload_id, w.netns_cookie, every_reason)});
+    return views;
+}
+
+void write_connect_families(MetricsWriter& out, const std::vector<WorkloadView>& views) {
+    out.histogram("meshlane_tcp_connect_seconds",
+                  "TCP connect latency (SYN sent to ESTABLISHED) of established connects, by "
+                  "side: app = the app's connect to its proxy, upstream = everything else.");
+    for (const auto& v : views)
+        for (unsigned side = 0; side < MESHLANE_SIDE_MAX; ++side) {
+            const auto& totals = v.connections.sides[side];
+            out.log2_histogram_sample({{"workload", v.name}, {"side", kSideNames[side]}},
+                                      totals.latency.buckets(),
+                                      static_cast<double>(totals.latency_sum_us) * 1e-6);
+        }
+    out.counter("meshlane_tcp_connect_failures_total",
+                "TCP connects that did not establish, by side and outcome (refused: RST to the "
+                "SYN; timed_out: SYN retries exhausted; other: ICMP error or closed while "
+                "connecting).");
+    for (const auto& v : views)
+        for (unsigned side = 0; side < MESHLANE_SIDE_MAX; ++side) {
+            const auto& t = v.connections.sides[side];
+            const Labels base{{"workload", v.name}, {"side", kSideNames[side]}};
+            for (const auto& [outcome, value] :
+                 {std::pair{"refused", t.refused}, std::pair{"timed_out", t.timed_out},
+                  std::pair{"other", t.other_failures}}) {
+                Labels labels = base;
+                labels.push_back({"outcome", outcome});
+                out.sample(labels, value);
+            }
+        }
+    out.counter("meshlane_tcp_retransmits_total",
+                "TCP retransmissions by kind: data, syn (in SYN_SENT), synack.");
+    for (const auto& v : views) {
+        const auto& tcp = v.connections.tcp;
+        for (const auto& [kind, value] :
+             {std::pair{"data", tcp.retransmits}, std::pair{"syn", tcp.syn_retransmits},
+              std::pair{"synack", tcp.synack_retransmits}})
+            out.sample({{"workload", v.name}, {"kind", kind}}, value);
+    }
+    out.counter("meshlane_tcp_resets_total", "TCP resets sent and received by the workload.");
+    for (const auto& v : views) {
+        out.sample({{"workload", v.name}, {"direction", "sent"}}, v.connections.tcp.resets_sent);
+        out.sample({{"workload", v.name}, {"direction", "received"}},
+                   v.connections.tcp.resets_received);
+    }
+}
+
+void write_drop_families(MetricsWriter& out, const std::vector<WorkloadView>& views) {
+    out.counter("meshlane_drops_total",
+                "Kernel packet drops (skb:kfree_skb) by reason, named from the running kernel's "
+                "BTF enum skb_drop_reason. Exact, not sampled.");
+    std::size_t entries = 0;
+    for (const auto& v : views)
+        for (const auto& r : v.drops.by_reason) {
+            out.sample({{"workload", v.name}, {"reason", r.reason_name}}, r.count);
+            ++entries;
+        }
+    out.gauge("meshlane_observe_drop_count_entries",
+              "Entries of the kernel's drop_counts map (workload x reason) in use.");
+    out.sample({}, static_cast<std::uint64_t>(entries));
+    out.gauge("meshlane_observe_drop_count_entries_max",
+              "Capacity of the drop_counts map; beyond it new reasons are counted as lost.");
+    out.sample({}, std::uint64_t{MESHLANE_DROP_COUNT_ENTRIES});
+}
+
+void write_health_families(MetricsWriter& out, const ObserverHealth& health) {
+    out.gauge("meshlane_observe_tracking", "1 when that part of the observation datapath runs.");
+    out.sample({{"part", "connect"}}, std::uint64_t{health.connect_tracking ? 1u : 0u});
+    out.sample({{"part", "drop"}}, std::uint64_t{health.drop_tracking ? 1u : 0u});
+    out.counter("meshlane_observe_events_total",
+                "Slow/failed connect and drop events received from the kernel by the agent.");
+    out.sample({{"kind", "connect"}}, health.connect_events);
+    out.sample({{"kind", "drop"}}, health.drop_events);
+    out.counter("meshlane_observe_lost_events_total",
+                "Events the kernel side did not deliver, by object and cause (ringbuf_full, "
+                "rate_limited, count_map_full, no_connect_state). Counters stay exact.");
+    for (const auto& [kind, count] : health.lost_events) out.sample({{"kind", kind}}, count);
+    out.counter("meshlane_observe_events_evicted_total",
+                "Recent events aged out of the agent's bounded per-workload rings.");
+    out.sample({}, health.events_evicted);
+    out.gauge("meshlane_observe_memory_bytes", "The observer's aggregate, estimated.");
+    out.sample({}, static_cast<std::uint64_t>(health.memory_bytes));
+    out.gauge("meshlane_observe_memory_limit_bytes", "The bound on meshlane_observe_memory_bytes.");
+    out.sample({}, static_cast<std::uint64_t>(health.memory_limit_bytes));
+    out.gauge("meshlane_observe_bpf_map_bytes", "memlock of the observation programs' own maps.");
+    out.sample({}, static_cast<std::uint64_t>(health.bpf_map_bytes));
+}
+
+}  // namespace
+
+void write_observe_metrics(MetricsWriter& out, WorkloadRegistry& registry,
+                           const ObservationSource& observations) {
+    const auto views = collect(registry, observations);
+    write_connect_families(out, views);
+    write_drop_families(out, views);
+    write_health_families(out, observations.health());
+}
+
+}  // namespace meshlane::metrics

@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * The structs and constants that cross the BPF / agent boundary for the sk_msg fast path
+ * (bpf/fastpath_sockmap.bpf.c, agent/loader/fastpath_datapath.*). Defined once here. Every struct
+ * is a map key or value: explicit layouts, grow only at the end.
+ */
+#ifndef MESHLANE_FASTPATH_ABI_H
+#define MESHLANE_FASTPATH_ABI_H
+
+#ifndef __BPF__
+#include <linux/types.h>
+#endif
+
+#include "meshlane/redirect_abi.h"
+
+#define MESHLANE_FASTPATH_MAX_SOCKETS 65536
+#define MESHLANE_FASTPATH_MAX_CONNECTIONS 32768
+
+/* Value of fastpath_workload_kinds (ARRAY indexed by workload_id): which pairs of this workload
+ * may be accelerated. 0 = fast path off (the default, and what the agent writes for every
+ * workload when the kernel self-test failed). */
+enum meshlane_fastpath_kind {
+    /* app <-> its own proxy's outbound listener, both ends in the pod netns over loopback. */
+    MESHLANE_FASTPATH_APP_PROXY = 1u << 0,
+    /* proxy <-> proxy of two pods on the same node. Reserved: not implemented (see
+     * docs/fastpath.md); the BPF object ignores it. */
+    MESHLANE_FASTPATH_PROXY_PROXY = 1u << 1,
+};
+
+/* One socket of a connection, seen from that socket. SOCKHASH key and, for the connecting
+ * (active) end, the key of fastpath_conns. The netns cookie keeps pods apart: every pod has its
+ * own 127.0.0.1. Ports in host order. IPv4 only. */
+struct fastpath_key {
+    __u64 netns_cookie;
+    __u32 local_ip4;  /* network order */
+    __u32 remote_ip4; /* network order */
+    __u16 local_port;
+    __u16 remote_port;
+    __u32 reserved;
+};
+
+/* fastpath_conn.state: decided once per connection, by whichever happens first: */
+enum meshlane_fastpath_conn_state {
+    /* the connecting end is in the SOCKHASH, the accepted end is not yet */
+    MESHLANE_FASTPATH_UNDECIDED = 0,
+    /* the accepted end joined before any byte was sent: every byte of this connection, both
+     * directions, goes through sk_msg redirect; none ever on the TCP path */
+    MESHLANE_FASTPATH_ACCELERATED = 1,
+    /* the connecting end sent first: every byte stays on the TCP path, for the whole
+     * connection (mixing the two paths could reorder) */
+    MESHLANE_FASTPATH_TCP_ONLY = 2,
+};
+
+/* Value of fastpath_conns (HASH keyed by the connecting end's fastpath_key). */
+struct fastpath_conn {
+    __u32 state; /* enum meshlane_fastpath_conn_state, changed only by compare-and-swap */
+    __u32 workload_id;
+};
+
+/* Per-workload counters: fastpath_counters is a PERCPU_ARRAY indexed by
+ * workload_id * MESHLANE_FASTPATH_COUNTER_STRIDE + counter. Names in agent/loader must match. */
+#define MESHLANE_FASTPATH_COUNTER_STRIDE 16
+enum meshlane_fastpath_counter {
+    MESHLANE_FP_CNT_REDIRECTED_MSGS = 0,
+    MESHLANE_FP_CNT_REDIRECTED_BYTES,
+    /* messages of connections that are not accelerated, sent on the TCP path */
+    MESHLANE_FP_CNT_PASSED_MSGS,
+    MESHLANE_FP_CNT_PASSED_BYTES,
+    MESHLANE_FP_CNT_CONNS_ACCELERATED,
+    /* not eligible: the connecting end wrote before the accepted end joined */
+    MESHLANE_FP_CNT_NOT_ELIGIBLE_SENT_FIRST,
+    /* not eligible: the accepted end found no connecting end (peer not enrolled for the fast
+     * path, connection from outside the pod, or the SOCKHASH was full) */
+    MESHLANE_FP_CNT_NOT_ELIGIBLE_NO_PEER,
+    /* not eligible: the socket could not be put in the SOCKHASH */
+    MESHLANE_FP_CNT_NOT_ELIGIBLE_INSERT_FAILED,
+    /* accelerated connection whose peer socket had already left the SOCKHASH (closed):
+     * the message goes to TCP, which answers as it would without us (RST) */
+    MESHLANE_FP_CNT_PEER_GONE,
+    MESHLANE_FP_COUNTER_MAX
+};
+#ifdef __cplusplus
+static_assert(MESHLANE_FP_COUNTER_MAX <= MESHLANE_FASTPATH_COUNTER_STRIDE, "grow the stride");
+#else
+_Static_assert(MESHLANE_FP_COUNTER_MAX <= MESHLANE_FASTPATH_COUNTER_STRIDE, "grow the stride");
+#endif
+
+#endif /* MESHLANE_FASTPATH_ABI_H */

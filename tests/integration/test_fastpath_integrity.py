@@ -1,0 +1,172 @@
+"""The sk_msg fast path (docs/fastpath.md) with acceleration on through HAProxy: pod A enrolled
+with --fast-path, so A's app <-> A's proxy (127.0.0.1:15001) is accelerated; B is a plain
+meshlane pod. bench/integrity.cpp (meshlane_integrity) checks every byte of every stream at the
+far end, both directions, each ending in a half-close, and measures the gaps between reads.
+Each test also asserts from the fast path's own counters that the bytes really went through
+the sk_msg redirect; otherwise a green test would prove nothing."""
+import json
+import os
+
+import pytest
+
+from harness import proc, util
+from harness.checks import assert_ok, request
+from harness.meshlane import Agent, meshlane_bin, pin_entries
+from harness.topology import APP_GID, APP_PORT, APP_UID
+
+INTEGRITY_PORT = 9090
+GIB = 1 << 30
+STALL_BOUND_MS = 1000
+
+
+def integrity_bin():
+    default = os.path.join(os.path.dirname(meshlane_bin()), "bench", "meshlane_integrity")
+    path = os.environ.get("MESHLANE_INTEGRITY_BIN", default)
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"meshlane_integrity not found at {path} (build the target, or set "
+                    f"MESHLANE_INTEGRITY_BIN)")
+    return path
+
+
+def fast_counters(agent, pod):
+    workload = agent.cli_json("workload", pod.name)
+    return workload["fast_path"]
+
+
+def delta(after, before):
+    return {k: after["counters"][k] - before["counters"].get(k, 0) for k in after["counters"]}
+
+
+@pytest.fixture
+def fast_mesh(topo, agent):
+    """A enrolled with the fast path, B without; HAProxy sidecars sized for 1000+ concurrent
+    connections; the integrity server as B's app."""
+    agent.enroll_ok(topo.a, fast_path=True)
+    agent.enroll_ok(topo.b)
+    for pod in topo.pods:
+        pod.start_sidecar(kind="haproxy", inbound_bind="dual", maxconn=4096)
+    err = open(os.path.join(topo.workdir, "integrity-server.err"), "ab")
+    try:
+        server = proc.spawn([integrity_bin(), "server", "--listen", f"0.0.0.0:{INTEGRITY_PORT}"],
+                            netns_path=topo.b.netns_path, cgroup_dir=topo.b.cgroup("app"),
+                            uid=APP_UID, gid=APP_GID, groups=[], stdout=err, stderr=err,
+                            description="meshlane_integrity server")
+    finally:
+        err.close()
+    util.wait_until(lambda: server.poll() is not None or
+                    topo.b.listening([INTEGRITY_PORT], pid=server.pid),
+                    timeout=5, message="integrity server listening")
+    assert server.poll() is None, "meshlane_integrity server exited"
+    status = fast_counters(agent, topo.a)
+    assert status["active"], f"fast path not active on A: {status}"
+    yield topo
+    proc.stop(server)
+
+
+def run_client(topo, *args, timeout=120):
+    result = topo.a.run([integrity_bin(), "client", "--connect",
+                         f"{topo.b.ip4}:{INTEGRITY_PORT}", *map(str, args)],
+                        cgroup="app", uid=APP_UID, gid=APP_GID, groups=[], timeout=timeout)
+    try:
+        report = json.loads(result.stdout)
+    except ValueError:
+        raise AssertionError(f"client exit {result.returncode}: {result.stdout} {result.stderr}")
+    return result.returncode, report
+
+
+def assert_intact(code, report, connections, topo):
+    assert code == 0 and report["failed"] == 0 and report["ok"] == connections, (
+        f"streams broken (lost, duplicated, reordered or timed out): {report}\n{topo.describe()}")
+    assert report["max_stall_ms"] < STALL_BOUND_MS, (
+        f"a stream stalled {report['max_stall_ms']} ms between two reads (bound "
+        f"{STALL_BOUND_MS} ms): {report}")
+
+
+def test_single_stream_1gib_intact(fast_mesh, agent):
+    topo = fast_mesh
+    before = fast_counters(agent, topo.a)
+    reply = (16 << 20) - 1  # the largest reply meshlane_integrity encodes (24 bits)
+    code, report = run_client(topo, "--conns", 1, "--min-bytes", GIB, "--max-bytes", GIB,
+                              "--max-msg", 65536, "--reply-bytes", reply, "--timeout-ms", 100000)
+    assert_intact(code, report, 1, topo)
+    assert report["bytes_up"] == GIB and report["bytes_down"] == reply
+    moved = delta(fast_counters(agent, topo.a), before)
+    assert moved["conns_accelerated"] == 1, moved
+    # Both directions of the app <-> proxy hop went through sk_msg, none of it on TCP.
+    assert moved["redirected_bytes"] >= GIB + reply, moved
+    assert moved["passed_bytes"] == 0, moved
+
+
+# Known bug, seen 1 connection in 1000 (2026-11-27): a FIONREAD-sizing reader got 0 while 456
+# bytes were readable. Until the psock/FIONREAD window is understood and closed, the fast path is
+# off by default and documented as unsafe for FIONREAD-sizing readers (docs/fastpath.md); the
+# case stays here, run every time, so its outcome is visible.
+FIONREAD_BUG = pytest.mark.xfail(
+    reason="fast path: FIONREAD can read 0 with bytes pending (rare race, issue 3)", strict=False)
+
+
+@pytest.mark.parametrize("reader", ["epoll", pytest.param("fionread", marks=FIONREAD_BUG)])
+def test_1000_concurrent_connections_intact(fast_mesh, agent, reader):
+    """1000 connections at once, random sizes each way (0..64 KiB), random write sizes, both
+    directions half-closed. fionread: the app sizes every read with FIONREAD, and fails if it
+    reports 0 while bytes are readable or more than a read returns."""
+    topo = fast_mesh
+    before = fast_counters(agent, topo.a)
+    code, report = run_client(topo, "--conns", 1000, "--concurrency", 1000, "--min-bytes", 1,
+                              "--max-bytes", 65536, "--max-msg", 16384, "--reply-random",
+                              "--reader", reader, "--seed", 7 if reader == "epoll" else 11,
+                              "--timeout-ms", 60000)
+    assert_intact(code, report, 1000, topo)
+    moved = delta(fast_counters(agent, topo.a), before)
+    decided = (moved["conns_accelerated"] + moved["not_eligible_sent_first"] +
+               moved["not_eligible_no_peer"] + moved["not_eligible_insert_failed"])
+    assert decided == 1000, f"every connection gets one decision: {moved}"
+    # Accepted before the app writes is the normal order on loopback; the sent-first race only
+    # costs speed, never bytes, but most connections must really be accelerated here.
+    assert moved["conns_accelerated"] >= 900, moved
+    assert moved["redirected_bytes"] >= 0.9 * (report["bytes_up"] + report["bytes_down"]), moved
+
+
+def test_status_reports_fast_path_and_pins(fast_mesh, agent):
+    topo = fast_mesh
+    status = agent.cli_json("status")
+    assert status["fast_path"]["available"], status["fast_path"]
+    assert "passed" in status["fast_path"]["reason"], status["fast_path"]
+    entries = pin_entries(agent)
+    assert f"workloads/{topo.a.name}/fastpath_sockops" in entries, entries
+    assert f"workloads/{topo.b.name}/fastpath_sockops" not in entries, entries
+    assert "fastpath/sk_msg" in entries, entries
+    assert not fast_counters(agent, topo.b)["active"]
+    agent.cli_ok("unenroll", topo.a.name)
+    assert not any(e.startswith(f"workloads/{topo.a.name}") for e in pin_entries(agent))
+
+
+@pytest.fixture
+def failing_selftest_agent(monkeypatch):
+    monkeypatch.setenv("MESHLANE_FASTPATH_SELFTEST", "fail")
+    instance = Agent(meshlane_bin())
+    try:
+        instance.start()
+        yield instance
+    finally:
+        instance.destroy()
+
+
+def test_failed_selftest_turns_acceleration_off_and_redirect_still_works(
+        topo, failing_selftest_agent):
+    agent = failing_selftest_agent
+    status = agent.cli_json("status")["fast_path"]
+    assert status["available"] is False and "forced" in status["reason"], status
+    agent.enroll_ok(topo.a, fast_path=True)
+    agent.enroll_ok(topo.b)
+    for pod in topo.pods:
+        pod.start_sidecar(kind="haproxy", inbound_bind="dual")
+    topo.b.start_app(ports=(APP_PORT,))
+    result, _ = request(topo, topo.a, topo.b.ip4, APP_PORT)
+    assert_ok(topo, result, local_port=APP_PORT)
+    workload = agent.cli_json("workload", topo.a.name)
+    assert workload["spec"]["fast_path"] is True
+    assert workload["fast_path"]["active"] is False, workload["fast_path"]
+    assert workload["fast_path"]["counters"]["redirected_msgs"] == 0, workload["fast_path"]
+    assert workload["counters"]["outbound_redirected"] >= 1, workload["counters"]
+    assert f"workloads/{topo.a.name}/fastpath_sockops" not in pin_entries(agent)

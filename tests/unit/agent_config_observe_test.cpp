@@ -1,0 +1,69 @@
+// The observation keys of the agent config (slow_connect_threshold_ms,
+// tls_slow_handshake_threshold_ms, event_rate_limit_per_sec, recent_events_per_workload): the
+// embedded default, the struct defaults and deploy/meshlane.conf agree; bad values are errors
+// naming the line and the key.
+#include <gtest/gtest.h>
+
+#include "agent/daemon/config.h"
+
+namespace meshlane {
+namespace {
+
+auto observe_keys(const AgentConfig& c) {
+    return std::tuple{c.slow_connect_threshold_ms, c.tls_slow_handshake_threshold_ms,
+                      c.event_rate_limit_per_sec, c.recent_events_per_workload};
+}
+
+TEST(AgentConfigObserve, DefaultsAgreeEverywhere) {
+    auto embedded = load_agent_config("");
+    ASSERT_TRUE(embedded.ok()) << embedded.error().message;
+    EXPECT_EQ(observe_keys(*embedded), observe_keys(AgentConfig{}));
+    auto shipped = load_agent_config(MESHLANE_SOURCE_DIR "/deploy/meshlane.conf");
+    ASSERT_TRUE(shipped.ok()) << shipped.error().message;
+    EXPECT_EQ(observe_keys(*shipped), observe_keys(*embedded));
+    // Every key is written out in both, not just left to the struct default.
+    for (const char* key : {"slow_connect_threshold_ms", "tls_slow_handshake_threshold_ms",
+                            "event_rate_limit_per_sec", "recent_events_per_workload"})
+        EXPECT_NE(kDefaultConfigText.find(std::string(key) + " = "), std::string_view::npos) << key;
+}
+
+TEST(AgentConfigObserve, ParsesValues) {
+    auto c = parse_agent_config(
+        "slow_connect_threshold_ms = 50\ntls_slow_handshake_threshold_ms = 1\n"
+        "event_rate_limit_per_sec = 1000000\nrecent_events_per_workload = 65536\n",
+        "t");
+    ASSERT_TRUE(c.ok()) << c.error().message;
+    EXPECT_EQ(observe_keys(*c), std::tuple(50u, 1u, 1000000u, 65536u));
+}
+
+TEST(AgentConfigObserve, BadValuesNameLineAndKey) {
+    struct Case {
+        const char* text;
+        const char* expect;
+    } cases[] = {
+        {"slow_connect_threshold_ms = 0\n",
+         "t:1 slow_connect_threshold_ms: expected a number in "
+         "1..600000, got '0'"},
+        {"\nslow_connect_threshold_ms = 600001\n", "t:2 slow_connect_threshold_ms"},
+        {"slow_connect_threshold_ms = 1.5\n", "slow_connect_threshold_ms"},
+        {"tls_slow_handshake_threshold_ms = -1\n", "tls_slow_handshake_threshold_ms"},
+        {"tls_slow_handshake_threshold_ms =\n", "tls_slow_handshake_threshold_ms"},
+        {"event_rate_limit_per_sec = 0\n",
+         "event_rate_limit_per_sec: expected a number in "
+         "1..1000000"},
+        {"event_rate_limit_per_sec = lots\n", "event_rate_limit_per_sec"},
+        {"recent_events_per_workload = 0\n", "recent_events_per_workload"},
+        {"recent_events_per_workload = 65537\n", "recent_events_per_workload"},
+        {"recent_events_per_workload = 99999999999999999999\n", "recent_events_per_workload"},
+        {"slow_connect_threshold = 5\n", "unknown key 'slow_connect_threshold'"},
+    };
+    for (const auto& c : cases) {
+        auto parsed = parse_agent_config(c.text, "t");
+        ASSERT_FALSE(parsed.ok()) << c.text;
+        EXPECT_NE(parsed.error().message.find(c.expect), std::string::npos)
+            << c.text << " -> " << parsed.error().message;
+    }
+}
+
+}  // namespace
+}  // namespace meshlane

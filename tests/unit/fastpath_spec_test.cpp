@@ -1,0 +1,72 @@
+// The fast-path settings and names that cross the API: the spec field (default off, strict
+// type, named in conflicts) and the counter names the status views print.
+#include <gtest/gtest.h>
+
+#include <boost/json.hpp>
+#include <set>
+#include <string>
+
+#include "agent/loader/fastpath_datapath.h"
+#include "agent/workload/workload_spec.h"
+
+namespace meshlane {
+namespace {
+
+namespace json = boost::json;
+
+json::object minimal_json() {
+    return json::object{{"name", "web-1"},
+                        {"cgroup", "/sys/fs/cgroup/pods/web-1"},
+                        {"netns", "/var/run/netns/web-1"}};
+}
+
+TEST(FastpathSpec, OffByDefault) {
+    auto spec = workload_spec_from_json(minimal_json());
+    ASSERT_TRUE(spec.ok());
+    EXPECT_FALSE(spec->fast_path);
+    EXPECT_EQ(to_json(*spec).at("fast_path"), json::value(false));
+}
+
+TEST(FastpathSpec, RoundTripsThroughJson) {
+    auto object = minimal_json();
+    object["fast_path"] = true;
+    auto spec = workload_spec_from_json(object);
+    ASSERT_TRUE(spec.ok());
+    EXPECT_TRUE(spec->fast_path);
+    auto again = workload_spec_from_json(to_json(*spec));
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(*again, *spec);
+}
+
+TEST(FastpathSpec, WrongTypeNamesTheField) {
+    auto object = minimal_json();
+    object["fast_path"] = "yes";
+    auto spec = workload_spec_from_json(object);
+    ASSERT_FALSE(spec.ok());
+    EXPECT_NE(spec.error().message.find("fast_path"), std::string::npos) << spec.error().message;
+}
+
+TEST(FastpathSpec, ConflictNamesTheField) {
+    auto a = workload_spec_from_json(minimal_json());
+    ASSERT_TRUE(a.ok());
+    WorkloadSpec b = *a;
+    b.fast_path = true;
+    auto fields = differing_fields(*a, b);
+    ASSERT_EQ(fields.size(), 1u);
+    EXPECT_EQ(fields[0], "fast_path");
+}
+
+TEST(FastpathCounters, EveryCounterHasADistinctName) {
+    std::set<std::string> names;
+    for (unsigned c = 0; c < MESHLANE_FP_COUNTER_MAX; ++c) {
+        std::string name = fastpath_counter_name(c);
+        EXPECT_NE(name, "unknown") << "counter " << c;
+        names.insert(name);
+    }
+    EXPECT_EQ(names.size(), static_cast<std::size_t>(MESHLANE_FP_COUNTER_MAX));
+    EXPECT_STREQ(fastpath_counter_name(MESHLANE_FP_CNT_REDIRECTED_BYTES), "redirected_bytes");
+    EXPECT_STREQ(fastpath_counter_name(MESHLANE_FP_COUNTER_MAX), "unknown");
+}
+
+}  // namespace
+}  // namespace meshlane
