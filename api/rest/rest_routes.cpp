@@ -4,6 +4,7 @@
 #include <array>
 #include <boost/json.hpp>
 
+#include "agent/observe/observe_json.h"
 #include "api/rest/agent_routes.h"
 #include "api/rest/diagnose_routes.h"
 #include "api/rest/observe_routes.h"
@@ -27,6 +28,9 @@ Response agent_status(const RouteContext& context) {
                             {"lost", stats.dropped},
                             {"subscribers", stats.subscribers}};
     }
+    // Kernel-side lost events, the aggregate's memory against its bound, the observe maps' size.
+    if (context.observations != nullptr)
+        status["observer"] = to_json(context.observations->health());
     return json_response(http::status::ok, status);
 }
 

@@ -48,6 +48,9 @@ def test_every_endpoint_with_real_workloads(meshed, agent):
     assert curl(agent, "GET", "/v1/health").json() == {"status": "ok"}
     status = curl(agent, "GET", "/v1/status")
     assert status.status == 200 and status.json()["workloads"] == 2, status
+    observer = status.json().get("observer")
+    if observer is not None:  # lost events and memory against its bound, from the observer
+        assert "lost_events_total" in observer and "memory_limit_bytes" in observer, observer
     listing = curl(agent, "GET", "/v1/workloads").json()["workloads"]
     assert sorted(w["name"] for w in listing) == sorted(p.name for p in topo.pods)
     one = curl(agent, "GET", f"/v1/workloads/{topo.a.name}")
