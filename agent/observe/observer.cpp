@@ -21,6 +21,7 @@
 #include "agent/events/event_bus.h"
 #include "agent/loader/bpf_skeleton.h"
 #include "agent/observe/drop_reasons.h"
+#include "agent/observe/endpoint_text.h"
 #include "agent/observe/observe_json.h"
 #include "agent/observe/tls_observer.h"
 #include "observe_connect.skel.h"
@@ -66,25 +67,6 @@ std::int64_t clock_ns(clockid_t clock) {
     timespec ts{};
     ::clock_gettime(clock, &ts);
     return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
-
-bool is_zero(const __u8 (&addr)[16]) {
-    for (auto byte : addr)
-        if (byte) return false;
-    return true;
-}
-
-// "10.1.2.3:80" for v4-mapped, "[fd00::1]:80" otherwise; "" for the zero address.
-std::string endpoint_text(const __u8 (&addr)[16], std::uint16_t port) {
-    if (is_zero(addr)) return {};
-    char text[INET6_ADDRSTRLEN] = {};
-    static constexpr __u8 kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    if (std::equal(std::begin(kMapped), std::end(kMapped), addr)) {
-        ::inet_ntop(AF_INET, addr + 12, text, sizeof(text));
-        return std::string(text) + ":" + std::to_string(port);
-    }
-    ::inet_ntop(AF_INET6, addr, text, sizeof(text));
-    return "[" + std::string(text) + "]:" + std::to_string(port);
 }
 
 const char* side_name(unsigned side) { return side == MESHLANE_SIDE_APP ? "app" : "upstream"; }

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <tuple>
 
+#include "agent/observe/endpoint_text.h"
+
 namespace meshlane {
 
 namespace {
@@ -15,22 +17,6 @@ namespace {
 constexpr std::size_t kRecordBytes = sizeof(TlsHandshakeRecord) + 6 * 32;  // + short strings
 constexpr std::size_t kDestinationBytes = sizeof(TlsDestinationStats) + 64 + 2 * 32 + 48;
 constexpr std::size_t kWorkloadBytes = 512;
-
-bool is_zero(const __u8 (&addr)[16]) {
-    return std::all_of(std::begin(addr), std::end(addr), [](__u8 b) { return b == 0; });
-}
-
-std::string endpoint_text(const __u8 (&addr)[16], std::uint16_t port) {
-    if (is_zero(addr)) return {};
-    char text[INET6_ADDRSTRLEN] = {};
-    static constexpr __u8 kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    if (std::equal(std::begin(kMapped), std::end(kMapped), addr)) {
-        ::inet_ntop(AF_INET, addr + 12, text, sizeof(text));
-        return std::string(text) + ":" + std::to_string(port);
-    }
-    ::inet_ntop(AF_INET6, addr, text, sizeof(text));
-    return "[" + std::string(text) + "]:" + std::to_string(port);
-}
 
 const char* outcome_name(unsigned outcome) {
     switch (outcome) {
