@@ -80,4 +80,19 @@ static __always_inline void sock_tuple(const struct sock* sk, __u8 saddr[16], __
     }
 }
 
+/* Bucket of a microsecond value in the log2 histograms (include/meshlane/observe_abi.h): shared
+ * by the connect and TLS latency histograms, so the agent reads both the same way. */
+static __always_inline __u32 log2_bucket(__u64 us) {
+    __u32 bucket = 0;
+    /* Bounded loop, unrolled: the verifier sees at most MESHLANE_HIST_BUCKETS steps. */
+#pragma unroll
+    for (int i = 0; i < MESHLANE_HIST_BUCKETS - 1; i++) {
+        if (us >= 2) {
+            us >>= 1;
+            bucket++;
+        }
+    }
+    return bucket;
+}
+
 #endif /* MESHLANE_BPF_OBSERVE_COMMON_H */

@@ -76,19 +76,6 @@ struct {
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } orig_dst_by_socket SEC(".maps");
 
-static __always_inline __u32 log2_bucket(__u64 us) {
-    __u32 bucket = 0;
-    /* Bounded loop, unrolled: the verifier sees at most MESHLANE_HIST_BUCKETS steps. */
-#pragma unroll
-    for (int i = 0; i < MESHLANE_HIST_BUCKETS - 1; i++) {
-        if (us >= 2) {
-            us >>= 1;
-            bucket++;
-        }
-    }
-    return bucket;
-}
-
 /* Entries are owned by (workload id, netns cookie): a reused id starts from zero. Two CPUs
  * racing on the very first update of a reused id can lose that one increment. */
 static __always_inline struct connect_stats* stats_of(__u32 workload_id, __u32 side, __u64 cookie) {

@@ -25,18 +25,6 @@ struct {
     __uint(max_entries, MESHLANE_TLS_EVENTS_BYTES);
 } tls_events SEC(".maps");
 
-static __always_inline __u32 tls_log2_bucket(__u64 us) {
-    __u32 bucket = 0;
-#pragma unroll
-    for (int i = 0; i < MESHLANE_HIST_BUCKETS - 1; i++) {
-        if (us >= 2) {
-            us >>= 1;
-            bucket++;
-        }
-    }
-    return bucket;
-}
-
 /* Counts one outcome; entries owned by (workload id, netns cookie) as connect_stats. */
 static __always_inline void tls_count(__u32 workload_id, __u32 source, __u64 cookie, __u8 outcome,
                                       __u64 latency_ns) {
@@ -50,7 +38,7 @@ static __always_inline void tls_count(__u32 workload_id, __u32 source, __u64 coo
     switch (outcome) {
         case MESHLANE_TLS_OK: {
             __u64 us = latency_ns / 1000;
-            __u32 bucket = tls_log2_bucket(us);
+            __u32 bucket = log2_bucket(us);
             if (bucket < MESHLANE_HIST_BUCKETS)
                 __sync_fetch_and_add(&stats->latency_hist[bucket], 1);
             __sync_fetch_and_add(&stats->latency_sum_us, us);
