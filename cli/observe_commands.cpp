@@ -47,18 +47,6 @@ std::optional<json::value> get(const GlobalOptions& global, const std::string& t
     return body;
 }
 
-std::string query_escape(const std::string& text) {
-    std::ostringstream out;
-    for (unsigned char c : text) {
-        if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~')
-            out << c;
-        else
-            out << '%' << std::uppercase << std::hex << std::setw(2) << std::setfill('0')
-                << static_cast<int>(c);
-    }
-    return out.str();
-}
-
 std::string number_text(const json::value& object, std::string_view key, int precision = 1) {
     const auto* value = field(object, key);
     if (value == nullptr) return "-";

@@ -110,18 +110,6 @@ std::string human_line(const json::value& event, const FollowFlags& flags) {
     return line.str();
 }
 
-std::string query_escape(const std::string& text) {
-    std::ostringstream out;
-    for (unsigned char c : text) {
-        if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~')
-            out << c;
-        else
-            out << '%' << std::uppercase << std::hex << std::setw(2) << std::setfill('0')
-                << static_cast<int>(c);
-    }
-    return out.str();
-}
-
 std::int64_t now_unix_ms() {
     timespec ts{};
     ::clock_gettime(CLOCK_REALTIME, &ts);

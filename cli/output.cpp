@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <boost/json.hpp>
+#include <cctype>
+#include <iomanip>
+#include <sstream>
 
 namespace meshlane::cli {
 
@@ -80,6 +83,18 @@ std::string field_text(const json::value& object, std::string_view key) {
 std::string field_text(const json::value& object, std::string_view key, std::string_view nested) {
     const auto* value = field(object, key);
     return value ? field_text(*value, nested) : "-";
+}
+
+std::string query_escape(const std::string& text) {
+    std::ostringstream out;
+    for (unsigned char c : text) {
+        if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~')
+            out << c;
+        else
+            out << '%' << std::uppercase << std::hex << std::setw(2) << std::setfill('0')
+                << static_cast<int>(c);
+    }
+    return out.str();
 }
 
 }  // namespace meshlane::cli

@@ -32,4 +32,7 @@ std::string field_text(const boost::json::value& object, std::string_view key,
                        std::string_view nested);
 const boost::json::value* field(const boost::json::value& object, std::string_view key);
 
+// Percent-encodes a query-string value (RFC 3986 unreserved characters pass as they are).
+std::string query_escape(const std::string& text);
+
 }  // namespace meshlane::cli
