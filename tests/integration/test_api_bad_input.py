@@ -141,7 +141,8 @@ def test_streaming_client_that_never_reads(topo, agent, enrolled):
     lazy = raw_connect(agent)
     lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     lazy.sendall(b"GET /v1/events?follow=true HTTP/1.1\r\nHost: x\r\n\r\n")
-    watcher = EventStream(agent, f"follow=true&workload={topo.b.name}")
+    watcher = EventStream(agent, f"follow=true&workload={topo.b.name}"
+                                 "&type=workload_enrolled,workload_unenrolled")
     try:
         time.sleep(0.3)
         for _ in range(20):  # each cycle publishes two events to both streams

@@ -79,8 +79,11 @@ def test_workload_rpcs_and_error_codes(topo, agent, client):
 
 def test_stream_events_follows_with_filters(topo, agent, client):
     service = client.load_service("meshlane.v1.Agent")
+    # The workload's stream also carries its observed traffic (connect/drop events, e.g. a
+    # QUEUE_PURGE drop when a socket closes): only the lifecycle types are asked for here.
     stream = client.stream(service, "StreamEvents", timeout=30, follow=True,
-                           workload=topo.b.name)
+                           workload=topo.b.name,
+                           types=["workload_enrolled", "workload_unenrolled"])
     received = []
 
     def read():
