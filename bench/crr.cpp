@@ -31,6 +31,8 @@
 #include <thread>
 #include <vector>
 
+#include "bench_socket.h"
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -83,50 +85,17 @@ Options parse(int argc, char** argv) {
 }
 
 sockaddr_in parse_address(const std::string& text) {
-    auto colon = text.rfind(':');
-    if (colon == std::string::npos) usage("address must be IPv4:PORT");
-    sockaddr_in sin{};
-    sin.sin_family = AF_INET;
-    sin.sin_port = htons(static_cast<uint16_t>(std::atoi(text.c_str() + colon + 1)));
-    if (inet_pton(AF_INET, text.substr(0, colon).c_str(), &sin.sin_addr) != 1)
-        usage("bad IPv4 address");
-    return sin;
+    const auto sin = meshlane_bench::parse_ipv4_endpoint(text);
+    if (!sin) usage("address must be IPv4:PORT");
+    return *sin;
 }
 
 void set_timeouts(int fd, int timeout_ms) {
-    timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    meshlane_bench::set_socket_timeouts(fd, timeout_ms, true);
 }
 
-// Reads exactly n bytes; returns 0, or an errno (ECONNRESET-like "EOF" is reported as EPIPE).
-int read_exact(int fd, char* buf, size_t n) {
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = recv(fd, buf + got, n - got, 0);
-        if (r > 0)
-            got += static_cast<size_t>(r);
-        else if (r == 0)
-            return EPIPE;
-        else if (errno != EINTR)
-            return errno;
-    }
-    return 0;
-}
-
-int write_all(int fd, const char* buf, size_t n) {
-    size_t sent = 0;
-    while (sent < n) {
-        ssize_t w = send(fd, buf + sent, n - sent, MSG_NOSIGNAL);
-        if (w > 0)
-            sent += static_cast<size_t>(w);
-        else if (w < 0 && errno != EINTR)
-            return errno;
-    }
-    return 0;
-}
+using meshlane_bench::read_exact;
+using meshlane_bench::write_all;
 
 // ---------------------------------------------------------------------------------------------
 // server: N threads block in accept() on one socket; each connection: read the request, write

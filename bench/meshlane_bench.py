@@ -32,7 +32,11 @@ IPERF_PORT, SOCKPERF_PORT, CRR_PORT = 5201, 11111, 8080
 # sockperf's TCP minimum is 14 bytes (its header) and its maximum 65506; these stand for the
 # 1 B / 1 KiB / 64 KiB messages of the issue.
 RR_SIZES = (14, 1024, 65506)
-CONFIGS = ("direct", "iptables", "meshlane", "meshlane_fast")
+CONFIGS = ("direct", "iptables", "meshlane", "meshlane_fast", "meshlane_fast_pp")
+# What `meshlane enroll` gets per fast-path configuration (docs/fastpath.md).
+FAST_PATH_FLAGS = {"meshlane_fast": ["--fast-path"],
+                   "meshlane_fast_pp": ["--fast-path=app-proxy,proxy-proxy"]}
+COLUMN_NAMES = {"meshlane_fast": "fast", "meshlane_fast_pp": "fast+pp"}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNET = 0x40000000
@@ -313,13 +317,11 @@ class Pair:
             if p.returncode != 0:
                 raise RuntimeError(f"iptables-restore in {self.ns[pod]}: {p.stderr}")
 
-    def enroll(self, fast_path):
+    def enroll(self):
         for pod in "ab":
             args = ["enroll", f"mlb-{self.bench.id}-{self.config.replace('_', '-')}-{pod}",
                     "--cgroup", self.cg[pod], "--netns", f"/var/run/netns/{self.ns[pod]}"]
-            if fast_path:
-                args.append("--fast-path")
-            self.bench.cli(*args)
+            self.bench.cli(*args, *FAST_PATH_FLAGS.get(self.config, []))
 
     def attach_prototype(self, obj):
         """bench/prototypes: load OBJ (a sockops + sk_msg pair around one SOCKHASH), attach the
@@ -605,26 +607,24 @@ def fmt(v):
 
 
 def build_table(med, configs_run):
-    protos = [c for c in configs_run if c.startswith("proto_")]
-    header = ["metric (median)", "direct", "iptables", "meshlane", "meshlane+fast path"] + \
-        protos + ["meshlane / iptables", "fast / iptables"] + [f"{p} / meshlane" for p in protos]
+    """One column per configuration that ran, then value / iptables for every other one."""
+    columns = [c for c in list(CONFIGS) if c in configs_run] + \
+        [c for c in configs_run if c.startswith("proto_")]
+    name = lambda c: COLUMN_NAMES.get(c, c)  # noqa: E731
+    versus = [c for c in columns if c != "iptables"] if "iptables" in columns else []
+    header = ["metric (median)"] + [name(c) for c in columns] + \
+        [f"{name(c)} / iptables" for c in versus]
     rows = []
     for metric, field, label, better in ROWS:
-        vals = {c: med.get(c, {}).get(metric, {}).get(field) for c in list(CONFIGS) + protos}
-        base = vals["iptables"]
+        vals = {c: med.get(c, {}).get(metric, {}).get(field) for c in columns}
+        base = vals.get("iptables")
 
         def ratio(c):
             v = vals[c]
-            if v is None or not base or field == "errors":
-                return "n/a" if v is None or field != "errors" else ""
-            return f"{v / base:.2f}x"
-        def vs_meshlane(c):
-            v, m = vals[c], vals["meshlane"]
-            return f"{v / m:.2f}x" if v is not None and m and field != "errors" else ""
-        rows.append([label] + [fmt(vals[c]) if c in configs_run else "n/a"
-                               for c in list(CONFIGS) + protos] +
-                    [ratio("meshlane"), ratio("meshlane_fast") if "meshlane_fast" in configs_run
-                     else "n/a"] + [vs_meshlane(p) for p in protos])
+            if field == "errors":
+                return ""
+            return f"{v / base:.2f}x" if v is not None and base else "n/a"
+        rows.append([label] + [fmt(vals[c]) for c in columns] + [ratio(c) for c in versus])
     return header, rows
 
 
@@ -651,9 +651,11 @@ def background_busy_percent(seconds=1.0):
     return (machine_busy_seconds() - before) * 100 / seconds / os.cpu_count()
 
 
-def fast_path_supported(meshlane_bin):
+def fast_path_supported(meshlane_bin, config):
+    """Whether this binary's `enroll --help` offers what the configuration needs."""
     p = run([meshlane_bin, "enroll", "--help"], check=False)
-    return "--fast-path" in (p.stdout + p.stderr)
+    text = p.stdout + p.stderr
+    return "--fast-path" in text and (config != "meshlane_fast_pp" or "proxy-proxy" in text)
 
 
 def git_rev():
@@ -670,7 +672,8 @@ def main():
     ap.add_argument("--rounds", type=int, help="rounds (default 5, quick 2)")
     ap.add_argument("--seconds", type=float, help="seconds per load run (default 2, quick 1)")
     ap.add_argument("--crr-threads", type=int, default=4, help="concurrent CRR clients")
-    ap.add_argument("--configs", default="direct,iptables,meshlane,meshlane_fast")
+    ap.add_argument("--configs", default=",".join(CONFIGS),
+                    help=f"comma-separated subset of {','.join(CONFIGS)}")
     ap.add_argument("--meshlane-bin", default=os.environ.get("MESHLANE_BIN",
                                                              f"{REPO}/build/meshlane"))
     ap.add_argument("--crr-bin", default=f"{REPO}/build-bench/bench/meshlane_crr")
@@ -703,10 +706,14 @@ def main():
             sys.exit(f"bench: prototype object {obj} not found (bench/prototypes/build.sh)")
         prototypes[f"proto_{name}"] = obj
         wanted.append(f"proto_{name}")
-    fast = fast_path_supported(args.meshlane_bin)
-    configs = [c for c in wanted if c != "meshlane_fast" or fast]
-    if "meshlane_fast" in wanted and not fast:
-        log("`meshlane enroll --help` has no --fast-path: the fast-path column is n/a")
+    unknown = [c for c in wanted if c not in CONFIGS and not c.startswith("proto_")]
+    if unknown:
+        sys.exit(f"bench: unknown configuration(s) {unknown}; known: {', '.join(CONFIGS)}")
+    fast = {c: fast_path_supported(args.meshlane_bin, c) for c in FAST_PATH_FLAGS}
+    configs = [c for c in wanted if fast.get(c, True)]
+    for c in wanted:
+        if not fast.get(c, True):
+            log(f"`meshlane enroll --help` lacks {FAST_PATH_FLAGS[c]}: column {c} left out")
 
     def on_signal(signum, _frame):
         raise Interrupted(signal.Signals(signum).name)
@@ -714,6 +721,7 @@ def main():
         signal.signal(s, on_signal)
 
     KSOFTIRQD.extend(ksoftirqd_pids())
+    loadavg_before = open("/proc/loadavg").read().split()[:3]
     background_before = background_busy_percent()
     if background_before > 10:
         log(f"warning: the machine is already {background_before:.0f}% busy without us: "
@@ -735,7 +743,7 @@ def main():
             if c == "iptables":
                 pair.apply_iptables()
             elif c.startswith("meshlane") or c.startswith("proto_"):
-                pair.enroll(fast_path=(c == "meshlane_fast"))  # before the sidecars, as Istio
+                pair.enroll()  # before the sidecars, as Istio
                 if c.startswith("proto_"):
                     pair.attach_prototype(prototypes[c])
             if c != "direct":
@@ -784,9 +792,11 @@ def main():
     header, rows = build_table(med, configs)
     kernel = os.uname().release
     rev_text = rev + ("-dirty" if dirty else "")
+    loadavg_after = open("/proc/loadavg").read().split()[:3]
     title = (f"meshlane bench {started:%Y-%m-%d %H:%M} rev {rev_text} kernel {kernel}, "
              f"{os.cpu_count()} CPUs, {rounds} rounds x {seconds:g} s"
-             f"{' (quick)' if args.quick else ''}")
+             f"{' (quick)' if args.quick else ''}, load average {' '.join(loadavg_before)} "
+             f"before, {' '.join(loadavg_after)} after")
     notes = [f"sockperf ping-pong --full-rtt, message sizes {RR_SIZES} (sockperf's TCP min/max "
              "stand for 1 B and 64 KiB)",
              f"CRR: meshlane_crr, {args.crr_threads} concurrent clients, 64 B each way, server "
@@ -798,8 +808,13 @@ def main():
              f"{background_after:.0f}% (load not ours; >10% means noisy numbers)",
              "ratios: value / iptables value (for throughput >1 is better, for latency and CPU "
              "<1 is better)"]
-    if not fast:
-        notes.append("meshlane+fast path: n/a (the binary has no `enroll --fast-path`)")
+    notes.append("fast: `enroll --fast-path` on both pods (sk_msg between each app and "
+                 "its own proxy); fast+pp: `--fast-path=app-proxy,proxy-proxy` "
+                 "(also A's proxy <-> B's proxy across the veth); docs/fastpath.md")
+    for c in FAST_PATH_FLAGS:
+        if c in wanted and not fast[c]:
+            notes.append(f"{c}: left out (the binary's `enroll --help` lacks "
+                         f"{FAST_PATH_FLAGS[c]})")
     text = render_text(header, rows)
     print(title)
     print(text)
@@ -824,7 +839,8 @@ def main():
                    "rounds": rounds, "seconds": seconds, "quick": args.quick,
                    "configs": configs, "fast_path_supported": fast,
                    "background_busy_percent": [background_before, background_after],
-                   "loadavg_after": open("/proc/loadavg").read().split()[:3], "medians": med,
+                   "loadavg_before": loadavg_before, "loadavg_after": loadavg_after,
+                   "medians": med,
                    "samples": samples, "failures": failures, "capture_evidence": evidence,
                    "notes": notes}, f, indent=1)
     print(f"results: {stem}.md {stem}.json")

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Observation overhead (issue 4): agent CPU and BPF run time per program under a sustained rate of
-# new connections through an enrolled pod pair, every observer on. Root only. Not a test.
-#   bench/overhead.sh [--seconds S] [--threads N]      MESHLANE_BIN=/path/to/meshlane to pick a build
+# new connections from enrolled pods (10k/s through a trivial stand-in proxy, then through HAProxy),
+# every observer on. Root only. Not a test. One command, about a minute, bounded to 3 minutes,
+# removes everything it created (netns, cgroups, pins, processes) even when interrupted.
+#   bench/overhead.sh [--seconds S] [--rate R] [--threads N] [--skip-crr]
+#   MESHLANE_BIN=/path/to/meshlane picks the agent; MESHLANE_BENCH_BUILD=<build dir> the bench
+#   tools' build (default build-bench, configured and built on demand).
 # Writes bench/results/<date>-<time>-overhead.md/.json. kernel.bpf_stats_enabled is set only for
 # the load window and restored afterwards.
 set -euo pipefail
@@ -12,16 +16,19 @@ for tool in haproxy bpftool ip iperf3 sockperf; do
   command -v "$tool" >/dev/null || { echo "bench/overhead.sh: missing $tool" >&2; exit 1; }
 done
 
-build="$repo/build-bench"
+build="${MESHLANE_BENCH_BUILD:-$repo/build-bench}"
 crr="$build/bench/meshlane_crr"
-if [[ ! -x "$crr" || "$repo/bench/crr.cpp" -nt "$crr" ]]; then
-  echo "bench/overhead.sh: building meshlane_crr into $build" >&2
-  cmake -S "$repo" -B "$build" -DMESHLANE_BUILD_TESTS=OFF >/dev/null
-  cmake --build "$build" -j2 --target meshlane_crr >/dev/null
+connrate="$build/bench/meshlane_connrate"
+if [[ ! -x "$crr" || "$repo/bench/crr.cpp" -nt "$crr" || ! -x "$connrate" ||
+      "$repo/bench/connrate.cpp" -nt "$connrate" ]]; then
+  echo "bench/overhead.sh: building meshlane_crr and meshlane_connrate into $build" >&2
+  [[ -f "$build/CMakeCache.txt" ]] || cmake -S "$repo" -B "$build" -DMESHLANE_BUILD_TESTS=OFF >/dev/null
+  cmake --build "$build" -j2 --target meshlane_crr meshlane_connrate >/dev/null
 fi
 
 run_id="$(head -c3 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-driver=(/usr/bin/python3 "$here/overhead.py" --run-id "$run_id" --crr-bin "$crr")
+driver=(/usr/bin/python3 "$here/overhead.py" --run-id "$run_id" --crr-bin "$crr"
+        --connrate-bin "$connrate")
 stats_before="$(cat /proc/sys/kernel/bpf_stats_enabled)"
 cleanup() {
   "${driver[@]}" --cleanup-only >/dev/null 2>&1 || true
@@ -29,4 +36,4 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
-timeout --kill-after=10 600 "${driver[@]}" "$@"
+timeout --kill-after=10 180 "${driver[@]}" "$@"

@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * The sk_msg fast path between an app and its own proxy (docs/fastpath.md). Attached next to
- * redirect_sockops on each enrolled pod cgroup (multi-attach; it does not replace it):
- *   fastpath_sockops  puts both ends of an app -> 127.0.0.1:<outbound port> connection into
- *                     fastpath_peers (SOCKHASH) and decides, once, whether the connection is
- *                     accelerated
+ * The sk_msg fast path (docs/fastpath.md) between an app and its own proxy, and between the
+ * proxies of two pods on the same node. Attached next to redirect_sockops on each enrolled pod
+ * cgroup (multi-attach; it does not replace it):
+ *   fastpath_sockops  puts both ends of an app -> 127.0.0.1:<outbound port> connection, or of a
+ *                     connection between two enrolled pods (proxy -> other pod's inbound
+ *                     listener), into fastpath_peers (SOCKHASH) and decides, once, whether the
+ *                     connection is accelerated
  *   fastpath_msg      (sk_msg on fastpath_peers) moves each sendmsg() of an accelerated
  *                     connection straight into the peer's receive queue (BPF_F_INGRESS)
  *
@@ -15,7 +17,8 @@
  *   - the accepted end reaches PASSIVE_ESTABLISHED (before accept() can return it, so it has sent
  *     nothing) and joins the map: UNDECIDED -> ACCELERATED;
  *   - the connecting end sends its first message: UNDECIDED -> TCP_ONLY, and that message (and all
- *     later ones, both directions) stay on TCP.
+ *     later ones, both directions) stay on TCP; the connecting end leaves the SOCKHASH when
+ *     that message is transmitted (FIONREAD, see on_transmit).
  * Nothing is ever on both paths, so the receiver's two queues (psock ingress, TCP receive queue)
  * never both hold data of one connection.
  */
@@ -29,6 +32,7 @@
 // clang-format on
 
 #define AF_INET 2
+#define AF_INET6 10
 #define LOOPBACK_V4 0x7f000001u /* 127.0.0.1, host order */
 
 char LICENSE[] SEC("license") = "GPL";
@@ -68,6 +72,17 @@ struct {
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } fastpath_conns SEC(".maps");
 
+/* The IPv4 addresses of this node's pods that enable proxy <-> proxy (agent-written). A proxy's
+ * connection enters the SOCKHASH only towards one of them: connections leaving the node never
+ * get a psock (FIONREAD, see give_up), and cost nothing here. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, MESHLANE_FASTPATH_MAX_POD_ADDRS);
+    __type(key, __u32);
+    __type(value, __u32);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} fastpath_pod_addrs SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, MESHLANE_MAX_WORKLOADS_DEFAULT* MESHLANE_FASTPATH_COUNTER_STRIDE);
@@ -100,46 +115,88 @@ static __always_inline void peer_of(const struct fastpath_key* own, struct fastp
     peer->reserved = 0;
 }
 
-/* The workload's id and outbound port, when its app <-> proxy pairs may be accelerated. */
-static __always_inline bool app_proxy_enabled(struct bpf_sock_ops* ctx, __u32* workload_id,
-                                              __u16* outbound_port) {
+/* The workload's id and outbound port, when pairs of this kind may be accelerated in it. */
+static __always_inline bool kind_enabled(struct bpf_sock_ops* ctx, __u32 kind, __u32* workload_id,
+                                         __u16* outbound_port) {
     if (selftest_kinds) {
         *workload_id = 0;
         *outbound_port = selftest_outbound_port;
-        return selftest_kinds & MESHLANE_FASTPATH_APP_PROXY;
+        return selftest_kinds & kind;
     }
     __u64 netns = bpf_get_netns_cookie(ctx);
     const struct workload_config* cfg = bpf_map_lookup_elem(&workload_by_netns, &netns);
     if (!cfg) return false;
     __u32 id = cfg->workload_id;
     const __u32* kinds = bpf_map_lookup_elem(&fastpath_workload_kinds, &id);
-    if (!kinds || !(*kinds & MESHLANE_FASTPATH_APP_PROXY)) return false;
+    if (!kinds || !(*kinds & kind)) return false;
     *workload_id = id;
     *outbound_port = cfg->outbound_port;
     return true;
 }
 
-static __always_inline bool read_key(struct bpf_sock_ops* ctx, struct fastpath_key* key) {
-    __u32 family = CTX_READ(ctx->family);
-    key->local_ip4 = CTX_READ(ctx->local_ip4);
-    key->remote_ip4 = CTX_READ(ctx->remote_ip4);
+static __always_inline bool is_loopback(__u32 ip4 /* network order */) {
+    return (bpf_ntohl(ip4) >> 24) == 127;
+}
+
+/* The key's kind follows from its addresses alone, so both ends and the sk_msg program agree:
+ * 127.0.0.1 <-> 127.0.0.1 is app <-> proxy (key with the netns cookie), two non-loopback
+ * addresses are proxy <-> proxy (netns cookie 0). Anything else (127.0.0.6 <-> pod IP, IPv6) is
+ * never accelerated: returns 0. */
+static __always_inline __u32 kind_of(struct fastpath_key* key, __u64 netns_cookie) {
+    if (key->local_ip4 == bpf_htonl(LOOPBACK_V4) && key->remote_ip4 == bpf_htonl(LOOPBACK_V4)) {
+        key->netns_cookie = netns_cookie;
+        return MESHLANE_FASTPATH_APP_PROXY;
+    }
+    key->netns_cookie = 0;
+    if (is_loopback(key->local_ip4) || is_loopback(key->remote_ip4)) return 0;
+    return MESHLANE_FASTPATH_PROXY_PROXY;
+}
+
+/* IPv4, or IPv4 on a dual-stack IPv6 socket (::ffff:a.b.c.d both ends, e.g. a proxy's
+ * [::]:15006 listener accepting an IPv4 connection): the IPv4 4-tuple, in *local / *remote. */
+#define READ_IPV4_TUPLE(ctx, local, remote)                                                       \
+    ({                                                                                            \
+        __u32 family_ = CTX_READ((ctx)->family);                                                  \
+        bool ok_ = family_ == AF_INET;                                                            \
+        *(local) = CTX_READ((ctx)->local_ip4);                                                    \
+        *(remote) = CTX_READ((ctx)->remote_ip4);                                                  \
+        if (family_ == AF_INET6) {                                                                \
+            __u32 l0_ = CTX_READ((ctx)->local_ip6[0]), l1_ = CTX_READ((ctx)->local_ip6[1]);       \
+            __u32 l2_ = CTX_READ((ctx)->local_ip6[2]), r0_ = CTX_READ((ctx)->remote_ip6[0]);      \
+            __u32 r1_ = CTX_READ((ctx)->remote_ip6[1]);                                           \
+            __u32 r2_ = CTX_READ((ctx)->remote_ip6[2]);                                           \
+            ok_ =                                                                                 \
+                !(l0_ | l1_ | r0_ | r1_) && l2_ == bpf_htonl(0xffff) && r2_ == bpf_htonl(0xffff); \
+            *(local) = CTX_READ((ctx)->local_ip6[3]);                                             \
+            *(remote) = CTX_READ((ctx)->remote_ip6[3]);                                           \
+        }                                                                                         \
+        ok_;                                                                                      \
+    })
+
+/* Fills key; returns its kind, 0 when not eligible. */
+static __always_inline __u32 read_key(struct bpf_sock_ops* ctx, struct fastpath_key* key) {
+    bool ipv4 = READ_IPV4_TUPLE(ctx, &key->local_ip4, &key->remote_ip4);
     key->local_port = (__u16)CTX_READ(ctx->local_port);
     key->remote_port = remote_port_host(CTX_READ(ctx->remote_port));
     key->reserved = 0;
-    key->netns_cookie = bpf_get_netns_cookie(ctx);
-    return family == AF_INET && key->local_ip4 == bpf_htonl(LOOPBACK_V4) &&
-           key->remote_ip4 == bpf_htonl(LOOPBACK_V4);
+    if (!ipv4) return 0;
+    return kind_of(key, bpf_get_netns_cookie(ctx));
 }
 
-/* The app's socket to 127.0.0.1:<outbound port> (connect4 put it there). ACTIVE_ESTABLISHED runs
- * before connect() returns to the app and before the socket is writable: no byte was sent. */
+/* The connecting end: an app's socket to 127.0.0.1:<outbound port> (connect4 put it there), or
+ * a proxy's connection to another pod. ACTIVE_ESTABLISHED runs before connect() returns and
+ * before the socket is writable, and (on loopback and veth alike) before the final ACK that
+ * creates the accepting end leaves: no byte was sent, and the accepting end cannot exist yet. */
 static __always_inline void on_connected(struct bpf_sock_ops* ctx) {
     struct fastpath_key key;
     __u32 wid;
     __u16 outbound_port;
-    if (!read_key(ctx, &key) || !app_proxy_enabled(ctx, &wid, &outbound_port) ||
-        key.remote_port != outbound_port)
-        return;
+    __u32 kind = read_key(ctx, &key);
+    if (!kind || !kind_enabled(ctx, kind, &wid, &outbound_port)) return;
+    if (kind == MESHLANE_FASTPATH_APP_PROXY && key.remote_port != outbound_port) return;
+    if (kind == MESHLANE_FASTPATH_PROXY_PROXY &&
+        !bpf_map_lookup_elem(&fastpath_pod_addrs, &key.remote_ip4))
+        return; /* not a pod of this node with proxy <-> proxy */
     struct fastpath_conn conn = {.state = MESHLANE_FASTPATH_UNDECIDED, .workload_id = wid};
     if (bpf_map_update_elem(&fastpath_conns, &key, &conn, BPF_ANY) != 0) {
         count(wid, MESHLANE_FP_CNT_NOT_ELIGIBLE_INSERT_FAILED, 1);
@@ -150,8 +207,28 @@ static __always_inline void on_connected(struct bpf_sock_ops* ctx) {
         count(wid, MESHLANE_FP_CNT_NOT_ELIGIBLE_INSERT_FAILED, 1);
         return;
     }
-    /* Watch for the close, to delete the fastpath_conns entry. */
-    bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+    /* Watch for the close, to delete the fastpath_conns entry, and for the first packet that
+     * carries data on TCP (on_transmit). */
+    bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG |
+                                       BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+}
+
+/* The connecting end transmits a TCP segment (the header-option length callback, which runs for
+ * every segment while BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG is set; we reserve no option space).
+ * Once the connection is decided the watch ends. TCP_ONLY: the connecting end wrote first (its
+ * sk_msg program decided, but sk_msg programs may not delete from a SOCKHASH), so it leaves the
+ * SOCKHASH here, in that same sendmsg, before any reply can exist: a socket with a psock
+ * answers FIONREAD from the psock queue only (see give_up). Needed when no accepting end ever
+ * joins (it is not in an enrolled cgroup); otherwise on_accepted removes it as well. */
+static __always_inline void on_transmit(struct bpf_sock_ops* ctx) {
+    struct fastpath_key key;
+    if (!read_key(ctx, &key)) return;
+    struct fastpath_conn* conn = bpf_map_lookup_elem(&fastpath_conns, &key);
+    if (conn && conn->state == MESHLANE_FASTPATH_UNDECIDED) return; /* handshake ACK */
+    if (conn && conn->state == MESHLANE_FASTPATH_TCP_ONLY)
+        bpf_map_delete_elem(&fastpath_peers, &key);
+    bpf_sock_ops_cb_flags_set(ctx,
+                              ctx->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
 }
 
 /* A connection that will not be accelerated must not keep its connecting end in the SOCKHASH:
@@ -167,21 +244,26 @@ static __always_inline void give_up(struct fastpath_conn* conn, const struct fas
     count(wid, reason, 1);
 }
 
-/* The proxy's accepted socket. PASSIVE_ESTABLISHED runs before accept() can return it: it has
- * sent nothing. */
+/* The accepting end: the proxy's accepted socket (outbound listener), or, proxy <-> proxy, the
+ * other pod's accepted socket (its inbound listener, steered there by sk_lookup without NAT, so
+ * the 4-tuple is the connecting end's, reversed). PASSIVE_ESTABLISHED runs before accept() can
+ * return it: it has sent nothing. */
 static __always_inline void on_accepted(struct bpf_sock_ops* ctx) {
     struct fastpath_key key, peer;
     __u32 wid;
     __u16 outbound_port;
-    if (!read_key(ctx, &key) || !app_proxy_enabled(ctx, &wid, &outbound_port) ||
-        key.local_port != outbound_port)
-        return;
+    __u32 kind = read_key(ctx, &key);
+    if (!kind || !kind_enabled(ctx, kind, &wid, &outbound_port)) return;
+    if (kind == MESHLANE_FASTPATH_APP_PROXY && key.local_port != outbound_port) return;
     peer_of(&key, &peer);
     struct fastpath_conn* conn = bpf_map_lookup_elem(&fastpath_conns, &peer);
     if (!conn) {
+        /* proxy <-> proxy: a connection from off the node, or from a pod without the kind. */
         count(wid, MESHLANE_FP_CNT_NOT_ELIGIBLE_NO_PEER, 1);
         return;
     }
+    /* Counted on the connecting end's workload, like every later byte of the connection. */
+    wid = conn->workload_id;
     if (conn->state != MESHLANE_FASTPATH_UNDECIDED) {
         give_up(conn, &peer, wid, MESHLANE_FP_CNT_NOT_ELIGIBLE_SENT_FIRST);
         return;
@@ -194,6 +276,8 @@ static __always_inline void on_accepted(struct bpf_sock_ops* ctx) {
     if (__sync_val_compare_and_swap(&conn->state, MESHLANE_FASTPATH_UNDECIDED,
                                     MESHLANE_FASTPATH_ACCELERATED) == MESHLANE_FASTPATH_UNDECIDED) {
         count(wid, MESHLANE_FP_CNT_CONNS_ACCELERATED, 1);
+        if (kind == MESHLANE_FASTPATH_PROXY_PROXY)
+            count(wid, MESHLANE_FP_CNT_PROXY_PROXY_CONNS_ACCELERATED, 1);
         return;
     }
     /* The connecting end sent first, between our check and now: both ends leave the map. */
@@ -219,6 +303,9 @@ int fastpath_sockops(struct bpf_sock_ops* ctx) {
         case BPF_SOCK_OPS_STATE_CB:
             if (ctx->args[1] == BPF_TCP_CLOSE) on_closed(ctx);
             break;
+        case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
+            on_transmit(ctx);
+            break;
         default:
             break;
     }
@@ -228,12 +315,12 @@ int fastpath_sockops(struct bpf_sock_ops* ctx) {
 SEC("sk_msg")
 int fastpath_msg(struct sk_msg_md* msg) {
     struct fastpath_key own = {
-        .netns_cookie = bpf_get_netns_cookie(msg),
-        .local_ip4 = CTX_READ(msg->local_ip4),
-        .remote_ip4 = CTX_READ(msg->remote_ip4),
         .local_port = (__u16)CTX_READ(msg->local_port),
         .remote_port = remote_port_host(CTX_READ(msg->remote_port)),
     };
+    if (!READ_IPV4_TUPLE(msg, &own.local_ip4, &own.remote_ip4)) return SK_PASS;
+    __u32 kind = kind_of(&own, bpf_get_netns_cookie(msg));
+    if (!kind) return SK_PASS;
     __u32 size = CTX_READ(msg->size);
     struct fastpath_key peer;
     peer_of(&own, &peer);
@@ -247,6 +334,7 @@ int fastpath_msg(struct sk_msg_md* msg) {
         /* The connecting end writes before the accepted end joined: TCP for good. */
         state = __sync_val_compare_and_swap(&conn->state, MESHLANE_FASTPATH_UNDECIDED,
                                             MESHLANE_FASTPATH_TCP_ONLY);
+        /* This message goes out on TCP; on_transmit takes the socket out of the SOCKHASH. */
         if (state == MESHLANE_FASTPATH_UNDECIDED) state = MESHLANE_FASTPATH_TCP_ONLY;
     }
     if (state != MESHLANE_FASTPATH_ACCELERATED) {
@@ -257,6 +345,8 @@ int fastpath_msg(struct sk_msg_md* msg) {
     if (bpf_msg_redirect_hash(msg, &fastpath_peers, &peer, BPF_F_INGRESS) == SK_PASS) {
         count(wid, MESHLANE_FP_CNT_REDIRECTED_MSGS, 1);
         count(wid, MESHLANE_FP_CNT_REDIRECTED_BYTES, size);
+        if (kind == MESHLANE_FASTPATH_PROXY_PROXY)
+            count(wid, MESHLANE_FP_CNT_PROXY_PROXY_REDIRECTED_BYTES, size);
     } else {
         count(wid, MESHLANE_FP_CNT_PEER_GONE, 1);
     }

@@ -3,7 +3,8 @@
  * Kernel packet drops per workload and reason from skb:kfree_skb (tp_btf). Counts go to a map
  * keyed by (workload, reason) — exact, always on. Events go through a ring buffer behind a
  * per-CPU token bucket, so a drop flood costs bounded agent work; whatever the bucket or a full
- * ring refuses is counted in observe_loss and reported by the agent as lost events.
+ * ring refuses is counted in observe_loss and reported by the agent as lost events. Reasons in
+ * count_only_reasons (benign, one per closed connection: QUEUE_PURGE) are counted, not streamed.
  *
  * Attribution: skb->sk's network namespace when the skb belongs to a socket, else skb->dev's
  * (received packets dropped before a socket was found: netfilter, no socket, ...).
@@ -21,6 +22,8 @@ char LICENSE[] SEC("license") = "GPL";
 /* Tunables, set by the agent before load: events per second and burst, per CPU. */
 const volatile __u64 drop_events_per_second = 1000;
 const volatile __u64 drop_events_burst = 200;
+/* Reasons counted in drop_counts but never streamed (0 = unused slot; reason 0 never gets here). */
+const volatile __u32 count_only_reasons[MESHLANE_DROP_COUNT_ONLY_MAX] = {};
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -90,6 +93,22 @@ static __always_inline bool take_token(void) {
     return true;
 }
 
+static __always_inline bool is_count_only(__u32 reason) {
+#pragma unroll
+    for (int i = 0; i < MESHLANE_DROP_COUNT_ONLY_MAX; i++)
+        if (count_only_reasons[i] && count_only_reasons[i] == reason) return true;
+    return false;
+}
+
+/* Wake the reader only once a quarter of the ring is filled: it also drains the ring after
+ * every poll timeout (agent/observe/observer.cpp), so an event waits at most that long, and a
+ * stream of events costs the agent a few wakeups per second instead of one per event. */
+static __always_inline __u64 wakeup_flag(void) {
+    return bpf_ringbuf_query(&drop_events, BPF_RB_AVAIL_DATA) >= MESHLANE_DROP_EVENTS_BYTES / 4
+               ? BPF_RB_FORCE_WAKEUP
+               : BPF_RB_NO_WAKEUP;
+}
+
 struct ports {
     __be16 source;
     __be16 dest;
@@ -138,6 +157,7 @@ int BPF_PROG(observe_kfree_skb, struct sk_buff* skb, void* location, enum skb_dr
     struct workload_config* config = workload_of_netns(cookie);
     if (!config) return 0;
     count_drop(cookie, config->workload_id, (__u32)reason);
+    if (is_count_only((__u32)reason)) return 0;
 
     if (!take_token()) {
         count_loss(MESHLANE_LOSS_RATE_LIMITED);
@@ -159,6 +179,6 @@ int BPF_PROG(observe_kfree_skb, struct sk_buff* skb, void* location, enum skb_dr
     event->attributed_by = attributed_by;
     event->length = BPF_CORE_READ(skb, len);
     read_headers(skb, event);
-    bpf_ringbuf_submit(event, 0);
+    bpf_ringbuf_submit(event, wakeup_flag());
     return 0;
 }

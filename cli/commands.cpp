@@ -149,7 +149,8 @@ void print_workload(const json::value& workload) {
               << "Exclude in ports:   " << list_text(spec, "exclude_inbound_ports") << '\n'
               << "Self to inbound:    " << field_text(spec, "proxy_self_to_inbound") << '\n'
               << "Startup policy:     " << field_text(spec, "startup_policy") << '\n'
-              << "Fast path:          " << field_text(spec, "fast_path") << '\n';
+              << "Fast path:          " << field_text(spec, "fast_path") << " (app-proxy), "
+              << field_text(spec, "fast_path_proxy_proxy") << " (proxy-proxy)" << '\n';
     print_programs(workload);
     print_counters(workload);
 }
@@ -190,6 +191,25 @@ Status apply_lists(const EnrollFlags& flags, WorkloadSpec& spec) {
     return Ok{};
 }
 
+// "app-proxy,proxy-proxy" -> spec.fast_path / spec.fast_path_proxy_proxy; "" leaves both off.
+Status apply_fast_path_kinds(const std::string& text, WorkloadSpec& spec) {
+    std::size_t start = 0;
+    while (start < text.size()) {
+        std::size_t end = text.find(',', start);
+        if (end == std::string::npos) end = text.size();
+        const std::string kind = text.substr(start, end - start);
+        if (kind == "app-proxy")
+            spec.fast_path = true;
+        else if (kind == "proxy-proxy")
+            spec.fast_path_proxy_proxy = true;
+        else
+            return Error::invalid("--fast-path: unknown kind \"" + kind +
+                                  "\" (expected app-proxy and/or proxy-proxy, comma-separated)");
+        start = end + 1;
+    }
+    return Ok{};
+}
+
 }  // namespace
 
 Result<WorkloadSpec> build_spec(const EnrollFlags& flags) {
@@ -198,6 +218,7 @@ Result<WorkloadSpec> build_spec(const EnrollFlags& flags) {
     auto policy = parse_startup_policy(flags.startup_policy);
     if (!policy) return policy.error().with_context("--startup-policy");
     spec.startup_policy = *policy;
+    if (auto kinds = apply_fast_path_kinds(flags.fast_path, spec); !kinds) return kinds.error();
     if (auto valid = validate(spec); !valid) return valid.error();
     return spec;
 }
@@ -272,6 +293,30 @@ int run_workload(const GlobalOptions& global, const std::string& name, bool json
     return kExitOk;
 }
 
+// BPF maps more than 80% full (GET /v1/status "bpf_maps", counted from the kernel): a full map
+// refuses new workloads, rules or connections, so say so before it happens.
+static void print_map_fill_warnings(const json::value& status) {
+    constexpr double kWarnAbove = 0.8;
+    const auto* fill = field(status, "bpf_maps");
+    const auto* maps = fill != nullptr ? field(*fill, "maps") : nullptr;
+    if (maps == nullptr || !maps->is_array()) return;
+    std::size_t countable = 0;
+    for (const auto& map : maps->get_array()) {
+        const auto* ratio = field(map, "fill_ratio");
+        if (const auto* entries = field(map, "entries"); entries && entries->is_number())
+            ++countable;
+        if (ratio == nullptr || !ratio->is_number() || ratio->to_number<double>() <= kWarnAbove)
+            continue;
+        std::cout << "WARNING: BPF map " << field_text(map, "name") << " ("
+                  << field_text(map, "owner") << ") is "
+                  << static_cast<int>(ratio->to_number<double>() * 100)
+                  << "% full: " << field_text(map, "entries") << " of "
+                  << field_text(map, "max_entries") << " entries\n";
+    }
+    std::cout << "BPF maps:       " << maps->get_array().size() << " (" << countable
+              << " countable; `meshlane status --json` for fill levels)\n";
+}
+
 int run_status(const GlobalOptions& global, bool json) {
     int exit_code = kExitOk;
     auto reply = call(global, http::verb::get, "/v1/status", exit_code);
@@ -312,6 +357,26 @@ int run_status(const GlobalOptions& global, bool json) {
             std::cout << '\n';
         }
     }
+    // Programs and where attached: node-wide ones, then how many workloads have each per-pod one.
+    const auto* programs = field(s, "programs");
+    const auto* node = programs != nullptr ? field(*programs, "node") : nullptr;
+    if (node != nullptr && node->is_array() && !node->get_array().empty()) {
+        std::cout << "Node programs:\n";
+        Table table({"  PROGRAM", "ATTACHED TO", "LINK", "PROG"});
+        for (const auto& p : node->get_array())
+            table.add_row({"  " + field_text(p, "program"), field_text(p, "attach_to"),
+                           field_text(p, "link_id"), field_text(p, "prog_id")});
+        table.print(std::cout);
+    }
+    const auto* per_workload = programs != nullptr ? field(*programs, "workloads") : nullptr;
+    if (per_workload != nullptr && per_workload->is_object() &&
+        !per_workload->get_object().empty()) {
+        std::cout << "Workload programs (workloads attached):";
+        for (const auto& [name, count] : per_workload->get_object())
+            std::cout << ' ' << std::string(name) << '=' << json::serialize(count);
+        std::cout << '\n';
+    }
+    print_map_fill_warnings(s);
     return kExitOk;
 }
 

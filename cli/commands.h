@@ -37,6 +37,8 @@ struct EnrollFlags {
     std::string include_ports = "*";
     std::string include_outbound_ports;
     std::string startup_policy = "refuse";
+    // --fast-path[=KINDS]: comma-separated app-proxy, proxy-proxy; bare --fast-path = app-proxy
+    std::string fast_path;
     bool json = false;
 };
 

@@ -15,5 +15,8 @@ inline constexpr int kExitProblemFound = 4;
 int run_diagnose(const GlobalOptions& global, const std::string& name, bool json,
                  unsigned window_seconds = 0);
 int run_verify(const GlobalOptions& global, const std::string& name, bool json);
+// `meshlane diagnose --all`: every enrolled workload, one summary row each (--json: every
+// report). Exit 4 when any workload has a critical finding, 1 when one could not be diagnosed.
+int run_diagnose_all(const GlobalOptions& global, bool json, unsigned window_seconds = 0);
 
 }  // namespace meshlane::cli

@@ -14,9 +14,27 @@ namespace {
 
 using meshlane::cli::EnrollFlags;
 
-std::string default_server() {
-    const char* env = std::getenv("MESHLANE_SERVER");
-    return env != nullptr && *env != '\0' ? env : meshlane::cli::kDefaultServer;
+// The transport options, each also from an environment variable (a flag wins over it).
+void add_transport_options(CLI::App& app, meshlane::cli::GlobalOptions& global) {
+    app.add_option("--server", global.server,
+                   "Agent API: unix socket path, or https://HOST:PORT for its TLS listener "
+                   "(default /run/meshlane/api.sock)")
+        ->envname("MESHLANE_SERVER");
+    app.add_option("--cacert", global.ca_file,
+                   "https: CA bundle (PEM) the agent's certificate must chain to (default: the "
+                   "system store)")
+        ->envname("MESHLANE_CACERT");
+    app.add_option("--cert", global.cert_file, "https: client certificate (PEM)")
+        ->envname("MESHLANE_CERT");
+    app.add_option("--key", global.key_file, "https: client private key (PEM)")
+        ->envname("MESHLANE_KEY");
+    app.add_option("--token-file", global.token_file,
+                   "https: file holding the bearer token that mutating calls need")
+        ->envname("MESHLANE_TOKEN_FILE");
+    app.footer(
+        "Environment: MESHLANE_SERVER, MESHLANE_CACERT, MESHLANE_CERT, MESHLANE_KEY and "
+        "MESHLANE_TOKEN_FILE set --server, --cacert, --cert, --key and --token-file; a flag on "
+        "the command line wins. A file that cannot be read or parsed is a usage error (exit 2).");
 }
 
 void add_enroll_options(CLI::App& enroll, EnrollFlags& f) {
@@ -54,9 +72,16 @@ void add_enroll_options(CLI::App& enroll, EnrollFlags& f) {
                     "Before the proxy listens: refuse inbound, or pass it to the app "
                     "(refuse|passthrough)")
         ->capture_default_str();
-    enroll.add_flag("--fast-path", spec.fast_path,
-                    "Accelerate app <-> proxy connections with sk_msg (docs/fastpath.md); off "
-                    "node-wide when the agent's kernel self-test failed");
+    // Bare --fast-path (as before kinds existed) means app-proxy.
+    enroll
+        .add_option("--fast-path", f.fast_path,
+                    "Accelerate connections with sk_msg (docs/fastpath.md): app-proxy (the "
+                    "default when no KINDS are given) and/or proxy-proxy (with other pods of this "
+                    "node that enable it too), comma-separated. Off node-wide when the agent's "
+                    "kernel self-test failed")
+        ->expected(0, 1)
+        ->default_str("app-proxy")
+        ->type_name("[KINDS]");
     enroll.add_flag("--json", f.json, "Print the agent's JSON reply");
 }
 
@@ -69,17 +94,7 @@ int main(int argc, char** argv) {
     // Global options are accepted after the subcommand too: `meshlane workloads --server X`.
     app.fallthrough();
     cli::GlobalOptions global;
-    global.server = default_server();
-    app.add_option("--server", global.server,
-                   "Agent API: unix socket path, or https://HOST:PORT for its TLS listener (env "
-                   "MESHLANE_SERVER, default /run/meshlane/api.sock)");
-    app.add_option("--cacert", global.ca_file,
-                   "https: CA bundle (PEM) the agent's certificate must chain to (default: the "
-                   "system store)");
-    app.add_option("--cert", global.cert_file, "https: client certificate (PEM)");
-    app.add_option("--key", global.key_file, "https: client private key (PEM)");
-    app.add_option("--token-file", global.token_file,
-                   "https: file holding the bearer token that mutating calls need");
+    add_transport_options(app, global);
 
     std::string config;
     auto* agent = app.add_subcommand("agent", "Run the per-node agent (serves the API)");
@@ -109,7 +124,13 @@ int main(int argc, char** argv) {
         "diagnose",
         "Name the cause of interception failures: cause, evidence, fix (exit 4 when "
         "a critical finding exists)");
-    diagnose->add_option("name", name, "Workload name")->required();
+    auto* diagnose_name = diagnose->add_option("name", name, "Workload name");
+    bool diagnose_all = false;
+    diagnose
+        ->add_flag("--all", diagnose_all,
+                   "Every enrolled workload: one summary row each (exit 4 when any has a "
+                   "critical finding)")
+        ->excludes(diagnose_name);
     diagnose->add_flag("--json", json, "Print the agent's JSON reply");
     unsigned diagnose_window = 0;
     diagnose->add_option("--window", diagnose_window,
@@ -146,12 +167,27 @@ int main(int argc, char** argv) {
     }
 
     if (agent->parsed()) return meshlane::run_agent(config);
+    // An empty MESHLANE_SERVER (e.g. `MESHLANE_SERVER= meshlane status`) means the default.
+    if (global.server.empty()) global.server = cli::kDefaultServer;
+    // Bad TLS material is the caller's mistake, not an unreachable agent: usage exit code.
+    auto files = uninstall->parsed() ? meshlane::Status(meshlane::Ok{})
+                                     : meshlane::rest::check_client_files(global);
+    if (!files) {
+        std::cerr << "meshlane: " << files.error().message << '\n';
+        return cli::kExitUsage;
+    }
     if (enroll->parsed()) return cli::run_enroll(global, enroll_flags);
     if (unenroll->parsed()) return cli::run_unenroll(global, name, json);
     if (workloads->parsed()) return cli::run_workloads(global, json);
     if (workload->parsed()) return cli::run_workload(global, name, json);
     if (status->parsed()) return cli::run_status(global, json);
     if (uninstall->parsed()) return cli::run_uninstall(config);
+    if (diagnose->parsed() && diagnose_all)
+        return cli::run_diagnose_all(global, json, diagnose_window);
+    if (diagnose->parsed() && name.empty()) {
+        std::cerr << "meshlane diagnose: give a workload NAME or --all\n";
+        return cli::kExitUsage;
+    }
     if (diagnose->parsed()) return cli::run_diagnose(global, name, json, diagnose_window);
     if (verify->parsed()) return cli::run_verify(global, name, json);
     if (conns->parsed()) return cli::run_conns(global, observe_flags);

@@ -97,6 +97,9 @@ ObserverOptions observer_options(const AgentConfig& config, const std::string& p
     options.drop_events_per_second = config.event_rate_limit_per_sec;
     options.drop_events_burst = std::max<std::uint32_t>(1, config.event_rate_limit_per_sec / 5);
     options.events_per_workload = config.recent_events_per_workload;
+    options.drop_count_only_reasons = config.drop_count_only_reasons;
+    options.tls_destinations_per_workload = config.tls_destinations_per_workload;
+    options.tls_destinations_total = config.tls_destinations_total;
     options.events = &bus;
     options.workload_names = [&manager] {
         std::map<std::uint64_t, std::string> names;

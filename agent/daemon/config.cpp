@@ -1,5 +1,6 @@
 #include "agent/daemon/config.h"
 
+#include <algorithm>
 #include <charconv>
 #include <fstream>
 #include <sstream>
@@ -20,6 +21,9 @@ slow_connect_threshold_ms = 500
 tls_slow_handshake_threshold_ms = 500
 event_rate_limit_per_sec = 1000
 recent_events_per_workload = 256
+drop_count_only_reasons = QUEUE_PURGE
+tls_destinations_per_workload = 256
+tls_destinations_total = 16384
 discover_pods = true
 cni_cache_dir = /var/lib/cni/results
 discover_interval_ms = 30000
@@ -48,6 +52,34 @@ Result<bool> parse_bool(std::string_view value, const std::string& where) {
     if (value == "true" || value == "yes" || value == "1") return true;
     if (value == "false" || value == "no" || value == "0") return false;
     return Error::invalid(where + ": expected true or false, got '" + std::string(value) + "'");
+}
+
+// "QUEUE_PURGE, SOCKET_CLOSE" or "none": drop-reason names (letters, digits, '_'), at most
+// MESHLANE_DROP_COUNT_ONLY_MAX (16). Whether the running kernel knows a name is the observer's
+// business (reported there): kernels differ, the same file must work on all of them.
+Result<std::vector<std::string>> parse_drop_reason_list(std::string_view value,
+                                                        const std::string& where) {
+    std::vector<std::string> names;
+    if (value == "none") return names;
+    std::size_t start = 0;
+    while (start <= value.size()) {
+        const std::size_t comma = std::min(value.find(',', start), value.size());
+        const std::string_view name = trim(value.substr(start, comma - start));
+        const bool valid = !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+            return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                   c == '_';
+        });
+        if (!valid)
+            return Error::invalid(where +
+                                  ": expected drop reason names separated by ',' (or "
+                                  "'none'), got '" +
+                                  std::string(value) + "'");
+        names.emplace_back(name);
+        start = comma + 1;
+    }
+    if (names.size() > 16)
+        return Error::invalid(where + ": at most 16 reasons, got " + std::to_string(names.size()));
+    return names;
 }
 
 // The TCP listeners: valid addresses, loopback unless opted out, and TLS whenever one is on.
@@ -138,6 +170,18 @@ Result<AgentConfig> parse_agent_config(std::string_view text, std::string_view o
             auto n = parse_u32(value, 1, 65536, where + " recent_events_per_workload");
             if (!n) return n.error();
             config.recent_events_per_workload = *n;
+        } else if (key == "drop_count_only_reasons") {
+            auto reasons = parse_drop_reason_list(value, where + " drop_count_only_reasons");
+            if (!reasons) return reasons.error();
+            config.drop_count_only_reasons = std::move(*reasons);
+        } else if (key == "tls_destinations_per_workload") {
+            auto n = parse_u32(value, 1, 65536, where + " tls_destinations_per_workload");
+            if (!n) return n.error();
+            config.tls_destinations_per_workload = *n;
+        } else if (key == "tls_destinations_total") {
+            auto n = parse_u32(value, 1, 1048576, where + " tls_destinations_total");
+            if (!n) return n.error();
+            config.tls_destinations_total = *n;
         } else if (key == "discover_pods") {
             auto b = parse_bool(value, where + " discover_pods");
             if (!b) return b.error();

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "agent/common/result.h"
 
@@ -26,6 +27,10 @@ struct AgentConfig {
     std::uint32_t tls_slow_handshake_threshold_ms = 500;  // TLS handshakes this slow
     std::uint32_t event_rate_limit_per_sec = 1000;        // drop events per CPU per second
     std::uint32_t recent_events_per_workload = 256;       // kept per workload and kind
+    // Drop reasons (BTF names, no SKB_DROP_REASON_ prefix) counted but never streamed.
+    std::vector<std::string> drop_count_only_reasons = {"QUEUE_PURGE"};
+    std::uint32_t tls_destinations_per_workload = 256;  // TLS per-destination stats kept
+    std::uint32_t tls_destinations_total = 16384;       // ... across all workloads
     // Pods that existed before the agent (agent/workload/discovery.h): looked for at start and
     // every discover_interval_ms in the runtime's CNI result cache and the kubepods cgroups.
     bool discover_pods = true;

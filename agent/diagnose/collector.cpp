@@ -18,8 +18,8 @@
 #include <functional>
 #include <set>
 #include <sstream>
-#include <thread>
 
+#include "agent/common/tcp_listeners.h"
 #include "agent/common/unique_fd.h"
 
 extern char** environ;
@@ -190,34 +190,18 @@ std::map<std::uint64_t, std::vector<pid_t>> socket_holders(
     return holders;
 }
 
-Status in_netns(const std::string& netns_path, const std::function<void()>& fn) {
-    UniqueFd ns(::open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!ns.valid()) return Error::last_errno("open " + netns_path);
-    Status result;
-    std::thread helper([&] {
-        // Only this thread changes netns; it ends right after, so the agent never runs in it.
-        if (::setns(ns.get(), CLONE_NEWNET) != 0) {
-            result = Error::last_errno("join netns " + netns_path);
-            return;
-        }
-        fn();
-    });
-    helper.join();
-    return result;
-}
-
 Result<std::vector<ListenSocket>> read_listeners_here() {
+    auto listeners = list_tcp_listeners();
+    if (!listeners) return listeners.error();
     std::vector<ListenSocket> all;
-    for (bool v6 : {false, true}) {
-        const std::string path = v6 ? "/proc/thread-self/net/tcp6" : "/proc/thread-self/net/tcp";
-        const auto text = read_text(path);
-        if (text.empty()) {
-            if (v6) continue;  // IPv6 disabled
-            return Error{EIO, "cannot read " + path};
-        }
-        auto part = parse_listen_sockets(text, v6);
-        all.insert(all.end(), part.begin(), part.end());
-    }
+    all.reserve(listeners->size());
+    for (auto& l : *listeners)
+        all.push_back(ListenSocket{.local = std::move(l.local),
+                                   .port = l.port,
+                                   .ipv6 = l.ipv6,
+                                   .uid = l.uid,
+                                   .inode = l.inode,
+                                   .pids = {}});
     return all;
 }
 

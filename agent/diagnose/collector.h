@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/common/in_netns.h"
 #include "agent/common/result.h"
 #include "agent/diagnose/diagnosis.h"
 #include "agent/workload/workload_registry.h"
@@ -25,10 +26,8 @@ std::vector<ProcessInfo> scan_processes(std::uint64_t netns_inode,
 // socket inode -> pids holding it, for the given pids.
 std::map<std::uint64_t, std::vector<pid_t>> socket_holders(
     const std::vector<ProcessInfo>& processes);
-// Runs `fn` on a helper thread that joined the netns at `netns_path` (the calling thread keeps
-// its own namespace).
-Status in_netns(const std::string& netns_path, const std::function<void()>& fn);
-// Reads /proc/thread-self/net/tcp{,6} and fills holders; call inside in_netns().
+// The calling thread's netns' LISTEN sockets (sock_diag), pids not filled in; call inside
+// in_netns() (agent/common/in_netns.h).
 Result<std::vector<ListenSocket>> read_listeners_here();
 // `cgroup_resolved` relative to the cgroup2 mount ("/ml-x/b").
 std::string cgroup_relative(const std::string& cgroup_resolved, const std::string& cgroup2_mount);

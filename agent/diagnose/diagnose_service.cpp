@@ -32,7 +32,7 @@ ObservedTraffic observe_workload(const ObservationSource& observations,
         if (to_ms(c.unix_time_ns) < window_start_unix_ms) continue;
         traffic.connects.push_back(c);
         // verify's probes go to TEST-NET-1 on purpose.
-        if (connect_failed(c) && c.side != "app" && c.destination.rfind("192.0.2.", 0) != 0)
+        if (connect_failed(c) && c.side != "app" && !is_verify_probe_endpoint(c.destination))
             failed_destinations.insert(c.destination);
     }
     DropQuery query;

@@ -519,6 +519,10 @@ bool is_policy_drop_reason(std::string_view reason) {
     return policy.count(reason) != 0;
 }
 
+bool is_verify_probe_endpoint(std::string_view endpoint) {
+    return endpoint.rfind("192.0.2.", 0) == 0 || endpoint.rfind("255.255.255.255:", 0) == 0;
+}
+
 std::string drop_reason_fix(std::string_view reason, const std::string& netns) {
     const std::string where = "`nsenter --net=" + netns + "`";
     if (reason == "NETFILTER_DROP")
@@ -579,9 +583,6 @@ bool is_pod_address(const DiagnosisInput& input, const std::string& endpoint) {
     return false;
 }
 
-// verify sends its probes to TEST-NET-1 (192.0.2.0/24), which is never a real peer.
-bool is_probe_endpoint(const std::string& endpoint) { return endpoint.rfind("192.0.2.", 0) == 0; }
-
 std::string describe_drop(const DiagnosisInput& input, const DropRecord& d) {
     std::string text = d.ip_proto == 6 ? "tcp " : d.ip_proto == 17 ? "udp " : "";
     if (!d.source.empty())
@@ -603,11 +604,11 @@ std::optional<Finding> rule_kernel_drops(const DiagnosisInput& input) {
     if (!input.observed) return std::nullopt;
     const auto& observed = *input.observed;
     // Connects of this workload that failed in the window: what the drops break. verify's
-    // probes go to TEST-NET-1 (192.0.2.0/24) on purpose and never count.
+    // probes (is_verify_probe_endpoint) never count.
     std::vector<const ConnectionRecord*> failed;
     std::set<std::string> failed_endpoints;
     for (const auto& c : observed.connects) {
-        if (is_probe_endpoint(c.destination)) continue;
+        if (is_verify_probe_endpoint(c.destination)) continue;
         if (c.outcome == "timed_out" || (c.outcome == "failed" && c.syn_retransmits > 0) ||
             (c.outcome == "refused" && c.side != "app")) {
             failed.push_back(&c);
@@ -620,7 +621,7 @@ std::optional<Finding> rule_kernel_drops(const DiagnosisInput& input) {
     std::map<std::string, DropGroup> groups;
     for (const auto& d : observed.drops) {
         if (d.unix_time_ns / 1'000'000 < input.window_start_unix_ms) continue;
-        if (is_probe_endpoint(d.destination) || is_probe_endpoint(d.source)) continue;
+        if (is_verify_probe_endpoint(d.destination) || is_verify_probe_endpoint(d.source)) continue;
         if (!is_policy_drop_reason(d.reason_name) && failed_endpoints.count(d.destination) == 0 &&
             failed_endpoints.count(d.source) == 0)
             continue;
@@ -697,45 +698,171 @@ std::optional<Finding> rule_kernel_drops(const DiagnosisInput& input) {
     return f;
 }
 
+namespace {
+
+std::string ms_text(std::uint64_t us) { return std::to_string((us + 500) / 1000) + " ms"; }
+
+// Which hop measured the handshakes, for the evidence.
+std::string tls_hop_text(const TlsDestination& d) {
+    if (d.hop == "app") return "the app's own TLS through its proxy, on the wire";
+    if (d.hop == "upstream") return "the proxy's upstream connection (sidecar mTLS), on the wire";
+    if (d.hop == "wire") return "the wire";
+    return "libssl uprobes in the process (no address: a server-side handshake, or a client "
+           "one the wire did not see)";
+}
+
+// What the last failure means, read from this side (the client of the handshake).
+std::string tls_failure_meaning(const TlsDestination& d) {
+    if (d.last_failure_kind == "alert") {
+        switch (d.last_alert_description) {
+            case 48:  // unknown_ca
+                return "this side rejected the server's certificate: it is not signed by a CA "
+                       "this side trusts (root CA or trust domain mismatch, e.g. after a CA "
+                       "rotation or across clusters)";
+            case 45:  // certificate_expired
+                return "this side rejected the server's certificate as expired (or a clock is "
+                       "wrong)";
+            case 44:  // certificate_revoked
+                return "this side rejected the server's certificate as revoked";
+            case 42:  // bad_certificate
+            case 43:  // unsupported_certificate
+            case 46:  // certificate_unknown
+                return "this side rejected the server's certificate (wrong identity/SAN or an "
+                       "unusable certificate)";
+            case 40:  // handshake_failure
+            case 70:  // protocol_version
+            case 71:  // insufficient_security
+                return "the two sides share no TLS version or cipher suite";
+            case 112:  // unrecognized_name
+                return "the server does not serve the requested SNI name";
+            case -1:
+                return "this side aborted the handshake with an encrypted (TLS 1.3) alert, "
+                       "typically because it rejected the server's certificate";
+            default:
+                return "this side aborted the handshake with an alert";
+        }
+    }
+    if (d.last_failure_kind == "reset" || d.last_failure_kind == "closed")
+        return std::string("the server ") + (d.last_failure_kind == "reset" ? "reset" : "closed") +
+               " the connection before the handshake completed: it rejected this side's client "
+               "certificate (missing or from another CA while its mTLS mode is STRICT), it does "
+               "not speak TLS on that port (a plaintext server, or its proxy is bypassed), or "
+               "the peer's proxy crashed";
+    return "the handshake failed inside this workload's TLS library (" + d.destination +
+           "; libssl gives no peer address). When this workload is the server, the client "
+           "aborted it, e.g. it does not trust this side's certificate: diagnose the client "
+           "workloads, whose side names the alert";
+}
+
+std::string tls_kinds_text(const TlsDestination& d) {
+    std::string text;
+    for (const auto& [kind, n] : d.failures_by_kind)
+        text += (text.empty() ? "" : ", ") + std::to_string(n) + " " + kind;
+    return text;
+}
+
+// `nsenter --net=NETNS openssl s_client ...` for one destination: the handshake from the pod.
+std::string s_client_command(const DiagnosisInput& input, const TlsDestination& d) {
+    const auto address = d.address.empty() ? std::string("HOST:PORT") : d.address;
+    std::string command =
+        "nsenter --net=" + input.spec.netns_path + " openssl s_client -connect " + address;
+    if (!d.sni.empty()) command += " -servername " + d.sni;
+    return command + " -showcerts </dev/null";
+}
+
+std::string tls_destination_name(const TlsDestination& d) {
+    if (!d.address.empty() && d.address != d.destination)
+        return d.destination + " (" + d.address + ")";
+    return d.destination;
+}
+
+}  // namespace
+
 std::optional<Finding> rule_tls_handshakes(const DiagnosisInput& input) {
     if (!input.tls) return std::nullopt;
+    const auto threshold = std::to_string(input.tls->threshold_ms) + " ms";
     Finding f;
     std::uint64_t failures = 0, slow = 0;
+    const TlsDestination* worst_failing = nullptr;
+    const TlsDestination* worst_slow = nullptr;
+    std::vector<std::string> failing_names, slow_names;
     for (const auto& d : input.tls->destinations) {
         if (d.failures == 0 && d.slow == 0) continue;
         failures += d.failures;
         slow += d.slow;
-        std::string line = d.destination + (d.sni.empty() ? "" : " (SNI " + d.sni + ")") + ": " +
-                           std::to_string(d.handshakes) + " handshake(s), " +
-                           std::to_string(d.failures) + " failed, " + std::to_string(d.slow) +
-                           " slower than " + std::to_string(input.tls->threshold_ms) + " ms (p99 " +
-                           std::to_string(d.p99_us / 1000) + " ms, max " +
-                           std::to_string(d.max_us / 1000) + " ms)";
-        if (!d.last_failure.empty())
-            line +=
-                "; last failure " + d.last_failure + " at " + utc_ms_text(d.last_failure_unix_ms);
+        const auto name = tls_destination_name(d);
+        std::string line = name + ", measured on " + tls_hop_text(d) + ": " +
+                           std::to_string(d.handshakes) + " handshake(s) in the window, " +
+                           std::to_string(d.handshakes - d.failures) + " completed, " +
+                           std::to_string(d.failures) + " failed";
+        if (d.failures > 0) {
+            failing_names.push_back(name);
+            if (worst_failing == nullptr || d.failures > worst_failing->failures)
+                worst_failing = &d;
+            line += " (" + tls_kinds_text(d) + "), first failure at " +
+                    utc_ms_text(d.first_failure_unix_ms) + ", last at " +
+                    utc_ms_text(d.last_failure_unix_ms) + ": " + d.last_failure;
+        }
+        if (d.handshakes > d.failures)
+            line += "; completed in p50 " + ms_text(d.p50_us) + ", p99 " + ms_text(d.p99_us) +
+                    ", max " + ms_text(d.max_us) + ", " + std::to_string(d.slow) +
+                    " at or above the " + threshold + " threshold";
+        if (d.slow > 0) {
+            slow_names.push_back(name);
+            if (worst_slow == nullptr || d.p99_us > worst_slow->p99_us) worst_slow = &d;
+        }
         f.evidence.push_back(line);
-        f.data["tls_failures." + d.destination] = static_cast<std::int64_t>(d.failures);
-        f.data["tls_slow." + d.destination] = static_cast<std::int64_t>(d.slow);
-        f.data["tls_p99_us." + d.destination] = static_cast<std::int64_t>(d.p99_us);
+        const auto& key = d.destination;
+        f.data["tls_handshakes." + key] = static_cast<std::int64_t>(d.handshakes);
+        f.data["tls_failures." + key] = static_cast<std::int64_t>(d.failures);
+        for (const auto& [kind, n] : d.failures_by_kind)
+            f.data["tls_failures_" + kind + "." + key] = static_cast<std::int64_t>(n);
+        if (d.failures > 0) {
+            f.data["tls_first_failure_unix_ms." + key] = d.first_failure_unix_ms;
+            f.data["tls_last_failure_unix_ms." + key] = d.last_failure_unix_ms;
+        }
+        f.data["tls_slow." + key] = static_cast<std::int64_t>(d.slow);
+        f.data["tls_p50_us." + key] = static_cast<std::int64_t>(d.p50_us);
+        f.data["tls_p99_us." + key] = static_cast<std::int64_t>(d.p99_us);
     }
     if (f.evidence.empty()) return std::nullopt;
+    auto join = [](const std::vector<std::string>& names) {
+        std::string text;
+        for (const auto& n : names) text += (text.empty() ? "" : ", ") + n;
+        return text;
+    };
     f.code = "tls_handshake_problems";
     f.severity = failures > 0 ? Severity::kCritical : Severity::kWarning;
-    f.cause = failures > 0
-                  ? "TLS handshakes from this workload fail to some destinations (mTLS handshake "
-                    "failure: the peer rejects the certificate, sends an alert, or resets)."
-                  : "TLS handshakes from this workload are slower than " +
-                        std::to_string(input.tls->threshold_ms) +
-                        " ms to some destinations: every new connection pays it.";
-    f.fix = failures > 0
-                ? "Check certificates and TLS mode on both sides: `istioctl proxy-config secret` "
-                  "(expired or wrong trust domain), PeerAuthentication / DestinationRule TLS mode "
-                  "(STRICT vs DISABLE), and `meshlane verify` on both pods (a side that bypasses "
-                  "its proxy sends plaintext to mTLS)."
-                : "Find what delays the server's handshake (CPU, certificate chain size, OCSP, "
-                  "a slow SNI callback or key server); keep connections alive (pooling) so fewer "
-                  "handshakes are paid; raise tls_slow_handshake_threshold_ms if this is normal.";
+    if (worst_failing != nullptr) {
+        f.cause = "mTLS handshake failure: " + std::to_string(failures) +
+                  " TLS handshake(s) of this workload with " + join(failing_names) +
+                  " failed in the window, so requests on those connections fail before reaching "
+                  "the peer (Envoy answers 503 UF, \"upstream connect error or disconnect/reset "
+                  "before headers ... TLS error\" / CERTIFICATE_VERIFY_FAILED). Last failure: " +
+                  tls_failure_meaning(*worst_failing) + ".";
+        if (worst_slow != nullptr)
+            f.cause +=
+                " Handshakes to " + join(slow_names) + " are also slower than " + threshold + ".";
+        f.fix = "Make both sides agree on TLS for " + worst_failing->destination +
+                ": the client side's DestinationRule trafficPolicy.tls.mode (ISTIO_MUTUAL for a "
+                "meshed server, SIMPLE/DISABLE otherwise) must match the server workload's "
+                "PeerAuthentication mTLS mode (STRICT needs a client certificate from the mesh "
+                "CA); compare the certificates both proxies hold (`istioctl proxy-config secret "
+                "POD`: root CA, trust domain, expiry). Reproduce from the pod: `" +
+                s_client_command(input, *worst_failing) +
+                "` prints the server's chain and the verify error. If one side bypasses its "
+                "proxy (plaintext meets mTLS), `meshlane verify` fails on that workload.";
+    } else {
+        f.cause = "Slow first request: TLS handshakes of this workload with " + join(slow_names) +
+                  " take longer than the " + threshold + " threshold (p50 " +
+                  ms_text(worst_slow->p50_us) + ", p99 " + ms_text(worst_slow->p99_us) +
+                  "): every new connection waits that long before its first request is sent.";
+        f.fix = "Time the handshake from the pod: `time " + s_client_command(input, *worst_slow) +
+                "`; if it is slow there too, the server's handshake is slow (CPU, certificate "
+                "chain size, OCSP, a slow SNI callback or key server). Reuse connections "
+                "(DestinationRule connectionPool, HTTP keep-alive) so fewer handshakes are paid; "
+                "raise tls_slow_handshake_threshold_ms in the agent config if this is normal.";
+    }
     f.data["tls_failures"] = static_cast<std::int64_t>(failures);
     f.data["tls_slow"] = static_cast<std::int64_t>(slow);
     f.data["tls_threshold_ms"] = static_cast<std::int64_t>(input.tls->threshold_ms);
@@ -764,43 +891,6 @@ std::vector<Finding> diagnose(const DiagnosisInput& input) {
         return static_cast<int>(a.severity) < static_cast<int>(b.severity);
     });
     return findings;
-}
-
-std::vector<ListenSocket> parse_listen_sockets(std::string_view text, bool ipv6) {
-    std::vector<ListenSocket> sockets;
-    std::istringstream in{std::string(text)};
-    std::string line;
-    std::getline(in, line);  // header
-    while (std::getline(in, line)) {
-        std::istringstream fields(line);
-        std::string sl, local, remote, state, queues, timer, retr, uid, timeout, inode;
-        if (!(fields >> sl >> local >> remote >> state >> queues >> timer >> retr >> uid >>
-              timeout >> inode))
-            continue;
-        if (state != "0A") continue;
-        const auto colon = local.find(':');
-        if (colon == std::string::npos) continue;
-        const auto addr_hex = local.substr(0, colon);
-        ListenSocket s;
-        s.ipv6 = ipv6;
-        s.port = static_cast<std::uint16_t>(std::stoul(local.substr(colon + 1), nullptr, 16));
-        s.uid = static_cast<std::uint32_t>(std::stoul(uid));
-        s.inode = std::stoull(inode);
-        unsigned char bytes[16]{};
-        const std::size_t words = ipv6 ? 4 : 1;
-        if (addr_hex.size() != words * 8) continue;
-        for (std::size_t w = 0; w < words; ++w) {
-            std::uint32_t word =
-                static_cast<std::uint32_t>(std::stoul(addr_hex.substr(w * 8, 8), nullptr, 16));
-            std::memcpy(bytes + w * 4, &word, 4);  // /proc prints each word in host order
-        }
-        char buffer[INET6_ADDRSTRLEN]{};
-        ::inet_ntop(ipv6 ? AF_INET6 : AF_INET, bytes, buffer, sizeof buffer);
-        s.local = ipv6 ? "[" + std::string(buffer) + "]:" + std::to_string(s.port)
-                       : std::string(buffer) + ":" + std::to_string(s.port);
-        sockets.push_back(std::move(s));
-    }
-    return sockets;
 }
 
 bool has_critical(const std::vector<Finding>& findings) {

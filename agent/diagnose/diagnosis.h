@@ -44,12 +44,12 @@ struct ProcessInfo {
     std::int64_t started_unix_ms = 0;
 };
 
-// A TCP LISTEN socket in the pod's netns (/proc/net/tcp{,6} as seen from inside).
+// A TCP LISTEN socket in the pod's netns (sock_diag from inside, agent/common/tcp_listeners.h).
 struct ListenSocket {
     std::string local;  // "127.0.0.1:15001", "[::]:15006"
     std::uint16_t port = 0;
     bool ipv6 = false;
-    std::uint32_t uid = 0;  // socket owner uid from /proc/net/tcp
+    std::uint32_t uid = 0;  // socket owner uid
     std::uint64_t inode = 0;
     std::vector<pid_t> pids;  // processes holding it (fd links)
 };
@@ -89,17 +89,26 @@ struct ObservedTraffic {
     std::vector<PeerDrop> peer_drops;
 };
 
-// TLS handshakes of the workload to one destination, in the diagnosis window.
+// TLS handshakes of the workload to one destination, in the diagnosis window, as measured on
+// one hop (the one that saw the most: the app's own TLS and a pass-through proxy's upstream
+// connection carry the same handshake).
 struct TlsDestination {
     std::string destination;  // "10.1.2.3:443" or the SNI
     std::string sni;
-    std::uint64_t handshakes = 0;
+    std::uint64_t handshakes = 0;  // attempts: completed + failed
     std::uint64_t failures = 0;
-    std::uint64_t slow = 0;  // at least the threshold
+    std::uint64_t slow = 0;  // completed, at least the threshold
     std::uint64_t p99_us = 0;
     std::uint64_t max_us = 0;
-    std::string last_failure;  // reason text
+    std::string last_failure;  // reason text: "alert fatal 48 (unknown_ca)", "reset", ...
     std::int64_t last_failure_unix_ms = 0;
+    std::uint64_t p50_us = 0;
+    std::int64_t first_failure_unix_ms = 0;
+    std::string last_failure_kind;    // "alert" | "reset" | "closed" | "error"
+    int last_alert_description = -1;  // RFC 8446 AlertDescription; -1: none or encrypted
+    std::map<std::string, std::uint64_t> failures_by_kind;  // kind -> count
+    std::string address;  // "10.1.2.3:8080": where the handshakes went (for s_client)
+    std::string hop;      // "app": the app's own TLS; "upstream": the proxy's; "libssl"
 };
 
 struct TlsObservation {
@@ -146,13 +155,14 @@ std::optional<Finding> rule_tls_handshakes(const DiagnosisInput& input);
 
 // The operator's next step for a kfree_skb reason ("NETFILTER_DROP"), naming the netns.
 std::string drop_reason_fix(std::string_view reason, const std::string& netns);
+// verify's probe endpoints ("192.0.2.1:15002": TEST-NET-1; "255.255.255.255:15002"): never a
+// real peer, never a finding.
+bool is_verify_probe_endpoint(std::string_view endpoint);
 // Reasons that are deliberate policy (a rule or program chose to drop), reported on their own.
 bool is_policy_drop_reason(std::string_view reason);
 
 // ISTIO_* chain names found in an iptables-save text.
 std::vector<std::string> istio_chains(std::string_view iptables_save);
-// LISTEN sockets of a /proc/net/tcp or tcp6 text (every port).
-std::vector<ListenSocket> parse_listen_sockets(std::string_view text, bool ipv6);
 
 bool has_critical(const std::vector<Finding>& findings);
 boost::json::object to_json(const Finding& finding);

@@ -487,7 +487,7 @@ VerifyCheck check_fast_path(const WorkloadStatus& status, const VerifyOptions& o
 std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status,
                                         const VerifyOptions& options) {
     VerifyCheck outbound{"outbound",
-                         "probe connect " + options.probe_address + ":" +
+                         "probe connect " + options.outbound_probe_address + ":" +
                              std::to_string(options.probe_port) +
                              " is redirected to the proxy's outbound listener",
                          false,
@@ -538,8 +538,9 @@ std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status,
     spec.gid = status.spec.proxy_gid == 65534 ? 65533 : 65534;
     spec.destination.sin_family = AF_INET;
     spec.destination.sin_port = htons(options.probe_port);
-    if (::inet_pton(AF_INET, options.probe_address.c_str(), &spec.destination.sin_addr) != 1) {
-        outbound.evidence.push_back("bad probe address " + options.probe_address);
+    if (::inet_pton(AF_INET, options.outbound_probe_address.c_str(), &spec.destination.sin_addr) !=
+        1) {
+        outbound.evidence.push_back("bad probe address " + options.outbound_probe_address);
         return {outbound, orig, fast};
     }
     const auto before =
@@ -558,8 +559,9 @@ std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status,
                                         ") not found in the pod's TCP table");
         } else {
             outbound.evidence.push_back("probe socket " + conn->local + " -> " + conn->remote +
-                                        " (kernel view; the app sees " + options.probe_address +
-                                        ":" + std::to_string(options.probe_port) + ")");
+                                        " (kernel view; the app sees " +
+                                        options.outbound_probe_address + ":" +
+                                        std::to_string(options.probe_port) + ")");
             const bool to_listener =
                 conn->remote_port == out_port && conn->remote.rfind("127.", 0) == 0;
             if (!to_listener)
@@ -635,6 +637,9 @@ std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status,
             outbound.evidence.push_back(
                 std::string("probe connect failed: ") + std::strerror(r.error) +
                 (r.error == ECONNREFUSED ? " (proxy not listening on the outbound port?)" : "") +
+                (r.error == ENETUNREACH ? " (not redirected: the kernel refused the broadcast "
+                                          "destination, nothing was sent)"
+                                        : "") +
                 (r.error == ETIMEDOUT ? " (no answer in 1 s: not redirected, or the proxy is stuck)"
                                       : ""));
         }

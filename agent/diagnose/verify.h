@@ -49,6 +49,11 @@ struct VerifyOptions {
     std::string cgroup2_mount;
     std::string pin_root;
     std::string probe_address = "192.0.2.1";  // TEST-NET-1: never routed
+    // The outbound probe's destination: what the proxy dials upstream when it accepts the probe.
+    // Limited broadcast: a TCP connect to it fails in the kernel (ENETUNREACH) before any packet,
+    // so neither the probe (were it not redirected) nor the proxy's upstream connect can leave
+    // the pod, even through the default route every real pod has.
+    std::string outbound_probe_address = "255.255.255.255";
     std::uint16_t probe_port = 15002;
     // Re-reads the workload's counters (for orig_dst_answered after the probe).
     std::function<std::map<std::string, std::uint64_t>()> read_counters;

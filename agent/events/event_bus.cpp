@@ -32,6 +32,7 @@ std::int64_t unix_time_ms_now() {
 }
 
 bool EventFilter::matches(const Event& event) const {
+    if (event.notice) return event.unix_time_ms >= since_unix_ms;
     if (!workload.empty() && event.workload != workload) return false;
     if (!types.empty() && !types.contains(event.type)) return false;
     return event.unix_time_ms >= since_unix_ms;

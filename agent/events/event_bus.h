@@ -38,6 +38,9 @@ struct Event {
     std::string type;
     std::string workload;  // empty for agent-wide events
     std::map<std::string, std::string> details;
+    // An agent-wide notice every stream gets whatever its workload/type filter (the observer's
+    // kernel-side lost events): a filtered stream must not have a silent gap either.
+    bool notice = false;
 };
 
 // "count events matching this subscription were dropped because its queue was full".
@@ -52,6 +55,7 @@ struct EventFilter {
     std::string workload;            // empty: any
     std::set<std::string> types;     // empty: any
     std::int64_t since_unix_ms = 0;  // history only: events at or after this time
+    // Notices (Event::notice) match whatever the workload and types.
     bool matches(const Event& event) const;
 };
 

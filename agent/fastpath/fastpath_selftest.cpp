@@ -154,19 +154,62 @@ std::string bring_loopback_up() {
     return "";
 }
 
-// Runs in the forked child, inside the self-test cgroup; "" on success.
-std::string child_exchange(int bound_ms) {
-    if (::unshare(CLONE_NEWNET) != 0) return errno_text("unshare(CLONE_NEWNET)");
-    if (auto up = bring_loopback_up(); !up.empty()) return up;
+sockaddr_in outbound_addr() {
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_port = htons(kPort);
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    UniqueFd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    return addr;
+}
+
+// A listener on the outbound port. Its accepted sockets belong to the cgroup of the process
+// that creates the listener.
+std::string listen_outbound(UniqueFd& listener) {
+    sockaddr_in addr = outbound_addr();
+    listener.reset(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!listener.valid()) return errno_text("socket");
+    int one = 1;
+    ::setsockopt(listener.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
         return errno_text("bind");
     if (::listen(listener.get(), 4) != 0) return errno_text("listen");
+    return "";
+}
+
+// A connection that is not accelerated although the app's socket entered the SOCKHASH: the
+// accepting socket is outside the self-test cgroup (created before the child joined it), so it
+// never joins and the app's first write decides TCP_ONLY. The reply then arrives on TCP; FIONREAD
+// must count it. On kernels where FIONREAD counts only the psock queue this holds only because
+// the app's socket leaves the SOCKHASH (and loses its psock) in that first write.
+std::string tcp_only_check(int foreign_listener, int bound_ms) {
+    sockaddr_in addr = outbound_addr();
+    UniqueFd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!client.valid()) return errno_text("socket");
+    if (::connect(client.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
+        return errno_text("connect");
+    UniqueFd server(::accept4(foreign_listener, nullptr, nullptr, SOCK_CLOEXEC));
+    if (!server.valid()) return errno_text("accept");
+    if (auto r = message_check(client.get(), server.get(), 100, bound_ms, "not accelerated, app");
+        !r.empty())
+        return r;
+    return message_check(server.get(), client.get(), 456, bound_ms,
+                         "not accelerated, reply to an app that wrote first");
+}
+
+// Runs in the forked child, in its own netns, joining the self-test cgroup; "" on success.
+std::string child_exchange(const std::string& cgroup_dir, int bound_ms) {
+    if (::unshare(CLONE_NEWNET) != 0) return errno_text("unshare(CLONE_NEWNET)");
+    if (auto up = bring_loopback_up(); !up.empty()) return up;
+    UniqueFd foreign;
+    if (auto r = listen_outbound(foreign); !r.empty()) return r;
+    UniqueFd procs(::open((cgroup_dir + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC));
+    if (!procs.valid() || ::write(procs.get(), "0", 1) != 1)
+        return errno_text("join the self-test cgroup");
+    if (auto r = tcp_only_check(foreign.get(), bound_ms); !r.empty()) return r;
+    foreign.reset();
+    UniqueFd listener;
+    if (auto r = listen_outbound(listener); !r.empty()) return r;
+    sockaddr_in addr = outbound_addr();
     UniqueFd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!client.valid()) return errno_text("socket");
     if (::connect(client.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0)
@@ -191,12 +234,7 @@ std::string run_child(const std::string& cgroup_dir, int bound_ms) {
     if (pid < 0) return errno_text("fork");
     if (pid == 0) {
         read_end.reset();
-        std::string verdict;
-        UniqueFd procs(::open((cgroup_dir + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC));
-        if (!procs.valid() || ::write(procs.get(), "0", 1) != 1)
-            verdict = errno_text("join the self-test cgroup");
-        else
-            verdict = child_exchange(bound_ms);
+        std::string verdict = child_exchange(cgroup_dir, bound_ms);
         if (verdict.empty()) verdict = "ok";
         (void)!::write(write_end.get(), verdict.data(), verdict.size());
         ::_exit(0);
@@ -313,28 +351,31 @@ FastpathSelftestResult run_fastpath_selftest(const FastpathSelftestOptions& opti
     }
     std::vector<std::uint64_t> per_cpu(
         static_cast<std::size_t>(std::max(1, libbpf_num_possible_cpus())));
-    std::uint64_t accelerated = 0;
-    for (std::uint32_t counter :
-         {MESHLANE_FP_CNT_REDIRECTED_BYTES, MESHLANE_FP_CNT_CONNS_ACCELERATED}) {
-        std::uint64_t total = 0;
+    auto total = [&](std::uint32_t counter) {
+        std::uint64_t sum = 0;
         if (bpf_map_lookup_elem(bpf_map__fd(s->maps.fastpath_counters), &counter, per_cpu.data()) ==
             0)
-            for (auto v : per_cpu) total += v;
-        if (counter == MESHLANE_FP_CNT_REDIRECTED_BYTES)
-            result.redirected_bytes = total;
-        else
-            accelerated = total;
-    }
+            for (auto v : per_cpu) sum += v;
+        return sum;
+    };
+    result.redirected_bytes = total(MESHLANE_FP_CNT_REDIRECTED_BYTES);
     const std::uint64_t expected = kSmall + kReply + kBulk;
-    if (accelerated != 1 || result.redirected_bytes < expected) {
+    if (total(MESHLANE_FP_CNT_CONNS_ACCELERATED) != 1 || result.redirected_bytes < expected) {
         result.reason = "the exchange did not take the sk_msg redirect (" +
                         std::to_string(result.redirected_bytes) + " of " +
                         std::to_string(expected) + " bytes redirected)";
         return result;
     }
+    // The not-accelerated connection: its first write, and only that one, went through sk_msg.
+    if (const auto passed = total(MESHLANE_FP_CNT_PASSED_MSGS); passed != 1) {
+        result.reason = "the not-accelerated connection sent " + std::to_string(passed) +
+                        " messages through sk_msg, expected 1 (it must leave the SOCKHASH)";
+        return result;
+    }
     result.passed = true;
     result.reason = "passed: " + std::to_string(result.redirected_bytes) +
-                    " bytes redirected intact; FIONREAD exact; epoll woke within " +
+                    " bytes redirected intact; FIONREAD exact (accelerated, and app wrote first); "
+                    "epoll woke within " +
                     std::to_string(options.epoll_bound_ms) + " ms; half-close in order";
     return result;
 }

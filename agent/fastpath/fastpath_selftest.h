@@ -6,7 +6,10 @@
 // are never touched) it loads a private, unpinned instance of fastpath_sockmap, makes one
 // accelerated loopback connection and checks: bytes arrive intact both ways, FIONREAD (SIOCINQ)
 // reports exactly the pending bytes, epoll wakes the reader within a bound, a half-close reaches
-// the reader after the last byte, and the bytes really took the sk_msg redirect.
+// the reader after the last byte, and the bytes really took the sk_msg redirect. A second,
+// not-accelerated connection (the app writes before any proxy socket joined) must leave the
+// SOCKHASH at that write: on 6.18 FIONREAD of a socket with a psock counts only the psock queue,
+// so the TCP-borne reply would read as 0 pending otherwise.
 #pragma once
 
 #include <cstdint>

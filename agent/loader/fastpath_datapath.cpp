@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <vector>
 
@@ -26,9 +27,17 @@ struct FastpathOps {
 };
 
 constexpr const char* kCounterNames[MESHLANE_FP_COUNTER_MAX] = {
-    "redirected_msgs",      "redirected_bytes",           "passed_msgs",
-    "passed_bytes",         "conns_accelerated",          "not_eligible_sent_first",
-    "not_eligible_no_peer", "not_eligible_insert_failed", "peer_gone",
+    "redirected_msgs",
+    "redirected_bytes",
+    "passed_msgs",
+    "passed_bytes",
+    "conns_accelerated",
+    "not_eligible_sent_first",
+    "not_eligible_no_peer",
+    "not_eligible_insert_failed",
+    "peer_gone",
+    "proxy_proxy_conns_accelerated",
+    "proxy_proxy_redirected_bytes",
 };
 constexpr bool every_counter_named() {
     for (const char* name : kCounterNames)
@@ -70,6 +79,7 @@ struct FastpathDatapath::Impl {
     BpfSkeleton<FastpathOps> skel;
     int kinds_map = -1;
     int counters_map = -1;
+    int pod_addrs_map = -1;
     int possible_cpus = 1;
 };
 
@@ -93,6 +103,7 @@ Result<std::unique_ptr<FastpathDatapath>> FastpathDatapath::load(const FastpathO
     impl.skel = std::move(*skel);
     impl.kinds_map = bpf_map__fd(impl.skel->maps.fastpath_workload_kinds);
     impl.counters_map = bpf_map__fd(impl.skel->maps.fastpath_counters);
+    impl.pod_addrs_map = bpf_map__fd(impl.skel->maps.fastpath_pod_addrs);
     impl.possible_cpus = libbpf_num_possible_cpus();
     if (impl.possible_cpus <= 0) return Error::from_libbpf(impl.possible_cpus, "count CPUs");
 
@@ -142,8 +153,39 @@ std::uint32_t FastpathDatapath::kinds(std::uint32_t workload_id) const {
     return kinds;
 }
 
+namespace {
+
+// Every key of the pod-address map whose value is workload_id.
+std::vector<std::uint32_t> pod_addresses_of(int map_fd, std::uint32_t workload_id) {
+    std::vector<std::uint32_t> found;
+    std::uint32_t key = 0, next = 0, owner = 0;
+    const std::uint32_t* prev = nullptr;
+    while (bpf_map_get_next_key(map_fd, prev, &next) == 0) {
+        if (bpf_map_lookup_elem(map_fd, &next, &owner) == 0 && owner == workload_id)
+            found.push_back(next);
+        key = next;
+        prev = &key;
+    }
+    return found;
+}
+
+}  // namespace
+
+Status FastpathDatapath::set_pod_addresses(std::uint32_t workload_id,
+                                           const std::vector<std::uint32_t>& ipv4) {
+    for (std::uint32_t old : pod_addresses_of(impl_->pod_addrs_map, workload_id))
+        if (std::find(ipv4.begin(), ipv4.end(), old) == ipv4.end())
+            (void)bpf_map_delete_elem(impl_->pod_addrs_map, &old);
+    for (std::uint32_t address : ipv4)
+        if (bpf_map_update_elem(impl_->pod_addrs_map, &address, &workload_id, BPF_ANY) != 0)
+            return Error::last_errno("write fast-path pod address of workload id " +
+                                     std::to_string(workload_id));
+    return Ok{};
+}
+
 Status FastpathDatapath::clear_workload(std::uint32_t workload_id) {
     if (auto off = set_kinds(workload_id, 0); !off) return off;
+    if (auto gone = set_pod_addresses(workload_id, {}); !gone) return gone;
     std::vector<std::uint64_t> zeros(static_cast<std::size_t>(impl_->possible_cpus), 0);
     for (std::uint32_t c = 0; c < MESHLANE_FP_COUNTER_MAX; ++c) {
         std::uint32_t key = workload_id * MESHLANE_FASTPATH_COUNTER_STRIDE + c;

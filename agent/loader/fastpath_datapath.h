@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "agent/common/result.h"
 #include "meshlane/fastpath_abi.h"
@@ -47,7 +48,11 @@ class FastpathDatapath {
     // enum meshlane_fastpath_kind bits; 0 switches the workload's new connections off.
     Status set_kinds(std::uint32_t workload_id, std::uint32_t kinds);
     std::uint32_t kinds(std::uint32_t workload_id) const;
-    // Kinds 0 and counters zeroed.
+    // The workload's IPv4 pod addresses (network order) for proxy <-> proxy: replaces what was
+    // written for it before. Connections from other pods' proxies to these addresses may be
+    // accelerated.
+    Status set_pod_addresses(std::uint32_t workload_id, const std::vector<std::uint32_t>& ipv4);
+    // Kinds 0, pod addresses removed and counters zeroed.
     Status clear_workload(std::uint32_t workload_id);
     FastpathCounters counters(std::uint32_t workload_id) const;
 

@@ -114,6 +114,37 @@ struct ObserverHealth {
     std::size_t tls_attached_cgroups = 0;  // pod cgroups the wire programs are attached to
     std::size_t tls_memory_bytes = 0;      // the TLS aggregate, estimated (also in memory_bytes)
     std::size_t tls_memory_limit_bytes = 0;
+    std::size_t tls_destinations = 0;        // per-destination stats held, all workloads
+    std::size_t tls_destinations_limit = 0;  // config tls_destinations_total (or less)
+    std::uint64_t tls_destinations_evicted = 0;
+    // Drop reasons counted but not streamed (config drop_count_only_reasons, as resolved).
+    std::vector<std::string> drop_count_only_reasons;
+};
+
+// One BPF map of meshlane with its fill level, read from the kernel (agent/observe/map_fill.h).
+struct BpfMapFill {
+    std::string name;   // full name: the pin's file name, or libbpf's for maps held unpinned
+    std::string owner;  // "pinned" (shared, under <pin_root>/maps) or the BPF object holding it
+    std::uint32_t id = 0;
+    std::string type;  // libbpf's name of the bpf_map_type: "hash", "lpm_trie", "sk_storage"...
+    std::uint32_t max_entries = 0;
+    std::optional<std::uint64_t> entries;  // unset: not countable (note says why)
+    bool preallocated = false;             // an array: every slot exists, entries = max_entries
+    std::string note;                      // how it was counted, or why it cannot be
+};
+
+// A program the observer attached for the whole node (tracepoints), not per workload.
+struct ObservedProgram {
+    std::string object;     // "observe_drops"
+    std::string program;    // "observe_kfree_skb"
+    std::string attach_to;  // its section: "tp_btf/kfree_skb"
+    std::uint32_t link_id = 0;
+    std::uint32_t prog_id = 0;
+};
+
+struct BpfMapFillReport {
+    std::int64_t counted_unix_ms = 0;  // 0: not counted yet
+    std::vector<BpfMapFill> maps;
 };
 
 class ObservationSource {
@@ -132,6 +163,10 @@ class ObservationSource {
     virtual std::chrono::milliseconds tls_slow_handshake_threshold() const {
         return std::chrono::milliseconds(500);
     }
+    // Every map of meshlane with its fill level, as last counted by the reader thread.
+    virtual BpfMapFillReport map_fill() const { return {}; }
+    // The node-wide programs it attached (per-pod TLS programs: ObserverHealth).
+    virtual std::vector<ObservedProgram> programs() const { return {}; }
     // TLS handshakes (agent/observe/tls_aggregate.h); empty when TLS observation is off.
     virtual WorkloadTls tls(std::uint32_t workload_id, std::uint64_t netns_cookie) const {
         WorkloadTls view;

@@ -134,6 +134,8 @@ json::object to_json(const ObserverHealth& h) {
     for (const auto& p : h.problems) problems.push_back(json::string(p));
     json::object lost;
     for (const auto& [kind, count] : h.lost_events) lost[kind] = count;
+    json::array count_only;
+    for (const auto& r : h.drop_count_only_reasons) count_only.push_back(json::string(r));
     return json::object{
         {"connect_tracking", h.connect_tracking},
         {"drop_tracking", h.drop_tracking},
@@ -152,6 +154,10 @@ json::object to_json(const ObserverHealth& h) {
         {"tls_memory_bytes", h.tls_memory_bytes},
         {"tls_attached_cgroups", h.tls_attached_cgroups},
         {"tls_memory_limit_bytes", h.tls_memory_limit_bytes},
+        {"tls_destinations", h.tls_destinations},
+        {"tls_destinations_limit", h.tls_destinations_limit},
+        {"tls_destinations_evicted", h.tls_destinations_evicted},
+        {"drop_count_only_reasons", std::move(count_only)},
     };
 }
 

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <pthread.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -22,6 +23,7 @@
 #include "agent/loader/bpf_skeleton.h"
 #include "agent/observe/drop_reasons.h"
 #include "agent/observe/endpoint_text.h"
+#include "agent/observe/map_fill.h"
 #include "agent/observe/observe_json.h"
 #include "agent/observe/tls_observer.h"
 #include "observe_connect.skel.h"
@@ -46,6 +48,11 @@ struct ObserveDropsOps {
     static int load(Skeleton* s) { return observe_drops_bpf__load(s); }
     static void destroy(Skeleton* s) { observe_drops_bpf__destroy(s); }
 };
+
+// Every enrol/unenrol/removal already asks for a reconcile (sync_attachments); the periodic
+// one is a safety net. It lists the workloads, which queries the kernel per workload (programs,
+// counters): cost that grows with the workloads, so not every second.
+constexpr auto kTlsReconcileInterval = std::chrono::seconds(10);
 
 constexpr const char* kLossNames[MESHLANE_LOSS_MAX] = {
     "ringbuf_full",
@@ -159,7 +166,7 @@ std::size_t map_memlock(int fd) {
 
 template <typename Skel>
 Status attach_all(Skel* skel, const char* object, std::vector<LinkPtr>& links,
-                  std::vector<std::string>& problems) {
+                  std::vector<std::string>& problems, std::vector<ObservedProgram>& programs) {
     bpf_program* program = nullptr;
     std::size_t attached = 0;
     bpf_object__for_each_program(program, skel->obj) {
@@ -174,6 +181,12 @@ Status attach_all(Skel* skel, const char* object, std::vector<LinkPtr>& links,
         }
         links.emplace_back(link);
         ++attached;
+        // Where it is attached, with the ids the kernel gave the link and the program.
+        bpf_link_info info{};
+        std::uint32_t length = sizeof(info);
+        (void)bpf_obj_get_info_by_fd(bpf_link__fd(link), &info, &length);
+        programs.push_back({object, bpf_program__name(program), bpf_program__section_name(program),
+                            info.id, info.prog_id});
     }
     if (attached == 0) return Error{ENOTSUP, std::string(object) + ": no program attached"};
     return Ok{};
@@ -201,6 +214,7 @@ struct Observer::Impl {
     int connect_loss_map = -1;
     int drop_loss_map = -1;
     std::vector<int> own_maps;
+    std::vector<ObservedProgram> attached_programs;  // set before the reader starts; then fixed
     int possible_cpus = 1;
 
     // Filled by ring-buffer callbacks during one poll, merged under the lock after it.
@@ -221,9 +235,12 @@ struct Observer::Impl {
     bool connect_tracking = false;
     bool drop_tracking = false;
     TlsAggregate tls_aggregate{TlsAggregateLimits{
-        options.max_workloads, 256, options.events_per_workload, options.events_total}};
+        options.max_workloads, options.tls_destinations_per_workload, options.events_per_workload,
+        options.events_total, options.tls_destinations_total}};
+    std::vector<std::string> drop_count_only;  // resolved names, for health()
     std::uint64_t tls_events = 0;
     std::size_t tls_attached_cgroups = 0;
+    BpfMapFillReport map_fill;  // counted by the reader thread every map_fill_interval
     std::chrono::steady_clock::time_point next_tls_reconcile{};
 
     // sync_attachments(): requests counted by callers, served by the reader thread.
@@ -251,6 +268,7 @@ struct Observer::Impl {
     void snapshot();
     void drain_tls(std::int64_t realtime_offset_ns);
     void snapshot_tls();
+    void count_map_fill();
     std::uint64_t sum_per_cpu(int map_fd, std::uint32_t key) const;
 };
 
@@ -267,7 +285,8 @@ Status Observer::Impl::load_connect(const std::string& map_dir) {
         static_cast<__u64>(options.slow_connect_threshold.count());
     if (auto loaded = skel->load("observe_connect"); !loaded) return loaded.error();
     std::vector<std::string> attach_problems;
-    auto attached = attach_all(skel->get(), "observe_connect", links, attach_problems);
+    auto attached =
+        attach_all(skel->get(), "observe_connect", links, attach_problems, attached_programs);
     problems.insert(problems.end(), attach_problems.begin(), attach_problems.end());
     if (!attached) return attached.error();
     connect = std::move(*skel);
@@ -289,9 +308,24 @@ Status Observer::Impl::load_drops(const std::string& map_dir) {
     bpf_map__set_max_entries((*skel)->maps.workload_by_netns, options.max_workloads);
     (*skel)->rodata->drop_events_per_second = options.drop_events_per_second;
     (*skel)->rodata->drop_events_burst = options.drop_events_burst;
+    if (options.drop_count_only_reasons.size() > MESHLANE_DROP_COUNT_ONLY_MAX)
+        return Error::invalid("drop_count_only_reasons: at most " +
+                              std::to_string(MESHLANE_DROP_COUNT_ONLY_MAX) + " reasons");
+    std::size_t slot = 0;
+    for (const auto& name : options.drop_count_only_reasons) {
+        const auto value = reasons ? reasons->value_of(name) : std::nullopt;
+        if (!value || *value == 0) {
+            problems.push_back("drop_count_only_reasons: '" + name +
+                               "' is not a drop reason of the running kernel; streamed as usual");
+            continue;
+        }
+        (*skel)->rodata->count_only_reasons[slot++] = *value;
+        drop_count_only.push_back(reasons->name(*value));
+    }
     if (auto loaded = skel->load("observe_drops"); !loaded) return loaded.error();
     std::vector<std::string> attach_problems;
-    auto attached = attach_all(skel->get(), "observe_drops", links, attach_problems);
+    auto attached =
+        attach_all(skel->get(), "observe_drops", links, attach_problems, attached_programs);
     problems.insert(problems.end(), attach_problems.begin(), attach_problems.end());
     if (!attached) return attached.error();
     drops = std::move(*skel);
@@ -382,7 +416,8 @@ void Observer::Impl::publish_losses(const std::map<std::string, std::uint64_t>& 
                 events::Event{.type = kObserveLostEventType,
                               .details = {{"kind", kind},
                                           {"lost", std::to_string(total - published)},
-                                          {"lost_total", std::to_string(total)}}});
+                                          {"lost_total", std::to_string(total)}},
+                              .notice = true});
         published = total;
     }
 }
@@ -476,7 +511,7 @@ void Observer::Impl::reconcile_if_requested() {
     }
     if (tls && options.workload_cgroups) {
         tls->reconcile(options.workload_cgroups());
-        next_tls_reconcile = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+        next_tls_reconcile = std::chrono::steady_clock::now() + kTlsReconcileInterval;
         std::lock_guard lock(mutex);
         tls_attached_cgroups = tls->attached_cgroups();
     }
@@ -487,14 +522,14 @@ void Observer::Impl::reconcile_if_requested() {
     attach_served.notify_all();
 }
 
-// TLS totals for the enrolled workloads; every second, the wire programs follow the pods'
-// cgroups (attached after enrolment, detached after removal).
+// TLS totals for the enrolled workloads; the wire programs follow the pods' cgroups (attached
+// after enrolment, detached after removal: on request, and every kTlsReconcileInterval).
 void Observer::Impl::snapshot_tls() {
     if (!tls) return;
     const auto now = std::chrono::steady_clock::now();
     if (options.workload_cgroups && now >= next_tls_reconcile) {
         tls->reconcile(options.workload_cgroups());
-        next_tls_reconcile = now + std::chrono::seconds(1);
+        next_tls_reconcile = now + kTlsReconcileInterval;
     }
     std::map<std::uint64_t, std::uint32_t> workloads;
     std::uint64_t key = 0, next = 0;
@@ -514,8 +549,30 @@ void Observer::Impl::snapshot_tls() {
     for (auto& [name, count] : losses) lost_events[name] = count;
 }
 
+// Fill levels of every map of meshlane, read from the kernel: the pinned (shared) maps, then the
+// maps the observe objects hold themselves. On this thread, so views never touch a map.
+void Observer::Impl::count_map_fill() {
+    std::vector<UniqueFd> pins;
+    auto maps = pinned_maps(options.pin_root + "/maps", pins);
+    if (connect.get() != nullptr) add_object_maps(connect->obj, "observe_connect", maps);
+    if (drops.get() != nullptr) add_object_maps(drops->obj, "observe_drops", maps);
+    if (tls)
+        for (const auto& [name, object] : tls->objects()) add_object_maps(object, name, maps);
+    BpfMapFillReport report;
+    report.counted_unix_ms = clock_ns(CLOCK_REALTIME) / 1'000'000;
+    const auto started = std::chrono::steady_clock::now();
+    for (const auto& map : maps) report.maps.push_back(count_map(map));
+    spdlog::debug("observe: counted {} maps in {} us", report.maps.size(),
+                  std::chrono::duration_cast<std::chrono::microseconds>(
+                      std::chrono::steady_clock::now() - started)
+                      .count());
+    std::lock_guard lock(mutex);
+    map_fill = std::move(report);
+}
+
 void Observer::Impl::run() {
     auto next_snapshot = std::chrono::steady_clock::now();
+    auto next_map_fill = next_snapshot;
     while (!stopping.load(std::memory_order_relaxed)) {
         const int polled =
             ring ? ring_buffer__poll(ring.get(), static_cast<int>(options.poll_timeout.count()))
@@ -525,6 +582,9 @@ void Observer::Impl::run() {
             spdlog::warn("observe: ring buffer poll: {}", std::strerror(-polled));
             std::this_thread::sleep_for(options.poll_timeout);
         }
+        // Drop events are submitted without a wakeup until a quarter of the ring is used
+        // (bpf/observe_drops.bpf.c): collect whatever is there on every turn.
+        if (ring) ring_buffer__consume(ring.get());
         // bpf_ktime_get_ns() is CLOCK_MONOTONIC; views want wall-clock time.
         const std::int64_t realtime_offset_ns =
             clock_ns(CLOCK_REALTIME) - clock_ns(CLOCK_MONOTONIC);
@@ -535,6 +595,10 @@ void Observer::Impl::run() {
             snapshot();
             snapshot_tls();
             next_snapshot = std::chrono::steady_clock::now() + options.snapshot_interval;
+        }
+        if (std::chrono::steady_clock::now() >= next_map_fill) {
+            count_map_fill();
+            next_map_fill = std::chrono::steady_clock::now() + options.map_fill_interval;
         }
     }
 }
@@ -616,7 +680,10 @@ Result<std::unique_ptr<Observer>> Observer::start(const ObserverOptions& options
         for (int fd : impl->tls->own_map_fds()) impl->own_maps.push_back(fd);
     }
     for (const auto& problem : impl->problems) spdlog::warn("observe: {}", problem);
-    impl->reader = std::thread([raw] { raw->run(); });
+    impl->reader = std::thread([raw] {
+        pthread_setname_np(pthread_self(), "ml-observe");  // per-thread CPU in bench/overhead
+        raw->run();
+    });
     return std::unique_ptr<Observer>(new Observer(std::move(impl)));
 }
 
@@ -711,6 +778,10 @@ ObserverHealth Observer::health() const {
     health.memory_bytes += health.tls_memory_bytes;
     health.memory_limit_bytes += health.tls_memory_limit_bytes;
     health.events_evicted += impl_->tls_aggregate.evicted();
+    health.tls_destinations = impl_->tls_aggregate.destinations();
+    health.tls_destinations_limit = impl_->tls_aggregate.destinations_limit();
+    health.tls_destinations_evicted = impl_->tls_aggregate.destinations_evicted();
+    health.drop_count_only_reasons = impl_->drop_count_only;
     return health;
 }
 
@@ -722,6 +793,13 @@ std::chrono::milliseconds Observer::tls_slow_handshake_threshold() const {
 WorkloadTls Observer::tls(std::uint32_t workload_id, std::uint64_t netns_cookie) const {
     std::lock_guard lock(impl_->mutex);
     return impl_->tls_aggregate.view(workload_id, netns_cookie);
+}
+
+std::vector<ObservedProgram> Observer::programs() const { return impl_->attached_programs; }
+
+BpfMapFillReport Observer::map_fill() const {
+    std::lock_guard lock(impl_->mutex);
+    return impl_->map_fill;
 }
 
 std::optional<std::uint32_t> Observer::drop_reason_value(std::string_view name) const {

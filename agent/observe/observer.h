@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "agent/common/result.h"
 #include "agent/observe/observation_source.h"
@@ -41,8 +42,16 @@ struct ObserverOptions {
     // Per-CPU token bucket for drop events; counts are exact regardless.
     std::uint32_t drop_events_per_second = 1000;
     std::uint32_t drop_events_burst = 200;
+    // Drop reasons (BTF names) counted but never streamed: benign, one per connection. Names the
+    // running kernel lacks are skipped and reported in health().problems.
+    std::vector<std::string> drop_count_only_reasons = {"QUEUE_PURGE"};
+    // TLS per-destination stats kept per workload and across all (agent/observe/tls_aggregate.h).
+    std::size_t tls_destinations_per_workload = 256;
+    std::size_t tls_destinations_total = 16384;
     std::chrono::milliseconds poll_timeout{100};
     std::chrono::milliseconds snapshot_interval{250};
+    // How often the maps' fill levels are counted (a 64k-entry hash takes tens of ms).
+    std::chrono::milliseconds map_fill_interval{5000};
     std::size_t events_per_workload = 256;
     std::size_t events_total = 16384;
     // false: the object is not loaded (the agent's feature probe failed for it).
@@ -59,7 +68,8 @@ struct ObserverOptions {
     // snapshot_interval) when an event names a cookie it did not know.
     std::function<std::map<std::uint64_t, std::string>()> workload_names;
     // TLS handshakes (agent/observe/tls_observer.h): the wire programs attach to the cgroups
-    // this returns (asked once a second); libssl uprobes go on libssl_path (empty: found).
+    // this returns (asked after every change it is told of through sync_attachments, and every 10
+    // s); libssl uprobes go on libssl_path (empty: found).
     bool tls_wire = true;
     bool tls_libssl = true;
     std::string libssl_path;
@@ -91,6 +101,8 @@ class Observer final : public ObservationSource {
     std::optional<std::uint32_t> drop_reason_value(std::string_view name) const override;
     WorkloadTls tls(std::uint32_t workload_id, std::uint64_t netns_cookie) const override;
     std::chrono::milliseconds tls_slow_handshake_threshold() const override;
+    BpfMapFillReport map_fill() const override;
+    std::vector<ObservedProgram> programs() const override;
 
   private:
     struct Impl;

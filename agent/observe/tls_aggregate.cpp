@@ -17,6 +17,8 @@ namespace {
 constexpr std::size_t kRecordBytes = sizeof(TlsHandshakeRecord) + 6 * 32;  // + short strings
 constexpr std::size_t kDestinationBytes = sizeof(TlsDestinationStats) + 64 + 2 * 32 + 48;
 constexpr std::size_t kWorkloadBytes = 512;
+// A workload's destination table keeps up to this many buckets whatever its size.
+constexpr std::size_t kSmallBuckets = 16;
 
 const char* outcome_name(unsigned outcome) {
     switch (outcome) {
@@ -183,6 +185,7 @@ void TlsAggregate::apply_snapshot(const std::vector<TlsWorkloadTotals>& snapshot
             continue;
         }
         stored_events_ -= it->second.recent.size();
+        destinations_total_ -= it->second.destinations.size();
         it = workloads_.erase(it);
     }
 }
@@ -209,15 +212,20 @@ void TlsAggregate::add_event(const tls_handshake_event& event, std::int64_t unix
     auto it = workload->destinations.find(key);
     if (it == workload->destinations.end()) {
         if (workload->destinations.size() >= limits_.max_destinations) {
-            auto oldest =
-                std::min_element(workload->destinations.begin(), workload->destinations.end(),
-                                 [](const auto& a, const auto& b) {
-                                     return a.second.last_touch < b.second.last_touch;
-                                 });
-            workload->destinations.erase(oldest);
-            ++evicted_;
+            evict_oldest_destination(*workload);
+        } else if (destinations_total_ >= limits_.max_destinations_total) {
+            // Global cap: take from the workload holding the most (possibly this one).
+            Workload* largest = workload;
+            for (auto& [cookie, other] : workloads_)
+                if (other.destinations.size() > largest->destinations.size()) largest = &other;
+            evict_oldest_destination(*largest);
+        }
+        if (limits_.max_destinations == 0 || limits_.max_destinations_total == 0) {
+            ++destinations_evicted_;
+            return;
         }
         it = workload->destinations.emplace(key, Destination{}).first;
+        ++destinations_total_;
         it->second.stats.destination = record.destination;
         it->second.stats.source = record.source;
     }
@@ -245,6 +253,20 @@ void TlsAggregate::add_event(const tls_handshake_event& event, std::int64_t unix
         ++evicted_;
     }
     enforce_total();
+}
+
+void TlsAggregate::evict_oldest_destination(Workload& workload) {
+    if (workload.destinations.empty()) return;
+    auto oldest = std::min_element(
+        workload.destinations.begin(), workload.destinations.end(),
+        [](const auto& a, const auto& b) { return a.second.last_touch < b.second.last_touch; });
+    workload.destinations.erase(oldest);
+    // Buckets do not shrink by themselves: keep them within 4x the entries (the memory bound).
+    const std::size_t buckets = workload.destinations.bucket_count();
+    if (buckets > kSmallBuckets && buckets > 4 * (workload.destinations.size() + 1))
+        workload.destinations.rehash(0);
+    --destinations_total_;
+    ++destinations_evicted_;
 }
 
 void TlsAggregate::enforce_total() {
@@ -278,14 +300,21 @@ WorkloadTls TlsAggregate::view(std::uint32_t workload_id, std::uint64_t netns_co
 std::size_t TlsAggregate::memory_bytes() const {
     std::size_t bytes = sizeof(*this) + workloads_.bucket_count() * sizeof(void*);
     for (const auto& [cookie, workload] : workloads_)
-        bytes += kWorkloadBytes + workload.destinations.size() * kDestinationBytes;
+        bytes += kWorkloadBytes + workload.destinations.size() * kDestinationBytes +
+                 workload.destinations.bucket_count() * sizeof(void*);
     return bytes + stored_events_ * kRecordBytes;
 }
 
+std::size_t TlsAggregate::destinations_limit() const {
+    return std::min(limits_.max_destinations_total,
+                    limits_.max_workloads * limits_.max_destinations);
+}
+
 std::size_t TlsAggregate::memory_limit_bytes() const {
+    // Per destination: the node and its stats, plus a bucket pointer of its workload's table.
     return sizeof(*this) +
-           limits_.max_workloads *
-               (kWorkloadBytes + 2 * sizeof(void*) + limits_.max_destinations * kDestinationBytes) +
+           limits_.max_workloads * (kWorkloadBytes + (2 + kSmallBuckets) * sizeof(void*)) +
+           destinations_limit() * (kDestinationBytes + 4 * sizeof(void*)) +
            limits_.events_total * kRecordBytes;
 }
 

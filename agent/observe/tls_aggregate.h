@@ -5,9 +5,11 @@
 // Destination key: "SNI" when the ClientHello carried one, else the original destination
 // ("10.0.0.2:443") when the redirect recorded it, else the connection's peer address.
 //
-// Memory bound: at most max_workloads workloads, max_destinations per workload (beyond that,
-// the least recently seen destination is evicted, counted), events_per_workload recent events
-// each and events_total across all. Pure data, no locking: Observer guards it.
+// Memory bound: at most max_workloads workloads, max_destinations per workload and
+// max_destinations_total across all (beyond either, the least recently seen destination of that
+// workload, or of the workload holding the most, is evicted; counted in destinations_evicted()),
+// events_per_workload recent events each and events_total across all (aged-out events counted
+// in evicted()). Pure data, no locking: Observer guards it.
 //
 // For diagnosis: ObservationSource::tls(id, cookie) returns a WorkloadTls copy;
 // failing_or_slow() picks the destinations whose handshakes fail or whose p99 exceeds a
@@ -100,6 +102,8 @@ struct TlsAggregateLimits {
     std::size_t max_destinations = 256;  // per workload (both sources together)
     std::size_t events_per_workload = 256;
     std::size_t events_total = 16384;
+    // Across all workloads: with 4096 workloads x 256 the per-workload cap alone allowed ~600 MB.
+    std::size_t max_destinations_total = 16384;
 };
 
 struct TlsWorkloadTotals {
@@ -119,7 +123,10 @@ class TlsAggregate {
     // Copy of one workload's view; zero totals when nothing was seen.
     WorkloadTls view(std::uint32_t workload_id, std::uint64_t netns_cookie) const;
 
-    std::uint64_t evicted() const { return evicted_; }
+    std::uint64_t evicted() const { return evicted_; }  // recent events aged out
+    std::uint64_t destinations_evicted() const { return destinations_evicted_; }
+    std::size_t destinations() const { return destinations_total_; }
+    std::size_t destinations_limit() const;  // what max_* allow together
     std::size_t memory_bytes() const;
     std::size_t memory_limit_bytes() const;
 
@@ -136,11 +143,14 @@ class TlsAggregate {
     };
     Workload* entry(std::uint64_t netns_cookie, std::uint32_t workload_id);
     void enforce_total();
+    void evict_oldest_destination(Workload& workload);
 
     TlsAggregateLimits limits_;
     std::unordered_map<std::uint64_t, Workload> workloads_;
     std::size_t stored_events_ = 0;
     std::uint64_t evicted_ = 0;
+    std::size_t destinations_total_ = 0;
+    std::uint64_t destinations_evicted_ = 0;
     std::uint64_t touch_ = 0;
 };
 

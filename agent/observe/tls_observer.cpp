@@ -289,6 +289,13 @@ std::map<std::string, std::uint64_t> TlsObserver::losses() const {
     return out;
 }
 
+std::vector<std::pair<std::string, const bpf_object*>> TlsObserver::objects() const {
+    std::vector<std::pair<std::string, const bpf_object*>> objects;
+    if (wire_tracking()) objects.emplace_back("observe_tls_wire", impl_->wire->obj);
+    if (libssl_tracking()) objects.emplace_back("observe_tls_libssl", impl_->libssl->obj);
+    return objects;
+}
+
 std::vector<int> TlsObserver::own_map_fds() const {
     std::vector<int> fds;
     if (wire_tracking()) {

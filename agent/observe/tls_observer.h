@@ -61,6 +61,9 @@ class TlsObserver {
         const std::map<std::uint64_t, std::uint32_t>& workloads) const;
     std::map<std::string, std::uint64_t> losses() const;
     std::vector<int> own_map_fds() const;
+    // The loaded objects by name ("observe_tls_wire", ...), for map_fill
+    // (agent/observe/map_fill.h).
+    std::vector<std::pair<std::string, const bpf_object*>> objects() const;
 
   private:
     struct Impl;

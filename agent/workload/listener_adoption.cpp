@@ -11,11 +11,12 @@
 #include <sstream>
 #include <string>
 
+#include "agent/common/in_netns.h"
+#include "agent/common/tcp_listeners.h"
+
 namespace meshlane {
 
 namespace {
-
-constexpr const char* kTcpListenState = "0A";
 
 std::string read_file(const std::string& path) {
     std::ifstream in(path);
@@ -50,30 +51,6 @@ bool owner_matches(const std::string& status, std::uint32_t uid, std::uint32_t g
 
 }  // namespace
 
-std::vector<ListeningSocket> parse_proc_net_tcp(std::string_view text, std::uint16_t port,
-                                                bool ipv6) {
-    std::vector<ListeningSocket> sockets;
-    std::istringstream lines{std::string(text)};
-    std::string line;
-    std::getline(lines, line);  // header
-    while (std::getline(lines, line)) {
-        std::istringstream fields(line);
-        std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
-        if (!(fields >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >>
-              timeout >> inode))
-            continue;
-        auto colon = local.rfind(':');
-        if (colon == std::string::npos || state != kTcpListenState) continue;
-        try {
-            if (std::stoul(local.substr(colon + 1), nullptr, 16) != port) continue;
-            sockets.push_back({std::stoull(inode), ipv6});
-        } catch (const std::exception&) {
-            continue;  // not a socket line
-        }
-    }
-    return sockets;
-}
-
 Result<std::vector<AdoptedListener>> adopt_listeners(std::uint64_t netns_inode, std::uint16_t port,
                                                      std::uint32_t uid, std::uint32_t gid) {
     std::vector<AdoptedListener> adopted;
@@ -85,11 +62,16 @@ Result<std::vector<AdoptedListener>> adopt_listeners(std::uint64_t netns_inode, 
         if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
         const std::string pid_dir = entry.path().string();
         if (ns_inode_of(pid_dir) != netns_inode) continue;
-        if (!sockets_read) {  // any process of the netns shows the netns' sockets
-            for (bool v6 : {false, true})
-                for (auto& s : parse_proc_net_tcp(
-                         read_file(pid_dir + (v6 ? "/net/tcp6" : "/net/tcp")), port, v6))
-                    wanted[s.inode] = s.ipv6;
+        if (!sockets_read) {  // any process of the netns leads to the netns' sockets
+            Result<std::vector<TcpListener>> listeners = Error{EIO, "not read"};
+            auto joined = in_netns(pid_dir + "/ns/net", [&] { listeners = list_tcp_listeners(); });
+            if (!joined) {
+                if (joined.error().code == ENOENT) continue;  // the process just exited
+                return joined.error();
+            }
+            if (!listeners) return listeners.error();
+            for (const auto& s : *listeners)
+                if (s.port == port) wanted[s.inode] = s.ipv6;
             sockets_read = true;
             if (wanted.empty()) return adopted;
         }

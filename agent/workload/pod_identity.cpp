@@ -15,7 +15,8 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
-#include <thread>
+
+#include "agent/common/in_netns.h"
 
 #ifndef SO_NETNS_COOKIE
 #define SO_NETNS_COOKIE 71
@@ -57,15 +58,10 @@ struct NetnsFacts {
     std::vector<PodAddress> addresses;
 };
 
-// Runs inside the target netns on a short-lived thread: setns(2) changes only the calling
-// thread's namespace, and the thread ends right after.
+// Runs inside the target netns (agent/common/in_netns.h).
 Result<NetnsFacts> read_netns_facts(int netns_fd, bool want_cookie) {
     Result<NetnsFacts> result = Error{EIO, "netns thread did not run"};
-    std::thread worker([&] {
-        if (::setns(netns_fd, CLONE_NEWNET) != 0) {
-            result = Error::last_errno("enter network namespace");
-            return;
-        }
+    auto joined = in_netns(netns_fd, [&] {
         NetnsFacts facts;
         if (want_cookie) {
             UniqueFd sock(::socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0));
@@ -106,7 +102,7 @@ Result<NetnsFacts> read_netns_facts(int netns_fd, bool want_cookie) {
         ::freeifaddrs(list);
         result = std::move(facts);
     });
-    worker.join();
+    if (!joined) return joined.error();
     return result;
 }
 

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <boost/json.hpp>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -121,12 +122,32 @@ Status WorkloadManager::bring_up_locked(const Record& record, const CgroupHandle
 // links; its kinds entry is what switches acceleration on for new connections.
 Status WorkloadManager::fast_path_up_locked(const Record& record, const CgroupHandle& cgroup) {
     if (options_.fastpath == nullptr) return Ok{};
-    if (!record.spec.fast_path || !options_.fast_path_available)
+    const std::uint32_t kinds =
+        (record.spec.fast_path ? static_cast<std::uint32_t>(MESHLANE_FASTPATH_APP_PROXY) : 0u) |
+        (record.spec.fast_path_proxy_proxy
+             ? static_cast<std::uint32_t>(MESHLANE_FASTPATH_PROXY_PROXY)
+             : 0u);
+    if (kinds == 0 || !options_.fast_path_available)
         return fast_path_down_locked(record);  // e.g. a restart after a failed self-test
     const std::string dir = datapath_.workload_pin_dir(record.spec.name);
     if (auto attached = options_.fastpath->attach(dir, cgroup.fd.get(), cgroup.path); !attached)
         return attached;
-    return options_.fastpath->set_kinds(record.workload_id, MESHLANE_FASTPATH_APP_PROXY);
+    if (auto addresses = fast_path_addresses_locked(record); !addresses) return addresses;
+    return options_.fastpath->set_kinds(record.workload_id, kinds);
+}
+
+// proxy <-> proxy: other pods' proxies may accelerate connections to this pod's IPv4 addresses.
+Status WorkloadManager::fast_path_addresses_locked(const Record& record) {
+    if (options_.fastpath == nullptr || !options_.fast_path_available) return Ok{};
+    std::vector<std::uint32_t> ipv4;
+    if (record.spec.fast_path_proxy_proxy)
+        for (const auto& a : record.addresses)
+            if (a.is_v4) {
+                std::uint32_t v = 0;
+                std::memcpy(&v, a.addr.data() + 12, 4);  // network order, as the BPF key
+                ipv4.push_back(v);
+            }
+    return options_.fastpath->set_pod_addresses(record.workload_id, ipv4);
 }
 
 Status WorkloadManager::fast_path_down_locked(const Record& record) {
@@ -301,7 +322,8 @@ WorkloadStatus WorkloadManager::status_of_locked(const Record& record) const {
     for (unsigned c = 0; c < counters.size(); ++c)
         s.counters[redirect_counter_name(c)] = counters[c];
     if (options_.fastpath != nullptr) {
-        s.fast_path_active = record.spec.fast_path && options_.fast_path_available &&
+        s.fast_path_active = (record.spec.fast_path || record.spec.fast_path_proxy_proxy) &&
+                             options_.fast_path_available &&
                              options_.fastpath->kinds(record.workload_id) != 0;
         auto fast = options_.fastpath->counters(record.workload_id);
         for (unsigned c = 0; c < fast.size(); ++c)
@@ -457,6 +479,8 @@ void WorkloadManager::reconcile() {
                 if (datapath_.write_pod_addresses(record.workload_id, netns->addresses)) {
                     record.addresses = netns->addresses;
                     changed = true;
+                    if (auto fast = fast_path_addresses_locked(record); !fast)
+                        spdlog::warn("workload {}: {}", it->first, fast.error().message);
                 }
             }
         }

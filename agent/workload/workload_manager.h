@@ -77,6 +77,7 @@ class WorkloadManager : public WorkloadRegistry {
     Status tear_down_locked(const Record& record);
     Status fast_path_up_locked(const Record& record, const CgroupHandle& cgroup);
     Status fast_path_down_locked(const Record& record);
+    Status fast_path_addresses_locked(const Record& record);
     void adopt_listeners_locked(const Record& record);
     bool still_present(const Record& record) const;
     WorkloadStatus status_of_locked(const Record& record) const;

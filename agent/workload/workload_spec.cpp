@@ -434,6 +434,7 @@ std::vector<std::string> differing_fields(const WorkloadSpec& a, const WorkloadS
     check(a.proxy_self_to_inbound != b.proxy_self_to_inbound, "proxy_self_to_inbound");
     check(a.startup_policy != b.startup_policy, "startup_policy");
     check(a.fast_path != b.fast_path, "fast_path");
+    check(a.fast_path_proxy_proxy != b.fast_path_proxy_proxy, "fast_path_proxy_proxy");
     return fields;
 }
 
@@ -654,6 +655,10 @@ constexpr FieldEntry kFields[] = {
      }},
     {"fast_path",
      [](const json::value& v, WorkloadSpec& s) { return bool_field(v, s.fast_path, "fast_path"); }},
+    {"fast_path_proxy_proxy",
+     [](const json::value& v, WorkloadSpec& s) {
+         return bool_field(v, s.fast_path_proxy_proxy, "fast_path_proxy_proxy");
+     }},
 };
 
 const FieldEntry* find_field(std::string_view name) {
@@ -685,6 +690,7 @@ json::object to_json(const WorkloadSpec& spec) {
     object["proxy_self_to_inbound"] = spec.proxy_self_to_inbound;
     object["startup_policy"] = to_string(spec.startup_policy);
     object["fast_path"] = spec.fast_path;
+    object["fast_path_proxy_proxy"] = spec.fast_path_proxy_proxy;
     return object;
 }
 

@@ -56,6 +56,8 @@ struct WorkloadSpec {
     // sk_msg fast path for app <-> proxy connections (docs/fastpath.md); only takes effect when
     // the agent's kernel self-test passed.
     bool fast_path = false;
+    // ... and for proxy <-> proxy connections with another pod on this node that enables it too.
+    bool fast_path_proxy_proxy = false;
 
     bool operator==(const WorkloadSpec&) const = default;
 };

@@ -56,6 +56,22 @@ class AgentService final : public v1::Agent::Service {
             out.set_lost(stats.dropped);
             out.set_subscribers(static_cast<std::uint32_t>(stats.subscribers));
         }
+        // The same content as REST /v1/status "observer" and "bpf_maps".
+        if (observations_ != nullptr) {
+            to_proto(observations_->health(), *response->mutable_observer());
+            to_proto(observations_->map_fill(), *response->mutable_bpf_maps());
+            for (const auto& p : observations_->programs()) {
+                auto& node = *response->mutable_programs()->add_node();
+                node.set_object(p.object);
+                node.set_program(p.program);
+                node.set_attach_to(p.attach_to);
+                node.set_link_id(p.link_id);
+                node.set_prog_id(p.prog_id);
+            }
+        }
+        auto& per_workload = *response->mutable_programs()->mutable_workloads();
+        for (const auto& workload : registry_.list())
+            for (const auto& program : workload.programs) ++per_workload[program.program];
         return grpc::Status::OK;
     }
 

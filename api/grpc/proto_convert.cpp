@@ -2,6 +2,8 @@
 
 #include <boost/json.hpp>
 
+#include "agent/observe/map_fill.h"
+
 namespace meshlane::grpc_api {
 
 namespace json = boost::json;
@@ -74,6 +76,8 @@ Result<WorkloadSpec> spec_from_proto(const v1::WorkloadSpec& proto) {
         object["proxy_self_to_inbound"] = proto.proxy_self_to_inbound();
     if (proto.has_startup_policy()) object["startup_policy"] = proto.startup_policy();
     if (proto.has_fast_path()) object["fast_path"] = proto.fast_path();
+    if (proto.has_fast_path_proxy_proxy())
+        object["fast_path_proxy_proxy"] = proto.fast_path_proxy_proxy();
     auto spec = workload_spec_from_json(object);
     if (!spec) return spec.error();
     if (auto valid = validate(*spec); !valid) return valid.error();
@@ -99,6 +103,7 @@ void to_proto(const WorkloadSpec& spec, v1::WorkloadSpec& out) {
     out.set_proxy_self_to_inbound(spec.proxy_self_to_inbound);
     out.set_startup_policy(std::string(to_string(spec.startup_policy)));
     out.set_fast_path(spec.fast_path);
+    out.set_fast_path_proxy_proxy(spec.fast_path_proxy_proxy);
 }
 
 void to_proto(const WorkloadStatus& status, v1::Workload& out) {
@@ -121,6 +126,9 @@ void to_proto(const WorkloadStatus& status, v1::Workload& out) {
     out.set_inbound_listener_v4(status.inbound_listener_v4);
     out.set_inbound_listener_v6(status.inbound_listener_v6);
     for (const auto& [name, value] : status.counters) (*out.mutable_counters())[name] = value;
+    out.mutable_fast_path()->set_active(status.fast_path_active);
+    for (const auto& [name, value] : status.fast_path_counters)
+        (*out.mutable_fast_path()->mutable_counters())[name] = value;
 }
 
 void to_proto(const AgentStatus& status, v1::StatusResponse& out) {
@@ -137,6 +145,44 @@ void to_proto(const AgentStatus& status, v1::StatusResponse& out) {
         feature.set_enabled(state.enabled);
         feature.set_essential(state.essential);
         feature.set_reason(state.reason);
+    }
+    out.mutable_fast_path()->set_available(status.fast_path_available);
+    out.mutable_fast_path()->set_reason(status.fast_path_reason);
+}
+
+void to_proto(const ObserverHealth& h, v1::ObserverHealth& out) {
+    out.set_connect_tracking(h.connect_tracking);
+    out.set_drop_tracking(h.drop_tracking);
+    for (const auto& problem : h.problems) out.add_problems(problem);
+    out.set_lost_events_total(h.lost_events_total);
+    for (const auto& [kind, count] : h.lost_events) (*out.mutable_lost_events())[kind] = count;
+    out.set_connect_events(h.connect_events);
+    out.set_drop_events(h.drop_events);
+    out.set_events_evicted(h.events_evicted);
+    out.set_memory_bytes(h.memory_bytes);
+    out.set_memory_limit_bytes(h.memory_limit_bytes);
+    out.set_bpf_map_bytes(h.bpf_map_bytes);
+    out.set_tls_wire_tracking(h.tls_wire_tracking);
+    out.set_tls_libssl_tracking(h.tls_libssl_tracking);
+    out.set_tls_events(h.tls_events);
+    out.set_tls_memory_bytes(h.tls_memory_bytes);
+    out.set_tls_attached_cgroups(h.tls_attached_cgroups);
+    out.set_tls_memory_limit_bytes(h.tls_memory_limit_bytes);
+}
+
+void to_proto(const BpfMapFillReport& report, v1::BpfMapFill& out) {
+    out.set_counted_unix_ms(report.counted_unix_ms);
+    for (const auto& map : report.maps) {
+        auto& m = *out.add_maps();
+        m.set_name(map.name);
+        m.set_owner(map.owner);
+        m.set_id(map.id);
+        m.set_type(map.type);
+        m.set_max_entries(map.max_entries);
+        if (map.entries) m.set_entries(*map.entries);
+        m.set_preallocated(map.preallocated);
+        if (const auto ratio = fill_ratio(map)) m.set_fill_ratio(*ratio);
+        m.set_note(map.note);
     }
 }
 

@@ -7,6 +7,7 @@
 
 #include "agent/common/result.h"
 #include "agent/events/event_bus.h"
+#include "agent/observe/observation_source.h"
 #include "agent/workload/workload_registry.h"
 #include "api/meshlane.pb.h"
 
@@ -21,6 +22,8 @@ Result<WorkloadSpec> spec_from_proto(const v1::WorkloadSpec& proto);
 void to_proto(const WorkloadSpec& spec, v1::WorkloadSpec& out);
 void to_proto(const WorkloadStatus& status, v1::Workload& out);
 void to_proto(const AgentStatus& status, v1::StatusResponse& out);
+void to_proto(const ObserverHealth& health, v1::ObserverHealth& out);
+void to_proto(const BpfMapFillReport& report, v1::BpfMapFill& out);
 void to_proto(const events::StreamItem& item, v1::StreamEventsResponse& out);
 
 // Request filters, validated like the REST query parameters (INVALID_ARGUMENT otherwise).

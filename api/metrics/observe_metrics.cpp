@@ -74,18 +74,27 @@ void write_drop_families(MetricsWriter& out, const std::vector<WorkloadView>& vi
     out.counter("meshlane_drops_total",
                 "Kernel packet drops (skb:kfree_skb) by reason, named from the running kernel's "
                 "BTF enum skb_drop_reason. Exact, not sampled.");
-    std::size_t entries = 0;
     for (const auto& v : views)
-        for (const auto& r : v.drops.by_reason) {
+        for (const auto& r : v.drops.by_reason)
             out.sample({{"workload", v.name}, {"reason", r.reason_name}}, r.count);
-            ++entries;
-        }
-    out.gauge("meshlane_observe_drop_count_entries",
-              "Entries of the kernel's drop_counts map (workload x reason) in use.");
-    out.sample({}, static_cast<std::uint64_t>(entries));
-    out.gauge("meshlane_observe_drop_count_entries_max",
-              "Capacity of the drop_counts map; beyond it new reasons are counted as lost.");
-    out.sample({}, std::uint64_t{MESHLANE_DROP_COUNT_ENTRIES});
+}
+
+// One family for every map of meshlane (the drop_counts map included), as the observer last
+// counted them from the kernel; maps that cannot be counted (local storage, ring buffers) are
+// absent here and listed with the reason in GET /v1/status "bpf_maps".
+void write_map_fill_families(MetricsWriter& out, const BpfMapFillReport& report) {
+    out.gauge("meshlane_bpf_map_entries",
+              "Entries in use per BPF map of meshlane, read from the kernel every few seconds "
+              "(arrays: every slot). owner: pinned (shared) or the object holding it.");
+    for (const auto& map : report.maps)
+        if (map.entries) out.sample({{"map", map.name}, {"owner", map.owner}}, *map.entries);
+    out.gauge("meshlane_bpf_map_max_entries",
+              "Capacity (max_entries) of each countable BPF map of meshlane; beyond it inserts "
+              "fail (LRU maps evict).");
+    for (const auto& map : report.maps)
+        if (map.entries)
+            out.sample({{"map", map.name}, {"owner", map.owner}},
+                       static_cast<std::uint64_t>(map.max_entries));
 }
 
 void write_health_families(MetricsWriter& out, const ObserverHealth& health) {
@@ -103,6 +112,12 @@ void write_health_families(MetricsWriter& out, const ObserverHealth& health) {
     out.counter("meshlane_observe_events_evicted_total",
                 "Recent events aged out of the agent's bounded per-workload rings.");
     out.sample({}, health.events_evicted);
+    out.counter("meshlane_observe_tls_destinations_evicted_total",
+                "TLS per-destination stats evicted by the per-workload or global cap "
+                "(tls_destinations_per_workload, tls_destinations_total).");
+    out.sample({}, health.tls_destinations_evicted);
+    out.gauge("meshlane_observe_tls_destinations", "TLS per-destination stats held.");
+    out.sample({}, static_cast<std::uint64_t>(health.tls_destinations));
     out.gauge("meshlane_observe_memory_bytes", "The observer's aggregate, estimated.");
     out.sample({}, static_cast<std::uint64_t>(health.memory_bytes));
     out.gauge("meshlane_observe_memory_limit_bytes", "The bound on meshlane_observe_memory_bytes.");
@@ -119,6 +134,7 @@ void write_observe_metrics(MetricsWriter& out, WorkloadRegistry& registry,
     write_connect_families(out, views);
     write_drop_families(out, views);
     write_health_families(out, observations.health());
+    write_map_fill_families(out, observations.map_fill());
 }
 
 }  // namespace meshlane::metrics

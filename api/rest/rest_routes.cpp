@@ -3,7 +3,9 @@
 // never change datapath state.
 #include <array>
 #include <boost/json.hpp>
+#include <map>
 
+#include "agent/observe/map_fill.h"
 #include "agent/observe/observe_json.h"
 #include "api/rest/agent_routes.h"
 #include "api/rest/diagnose_routes.h"
@@ -20,6 +22,25 @@ Response health(const RouteContext&) {
     return json_response(http::status::ok, json::object{{"status", "ok"}});
 }
 
+// Programs and where they are attached: the observer's node-wide ones with their ids, and how
+// many workloads have each per-pod program (each one's list: GET /v1/workloads/{name}).
+json::object program_summary(const RouteContext& context) {
+    json::array node;
+    if (context.observations != nullptr)
+        for (const auto& p : context.observations->programs())
+            node.push_back(json::object{{"object", p.object},
+                                        {"program", p.program},
+                                        {"attach_to", p.attach_to},
+                                        {"link_id", p.link_id},
+                                        {"prog_id", p.prog_id}});
+    std::map<std::string, std::uint64_t> counts;
+    for (const auto& workload : context.registry.list())
+        for (const auto& program : workload.programs) ++counts[program.program];
+    json::object workloads;
+    for (const auto& [program, count] : counts) workloads[program] = count;
+    return {{"node", std::move(node)}, {"workloads", std::move(workloads)}};
+}
+
 Response agent_status(const RouteContext& context) {
     auto status = to_json(context.registry.status());
     if (context.events != nullptr) {
@@ -29,8 +50,12 @@ Response agent_status(const RouteContext& context) {
                             {"subscribers", stats.subscribers}};
     }
     // Kernel-side lost events, the aggregate's memory against its bound, the observe maps' size.
-    if (context.observations != nullptr)
+    if (context.observations != nullptr) {
         status["observer"] = to_json(context.observations->health());
+        // Every BPF map of meshlane with its fill level, as the observer last counted them.
+        status["bpf_maps"] = to_json(context.observations->map_fill());
+    }
+    status["programs"] = program_summary(context);
     return json_response(http::status::ok, status);
 }
 
@@ -87,7 +112,9 @@ Response unenroll_workload(const RouteContext& context) {
 
 constexpr auto kRoutes = std::to_array<Route>({
     {http::verb::get, "/v1/health", "Liveness: the agent answers.", false, health},
-    {http::verb::get, "/v1/status", "Agent version, kernel, paths, limits and probed features.",
+    {http::verb::get, "/v1/status",
+     "Agent version, kernel, probed features, feature states, fast-path state, observer health "
+     "(lost events) and BPF map fill levels.",
      false, agent_status},
     {http::verb::get, "/v1/workloads", "Every enrolled workload with its status and counters.",
      false, list_workloads},

@@ -1,7 +1,9 @@
 #include "api/rest/unix_http_client.h"
 
+#include <fcntl.h>
 #include <openssl/ssl.h>
 #include <openssl/x509_vfy.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 #include <boost/asio/as_tuple.hpp>
@@ -11,6 +13,7 @@
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/signal_set.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -27,6 +30,8 @@
 #include <boost/json/serialize.hpp>
 #include <fstream>
 #include <sstream>
+
+#include "agent/common/unique_fd.h"
 
 namespace meshlane::rest {
 
@@ -99,9 +104,62 @@ asio::awaitable<void> send_and_receive(Stream& stream, const std::string& where,
                     response.body()};
 }
 
-asio::awaitable<void> exchange(const std::string& path, http::request<http::string_body> request,
-                               std::chrono::milliseconds timeout,
-                               std::optional<Result<HttpReply>>& out) {
+// A streaming GET on an open stream: the header within the timeout, then the body handed to
+// on_body chunk by chunk with no deadline, until the agent ends it or on_body says stop.
+template <typename Stream>
+asio::awaitable<void> receive_stream(Stream& stream, const std::string& where,
+                                     http::request<http::string_body>& request,
+                                     std::chrono::milliseconds timeout, const BodySink& on_body,
+                                     std::optional<Result<StreamOutcome>>& out) {
+    auto [write_ec, written] = co_await http::async_write(stream, request, kAwait);
+    if (write_ec) {
+        out = exchange_error(where, write_ec, timeout);
+        co_return;
+    }
+    beast::flat_buffer buffer;
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(boost::none);  // a stream has no end; chunks are consumed as they come
+    auto [header_ec, header] = co_await http::async_read_header(stream, buffer, parser, kAwait);
+    if (header_ec) {
+        out = exchange_error(where, header_ec, timeout);
+        co_return;
+    }
+    StreamOutcome outcome;
+    outcome.status = parser.get().result_int();
+    if (outcome.status != 200) {  // an error reply: small, read it whole
+        parser.body_limit(kReplyBodyLimit);
+        auto [read_ec, read] = co_await http::async_read(stream, buffer, parser, kAwait);
+        if (read_ec) {
+            out = exchange_error(where, read_ec, timeout);
+            co_return;
+        }
+        outcome.error_body = parser.get().body();
+        out = std::move(outcome);
+        co_return;
+    }
+    beast::get_lowest_layer(stream).expires_never();
+    bool reading = true;
+    // The parser keeps a reference to the callback: it lives until the loop ends.
+    auto on_chunk = [&](std::uint64_t, beast::string_view body, beast::error_code&) {
+        if (reading && !on_body(std::string_view(body.data(), body.size()))) reading = false;
+        return body.size();
+    };
+    parser.on_chunk_body(on_chunk);
+    while (reading && !parser.is_done()) {
+        auto [read_ec, read] = co_await http::async_read_some(stream, buffer, parser, kAwait);
+        if (read_ec) {
+            out = exchange_error(where, read_ec, timeout);
+            co_return;
+        }
+    }
+    outcome.stopped_by_reader = !reading;
+    out = std::move(outcome);
+}
+
+// Connects to the unix socket, then talk(stream, where, out) exchanges on it.
+template <typename Out, typename Talk>
+asio::awaitable<void> exchange(const std::string path, std::chrono::milliseconds timeout, Talk talk,
+                               std::optional<Result<Out>>& out) {
     beast::basic_stream<UnixProtocol> stream(co_await asio::this_coro::executor);
     stream.expires_after(timeout);
     auto [connect_ec] = co_await stream.async_connect(UnixProtocol::endpoint(path), kAwait);
@@ -110,7 +168,7 @@ asio::awaitable<void> exchange(const std::string& path, http::request<http::stri
                                                   : connect_error(path, connect_ec);
         co_return;
     }
-    co_await send_and_receive(stream, path, request, timeout, out);
+    co_await talk(stream, path, out);
 }
 
 // -- HTTPS --------------------------------------------------------------------------------------
@@ -177,11 +235,10 @@ Error handshake_error(const std::string& where, TlsStream& stream, const beast::
                              " (does the agent require a client certificate? --cert/--key)"};
 }
 
+template <typename Out, typename Talk>
 asio::awaitable<void> exchange_tls(const HttpsAddress address, const std::string where,
-                                   asio::ssl::context& context,
-                                   http::request<http::string_body> request,
-                                   std::chrono::milliseconds timeout,
-                                   std::optional<Result<HttpReply>>& out) {
+                                   asio::ssl::context& context, std::chrono::milliseconds timeout,
+                                   Talk talk, std::optional<Result<Out>>& out) {
     auto executor = co_await asio::this_coro::executor;
     asio::ip::tcp::resolver resolver(executor);
     auto [resolve_ec, endpoints] =
@@ -209,7 +266,7 @@ asio::awaitable<void> exchange_tls(const HttpsAddress address, const std::string
         out = handshake_error(where, stream, handshake_ec, timeout);
         co_return;
     }
-    co_await send_and_receive(stream, where, request, timeout, out);
+    co_await talk(stream, where, out);
     // Connection: close and a complete reply: no need to wait for the agent's close_notify.
 }
 
@@ -251,15 +308,12 @@ Result<HttpsAddress> parse_https_address(const std::string& server) {
 
 namespace {
 
-Result<HttpReply> https_request(const ClientOptions& options, http::verb method,
-                                const std::string& target,
-                                const std::optional<boost::json::value>& body,
-                                std::chrono::milliseconds timeout) {
+// The TLS context and the Host and Authorization headers for an https:// server.
+Result<HttpsAddress> prepare_https(const ClientOptions& options, asio::ssl::context& context,
+                                   http::request<http::string_body>& request) {
     auto address = parse_https_address(options.server);
     if (!address) return address.error();
-    asio::ssl::context context(asio::ssl::context::tls_client);
     if (auto configured = configure_tls(context, options); !configured) return configured.error();
-    auto request = build_request(method, target, body);
     const bool v6 = address->host.find(':') != std::string::npos;
     request.set(http::field::host,
                 (v6 ? "[" + address->host + "]" : address->host) + ":" + address->port);
@@ -268,13 +322,49 @@ Result<HttpReply> https_request(const ClientOptions& options, http::verb method,
         if (!token) return token.error();
         request.set(http::field::authorization, "Bearer " + *token);
     }
+    return address;
+}
+
+std::string socket_path_of(const ClientOptions& options) {
+    std::string path = options.server;
+    if (path.rfind("unix:", 0) == 0) path = path.substr(5);
+    return path;
+}
+
+// Runs talk(stream, where, out) over the transport --server names (TLS for https://, else the
+// unix socket). With `interrupted`, SIGINT/SIGTERM end the exchange and set it.
+template <typename Out, typename Talk>
+Result<Out> run_exchange(const ClientOptions& options, http::request<http::string_body>& request,
+                         std::chrono::milliseconds timeout, Talk talk,
+                         bool* interrupted = nullptr) {
+    std::optional<Result<Out>> out;
+    asio::ssl::context context(asio::ssl::context::tls_client);
+    // After what the exchange refers to: an unfinished exchange is destroyed with it, first.
     asio::io_context io;
-    std::optional<Result<HttpReply>> out;
-    asio::co_spawn(
-        io, exchange_tls(*address, options.server, context, std::move(request), timeout, out),
-        asio::detached);
+    std::optional<asio::signal_set> signals;
+    if (interrupted != nullptr) {
+        signals.emplace(io, SIGINT, SIGTERM);
+        signals->async_wait([&](const boost::system::error_code& ec, int) {
+            if (ec) return;
+            *interrupted = true;
+            io.stop();
+        });
+    }
+    const auto done = [&io](const std::exception_ptr&) { io.stop(); };
+    const bool https = options.server.find("://") != std::string::npos;
+    const std::string where = https ? options.server : socket_path_of(options);
+    if (https) {
+        auto address = prepare_https(options, context, request);
+        if (!address) return address.error();
+        asio::co_spawn(io, exchange_tls<Out>(*address, where, context, timeout, talk, out), done);
+    } else {
+        // asio's endpoint constructor would throw on an over-long path.
+        if (where.size() >= sizeof(sockaddr_un{}.sun_path))
+            return Error{ENAMETOOLONG, "API socket path " + where + " is too long"};
+        asio::co_spawn(io, exchange<Out>(where, timeout, talk, out), done);
+    }
     io.run();
-    if (!out) return Error{EIO, "talking to the meshlane agent at " + options.server + ": aborted"};
+    if (!out) return Error{EIO, "talking to the meshlane agent at " + where + ": aborted"};
     return std::move(*out);
 }
 
@@ -284,21 +374,46 @@ Result<HttpReply> http_request(const ClientOptions& options, http::verb method,
                                const std::string& target,
                                const std::optional<boost::json::value>& body,
                                std::chrono::milliseconds timeout) {
-    if (options.server.find("://") != std::string::npos)
-        return https_request(options, method, target, body, timeout);
-    std::string socket_path = options.server;
-    if (socket_path.rfind("unix:", 0) == 0) socket_path = socket_path.substr(5);
-    // asio's endpoint constructor would throw on an over-long path.
-    if (socket_path.size() >= sizeof(sockaddr_un{}.sun_path)) {
-        return Error{ENAMETOOLONG, "API socket path " + socket_path + " is too long"};
+    auto request = build_request(method, target, body);
+    auto talk = [&](auto& stream, const std::string& where,
+                    std::optional<Result<HttpReply>>& out) -> asio::awaitable<void> {
+        co_await send_and_receive(stream, where, request, timeout, out);
+    };
+    return run_exchange<HttpReply>(options, request, timeout, talk);
+}
+
+Result<StreamOutcome> http_stream(const ClientOptions& options, const std::string& target,
+                                  const BodySink& on_body, std::chrono::milliseconds timeout) {
+    auto request = build_request(http::verb::get, target, std::nullopt);
+    request.set(http::field::accept, "application/x-ndjson");
+    auto talk = [&](auto& stream, const std::string& where,
+                    std::optional<Result<StreamOutcome>>& out) -> asio::awaitable<void> {
+        co_await receive_stream(stream, where, request, timeout, on_body, out);
+    };
+    // SIGINT/SIGTERM end the stream cleanly.
+    bool interrupted = false;
+    auto result = run_exchange<StreamOutcome>(options, request, timeout, talk, &interrupted);
+    if (interrupted) return StreamOutcome{.interrupted = true};
+    return result;
+}
+
+Status check_client_files(const ClientOptions& options) {
+    for (const auto& [flag, path] :
+         {std::pair{"--cacert", &options.ca_file}, std::pair{"--cert", &options.cert_file},
+          std::pair{"--key", &options.key_file}, std::pair{"--token-file", &options.token_file}}) {
+        if (path->empty()) continue;
+        UniqueFd fd(::open(path->c_str(), O_RDONLY | O_CLOEXEC));
+        struct stat st {};
+        if (!fd.valid() || ::fstat(fd.get(), &st) != 0)
+            return Error::last_errno(std::string(flag) + " " + *path + ": cannot read it");
+        if (S_ISDIR(st.st_mode))
+            return Error{EISDIR, std::string(flag) + " " + *path + ": is a directory"};
     }
-    asio::io_context io;
-    std::optional<Result<HttpReply>> out;
-    asio::co_spawn(io, exchange(socket_path, build_request(method, target, body), timeout, out),
-                   asio::detached);
-    io.run();
-    if (!out) return Error{EIO, "talking to the meshlane agent at " + socket_path + ": aborted"};
-    return std::move(*out);
+    asio::ssl::context context(asio::ssl::context::tls_client);
+    if (auto configured = configure_tls(context, options); !configured) return configured.error();
+    if (!options.token_file.empty())
+        if (auto token = read_token_file(options.token_file); !token) return token.error();
+    return Ok{};
 }
 
 }  // namespace meshlane::rest

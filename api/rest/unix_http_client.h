@@ -9,8 +9,10 @@
 #include <boost/beast/http/verb.hpp>
 #include <boost/json/value.hpp>
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "agent/common/result.h"
 
@@ -48,6 +50,25 @@ Result<HttpReply> http_request(const ClientOptions& server, boost::beast::http::
                                const std::string& target,
                                const std::optional<boost::json::value>& body = std::nullopt,
                                std::chrono::milliseconds timeout = kDefaultClientTimeout);
+
+// A streaming GET (GET /v1/events?follow=true): the reply's chunked body is handed to on_body
+// piece by piece as it arrives (on_body returns false to stop reading). Ends when the agent ends
+// the response, on_body stops, or SIGINT/SIGTERM arrives (interrupted). A non-200 reply comes
+// back whole in error_body. The timeout covers connect, handshake, request and reply header.
+using BodySink = std::function<bool(std::string_view)>;
+struct StreamOutcome {
+    unsigned status = 0;
+    std::string error_body;          // a non-200 reply's body
+    bool stopped_by_reader = false;  // on_body returned false
+    bool interrupted = false;        // SIGINT or SIGTERM
+};
+Result<StreamOutcome> http_stream(const ClientOptions& server, const std::string& target,
+                                  const BodySink& on_body,
+                                  std::chrono::milliseconds timeout = kDefaultClientTimeout);
+
+// Reads and checks the files the options name (CA bundle, client certificate and key, token
+// file) the way a request would, without contacting the agent; errors name the flag and file.
+Status check_client_files(const ClientOptions& options);
 
 // "https://HOST:PORT" split; errors name what is wrong with it.
 struct HttpsAddress {

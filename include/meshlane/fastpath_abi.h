@@ -15,6 +15,9 @@
 
 #define MESHLANE_FASTPATH_MAX_SOCKETS 65536
 #define MESHLANE_FASTPATH_MAX_CONNECTIONS 32768
+/* fastpath_pod_addrs: IPv4 pod address (network order) -> workload_id, for the workloads with
+ * MESHLANE_FASTPATH_PROXY_PROXY; written by the agent from the addresses it finds in each netns. */
+#define MESHLANE_FASTPATH_MAX_POD_ADDRS 4096
 
 /* Value of fastpath_workload_kinds (ARRAY indexed by workload_id): which pairs of this workload
  * may be accelerated. 0 = fast path off (the default, and what the agent writes for every
@@ -22,14 +25,16 @@
 enum meshlane_fastpath_kind {
     /* app <-> its own proxy's outbound listener, both ends in the pod netns over loopback. */
     MESHLANE_FASTPATH_APP_PROXY = 1u << 0,
-    /* proxy <-> proxy of two pods on the same node. Reserved: not implemented (see
-     * docs/fastpath.md); the BPF object ignores it. */
+    /* proxy <-> proxy of two pods on the same node: a connection between two non-loopback
+     * IPv4 addresses whose connecting end is in a workload with this bit and whose accepting end
+     * (in practice the other pod's inbound listener) is in a workload with this bit too. */
     MESHLANE_FASTPATH_PROXY_PROXY = 1u << 1,
 };
 
 /* One socket of a connection, seen from that socket. SOCKHASH key and, for the connecting
  * (active) end, the key of fastpath_conns. The netns cookie keeps pods apart: every pod has its
- * own 127.0.0.1. Ports in host order. IPv4 only. */
+ * own 127.0.0.1 (app <-> proxy). proxy <-> proxy keys have netns_cookie 0: the two ends are in
+ * different netns, and pod IPs are unique on a node. Ports in host order. IPv4 only. */
 struct fastpath_key {
     __u64 netns_cookie;
     __u32 local_ip4;  /* network order */
@@ -77,6 +82,10 @@ enum meshlane_fastpath_counter {
     /* accelerated connection whose peer socket had already left the SOCKHASH (closed):
      * the message goes to TCP, which answers as it would without us (RST) */
     MESHLANE_FP_CNT_PEER_GONE,
+    /* the proxy <-> proxy share of conns_accelerated and redirected_bytes (counted on the
+     * connecting end's workload, both directions) */
+    MESHLANE_FP_CNT_PROXY_PROXY_CONNS_ACCELERATED,
+    MESHLANE_FP_CNT_PROXY_PROXY_REDIRECTED_BYTES,
     MESHLANE_FP_COUNTER_MAX
 };
 #ifdef __cplusplus

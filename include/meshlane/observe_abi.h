@@ -119,6 +119,12 @@ enum meshlane_observe_loss {
     MESHLANE_LOSS_MAX
 };
 
+/* Drop reasons that are counted per workload but never streamed as events (bpf/observe_drops:
+ * rodata count_only_reasons, set by the agent from names resolved in the running kernel's BTF;
+ * config key drop_count_only_reasons). Benign per-connection reasons such as QUEUE_PURGE (every
+ * closed socket with unread data) would otherwise cost one event per connection. */
+#define MESHLANE_DROP_COUNT_ONLY_MAX 16
+
 #define MESHLANE_CONNECT_EVENTS_BYTES (256 * 1024)
 #define MESHLANE_DROP_EVENTS_BYTES (256 * 1024)
 #define MESHLANE_DROP_COUNT_ENTRIES 16384

@@ -14,6 +14,11 @@ from harness.meshlane import Agent, meshlane_bin  # noqa: E402
 from harness.topology import APP_PORT, Topology  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "agent_config(**settings): more agent.conf settings for "
+                            "the test's `agent` fixture")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
@@ -81,12 +86,14 @@ def baseline_topo(topo):
 
 @pytest.fixture
 def agent(request):
-    """A running meshlane agent with its own state dir, API socket and pin dir. The finalizer
-    unenrolls what is left, stops the agent by PID and removes the pin dir."""
+    """A running meshlane agent with its own state dir, API socket and pin dir (more settings:
+    @pytest.mark.agent_config(key=value)). The finalizer unenrolls what is left, stops the agent
+    by PID and removes the pin dir."""
     binary = meshlane_bin()
     if not os.access(binary, os.X_OK):
         pytest.fail(f"meshlane binary not found at {binary} (set MESHLANE_BIN)")
-    instance = Agent(binary)
+    marker = request.node.get_closest_marker("agent_config")
+    instance = Agent(binary, extra_config=marker.kwargs if marker else None)
     try:
         instance.start()
         yield instance

@@ -4,18 +4,22 @@ python3-grpcio, and the meshlane CLI with --server https://. A CA, a server cert
 the listeners bind free ports on 127.0.0.1 only. Checks: reads are open to TLS clients, plain
 HTTP on the TLS port gets no HTTP answer, mutations need the bearer token (401 without or with a
 wrong one, WWW-Authenticate set) or, with tls_require_client_cert, a verified client certificate
-(no certificate: the handshake fails), and bad TCP settings stop the agent before it loads
-anything, with an error naming the key."""
+(no certificate: the handshake fails), Verify needs them too (REST and gRPC), the CLI takes its
+transport options from MESHLANE_* variables (flags win), refuses unreadable or bad TLS files with
+the usage exit code, and streams `conns --follow` over https; bad TCP settings stop the agent
+before it loads anything, with an error naming the key."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
 
 import grpc
 import pytest
 
-from harness import cleanup, util
+from harness import cleanup, proc, util
 from harness.api import CURL, ReflectionClient, Reply
 from harness.meshlane import Agent, meshlane_bin
 
@@ -317,6 +321,121 @@ def test_cli_over_https(topo, token_agent, pki):
     assert gone.returncode == 3 and "cannot reach" in gone.stderr, gone
     plain = cli(agent, pki, "status", server=f"http://127.0.0.1:{agent.rest_port}")
     assert plain.returncode == 3 and "https://" in plain.stderr, plain
+
+
+def test_cli_transport_from_the_environment(topo, token_agent, pki):
+    """MESHLANE_SERVER/CACERT/TOKEN_FILE stand in for the flags; a flag wins over its variable."""
+    agent = token_agent
+    env = dict(os.environ, MESHLANE_SERVER=agent.url, MESHLANE_CACERT=pki.path("ca.crt"),
+               MESHLANE_TOKEN_FILE=pki.token_file)
+
+    def run(*args, environment=env):
+        return subprocess.run([agent.binary, *args], capture_output=True, text=True, timeout=30,
+                              env=environment)
+    status = run("status", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["version"], status.stderr
+    enrolled = run("enroll", topo.a.name, "--cgroup", topo.a.cgroup(), "--netns",
+                   topo.a.netns_path)
+    assert enrolled.returncode == 0, enrolled.stderr  # the token came from the environment
+    assert agent.workload_names() == [topo.a.name]
+    missing = pki.path("missing.crt")
+    bad_env = dict(env, MESHLANE_CACERT=missing)
+    refused = run("status", environment=bad_env)
+    assert refused.returncode == 2 and missing in refused.stderr, refused
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert run("--cacert", pki.path("ca.crt"), "status", environment=bad_env).returncode == 0
+    local = run("--server", agent.api_socket, "workloads", "--json")  # flag over env
+    assert local.returncode == 0, local.stderr
+    assert run("unenroll", topo.a.name).returncode == 0
+    assert agent.workload_names() == []
+    usage = run("--help")
+    for name in ("MESHLANE_SERVER", "MESHLANE_CACERT", "MESHLANE_CERT", "MESHLANE_KEY",
+                 "MESHLANE_TOKEN_FILE"):
+        assert name in usage.stdout, usage.stdout
+
+
+def test_cli_bad_tls_files_are_usage_errors(token_agent, pki):
+    """Exit 2 (CLI11's usage code) with one line naming the file, never 3 (agent unreachable)."""
+    agent = token_agent
+    garbage = pki.path("garbage.pem")
+    with open(garbage, "w") as f:
+        f.write("not a certificate\n")
+    missing = pki.path("missing.pem")
+    cases = [
+        (("--cacert", missing), missing),
+        (("--cacert", pki.dir), pki.dir),
+        (("--cacert", garbage), garbage),
+        (("--cacert", pki.path("ca.crt"), "--cert", pki.path("client.crt")), "--key"),
+        (("--cacert", pki.path("ca.crt"), "--cert", pki.path("client.crt"), "--key",
+          pki.path("server.key")), pki.path("server.key")),
+        (("--cacert", pki.path("ca.crt"), "--cert", garbage, "--key", pki.path("client.key")),
+         garbage),
+        (("--cacert", pki.path("ca.crt"), "--token-file", missing), missing),
+    ]
+    for flags, named in cases:
+        result = subprocess.run([agent.binary, "--server", agent.url, *flags, "status"],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2, (flags, result)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and named in lines[0], (flags, result.stderr)
+
+
+def test_follow_over_https(topo, token_agent, pki):
+    """`meshlane conns --follow --server https://...` streams like over the unix socket."""
+    agent = token_agent
+    agent.enroll_ok(topo.a)
+    follower = proc.spawn([agent.binary, "--server", agent.url, "--cacert", pki.path("ca.crt"),
+                           "conns", "--follow", "--json", "--workload", topo.a.name],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          description="meshlane conns --follow over https")
+    lines = []
+
+    def read():
+        for raw in follower.stdout:
+            lines.append(raw.decode(errors="replace").strip())
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        util.wait_until(lambda: agent.cli_json("status")["events"]["subscribers"] >= 1,
+                        timeout=10, interval=0.05, message="the https follower subscribed")
+        result = topo.a.client("127.0.0.1", 9)
+        assert not result["ok"], result
+        util.wait_until(lambda: any("127.0.0.1:9" in line for line in lines), timeout=15,
+                        interval=0.1, message="A's refused connect on the https stream")
+        event = json.loads(next(line for line in lines if "127.0.0.1:9" in line))
+        assert event["type"] == "connect" and event["workload"] == topo.a.name, event
+        assert event["details"]["outcome"] == "refused", event
+        follower.send_signal(signal.SIGINT)
+        follower.wait(timeout=10)
+        assert follower.returncode == 0, follower.stderr.read()
+    finally:
+        proc.stop(follower)
+
+
+def test_verify_needs_credentials_on_tcp_like_enroll(topo, request, pki):
+    """Verify changes no state but runs probes inside the pod: privileged on TCP, on REST and
+    gRPC alike; diagnose (read-only) stays open."""
+    agent = start_agent(request, pki, api_token_file=pki.token_file)
+    agent.enroll_ok(topo.a)
+    path = f"/v1/workloads/{topo.a.name}/verify"
+    refused = https(agent, "POST", path, pki)
+    assert refused.status == 401 and refused.json()["code"] == "unauthenticated", refused
+    allowed = https(agent, "POST", path, pki, token=TOKEN, timeout=60)
+    assert allowed.status == 200 and allowed.json()["checks"], allowed
+    assert https(agent, "GET", f"/v1/workloads/{topo.a.name}/diagnose", pki).status == 200
+
+    client = TlsReflectionClient(agent.grpc_port, pki)
+    request.addfinalizer(client.close)
+    service = client.load_service("meshlane.v1.Agent")
+    code, details = grpc_code(lambda: client.call(service, "Verify", name=topo.a.name))
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "bearer token" in details, details
+    method = service.methods_by_name["Verify"]
+    stub = client.channel.unary_unary(
+        f"/{service.full_name}/Verify", request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=client.messages[method.output_type.full_name].FromString)
+    verified = stub(client.messages[method.input_type.full_name](name=topo.a.name), timeout=60,
+                    metadata=[("authorization", f"Bearer {TOKEN}")])
+    assert verified.workload == topo.a.name and verified.checks, verified
+    assert client.call(service, "Diagnose", name=topo.a.name).workload == topo.a.name
 
 
 # -- configuration --------------------------------------------------------------------------------

@@ -46,6 +46,9 @@ def check(report, hop):
 
 
 def test_healthy_pods_have_no_finding_and_verify(meshed, agent):
+    # Real traffic first: the observer-based rules (refusals, drops) see a working pair.
+    assert meshed.a.client(meshed.b.ip4, APP_PORT)["ok"]
+    assert meshed.a.client(meshed.b.ip6, APP_PORT)["ok"]
     for pod in meshed.pods:
         report = diagnose(agent, pod)
         assert report["findings"] == [], json.dumps(report, indent=1)
@@ -63,6 +66,47 @@ def test_healthy_pods_have_no_finding_and_verify(meshed, agent):
     assert text.returncode == 0 and "PASS [outbound]" in text.stdout, text.stdout
 
 
+def tcp_packets_arriving(pod):
+    """IPv4 + IPv6 TCP packets counted by the raw PREROUTING rules count_arriving() added."""
+    total = 0
+    for tool in ("iptables", "ip6tables"):
+        out = pod.exec(tool, "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n").stdout
+        total += sum(int(line.split()[0]) for line in out.splitlines()[2:] if line.strip())
+    return total
+
+
+def count_arriving(pod):
+    """Counting rules (raw PREROUTING, ACCEPT) for TCP arriving on pod's veth: to TEST-NET-1,
+    SYNs, and the rest, listed apart so a failure shows what arrived."""
+    for tool in ("iptables", "ip6tables"):
+        if tool == "iptables":
+            pod.exec(tool, "-t", "raw", "-A", "PREROUTING", "-i", pod.veth, "-p", "tcp", "-d",
+                     "192.0.2.0/24", "-j", "ACCEPT")
+        pod.exec(tool, "-t", "raw", "-A", "PREROUTING", "-i", pod.veth, "-p", "tcp", "--syn",
+                 "-j", "ACCEPT")
+        pod.exec(tool, "-t", "raw", "-A", "PREROUTING", "-i", pod.veth, "-p", "tcp", "-j",
+                 "ACCEPT")
+
+
+def test_verify_sends_nothing_out_of_the_pod(meshed, agent):
+    """Every real pod has a default route, so a probe (or the proxy's upstream connect for it)
+    to a non-local address would leave the pod. With B's default route via A, A counts every
+    TCP packet arriving from B: verify, including what the proxy does with the outbound probe,
+    sends none."""
+    a, b = meshed.a, meshed.b
+    b.ip("route", "add", "default", "via", a.ip4)
+    count_arriving(a)
+    report, _ = verify(agent, b)
+    assert report["passed"], json.dumps(report, indent=1)
+    time.sleep(0.5)  # absence cannot be polled for: give a late SYN time to arrive
+    rules = a.exec("iptables", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n").stdout
+    assert tcp_packets_arriving(a) == 0, f"{rules}\n{json.dumps(report, indent=1)}"
+    # The rules do count what B sends out (the app's connect, through B's proxy, to A).
+    assert b.client(a.ip4, 9, timeout=2)["ok"] is False
+    assert tcp_packets_arriving(a) >= 1
+    assert diagnose(agent, b)["findings"] == []
+
+
 def test_refused_before_the_proxy_listens(topo, agent):
     agent.enroll_ok(topo.b)
     topo.b.start_app(ports=(APP_PORT,))
@@ -76,6 +120,7 @@ def test_refused_before_the_proxy_listens(topo, agent):
     assert "holdApplicationUntilProxyStarts" in f["fix"] and "passthrough" in f["fix"]
     finding(report, "no_inbound_listener")
     text = agent.cli("diagnose", topo.b.name)
+    print(f"\n$ meshlane diagnose {topo.b.name}\n{text.stdout}")
     assert text.returncode == 4
     assert text.stdout.index("Cause:") < text.stdout.index("Evidence:") < text.stdout.index("Fix:")
 
@@ -183,6 +228,28 @@ def test_exclusion_of_the_app_port_and_inclusion_of_proxy_ports(topo, agent):
     agent.enroll_ok(topo.b, include_ports=f"{APP_PORT},15006")
     f = finding(diagnose(agent, topo.b), "proxy_port_included")
     assert any("15006" in e for e in f["evidence"]), f
+
+
+def test_diagnose_all_workloads(topo, agent):
+    """`diagnose --all`: one row per enrolled workload; exit 4 while one has a critical finding
+    (B: no proxy listening), 0 once none has."""
+    agent.enroll_ok(topo.a)
+    agent.enroll_ok(topo.b)
+    topo.a.start_sidecar(kind="haproxy")
+    text = agent.cli("diagnose", "--all")
+    assert text.returncode == 4, (text.stdout, text.stderr)
+    rows = {line.split()[0]: line.split() for line in text.stdout.splitlines()[1:-1]}
+    assert rows[topo.a.name][1:] == ["0", "0", "0", "none"], text.stdout
+    assert rows[topo.b.name][1] != "0" and "no_inbound_listener" in rows[topo.b.name][4], \
+        text.stdout
+    assert "2 workload(s), 1 with a critical finding" in text.stdout, text.stdout
+    print(f"\n$ meshlane diagnose --all\n{text.stdout}")
+    data = json.loads(agent.cli("diagnose", "--all", "--json").stdout)
+    assert data["critical_workloads"] == 1 and len(data["workloads"]) == 2, data
+    topo.b.start_sidecar(kind="haproxy")
+    assert agent.cli("diagnose", "--all").returncode == 0
+    assert agent.cli("diagnose").returncode == 2  # neither NAME nor --all: usage
+    assert agent.cli("diagnose", topo.a.name, "--all").returncode == 2
 
 
 def test_unknown_workload(agent):

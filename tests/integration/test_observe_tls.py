@@ -8,13 +8,16 @@ import os
 
 import pytest
 
-from harness import proc, util
-from harness import sidecar as sidecar_module
-from harness.sidecar import HAPROXY_LOG_FORMAT, Sidecar
-from harness.topology import APP_GID, APP_PORT, APP_UID
+from harness import util
+from harness.tls import (SNI, all_keys, make_ca_certs, new_events, run_client, self_signed_cert,
+                         start_mtls_sidecar, start_tls_server, tls_view, wait_attached,
+                         workload_tls)
+from harness.tls import curl_client as tls_curl_client
+from harness.tls import gnutls_client as tls_gnutls_client
+from harness.tls import openssl_client as tls_openssl_client
+from harness.topology import APP_PORT
 
 TLS_PORT = 8443
-SNI = "tls.test"
 DELAY_MS = 200
 # The window the issue asks for, [D, D + 20 ms], is the default: on a quiet machine (CI runs the
 # integration files one at a time) every client measured D + 3 .. D + 7 ms. On a box shared with
@@ -31,96 +34,23 @@ def tls_pods(meshed, agent):
     """Both pods enrolled with HAProxy sidecars; a TLS server on B:8443 delaying handshakes by
     DELAY_MS; the wire programs attached to both pods' cgroups."""
     topo = meshed
-    cert, key = (os.path.join(topo.workdir, name) for name in ("tls-cert.pem", "tls-key.pem"))
-    util.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-              "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert, "-days",
-              "1", "-subj", f"/CN={SNI}", "-addext", f"subjectAltName=DNS:{SNI}"])
-    os.chmod(key, 0o644)  # the server runs as the app's uid; a throwaway key in the test dir
-    err = open(os.path.join(topo.workdir, "tls-server.err"), "ab")
-    try:
-        server = proc.spawn([util.PYTHON, os.path.join(util.SCRIPTS_DIR, "tls_server.py"),
-                             "--listen", f"0.0.0.0:{TLS_PORT}", "--cert", cert, "--key", key,
-                             "--delay-ms", str(DELAY_MS)],
-                            netns_path=topo.b.netns_path, cgroup_dir=topo.b.cgroup("app"),
-                            uid=APP_UID, gid=APP_GID, groups=[], stdout=err, stderr=err,
-                            description=f"tls server of {topo.b.name}")
-    finally:
-        err.close()
-    topo.b.apps.append(server)
-    util.wait_until(lambda: server.poll() is not None or topo.b.listening([TLS_PORT],
-                                                                         pid=server.pid),
-                    timeout=5, message="TLS server listening")
-    assert server.poll() is None, "TLS server exited"
-
-    def attached():
-        return tls_view(agent)[1]["tls_attached_cgroups"] >= 2
-    util.wait_until(attached, timeout=5, interval=0.1, message="wire programs on both pods")
+    cert, key = self_signed_cert(topo.workdir)
+    start_tls_server(topo.b, TLS_PORT, cert, key, delay_ms=DELAY_MS)
+    wait_attached(agent)
     topo.cert = cert
     return topo
 
 
-def tls_view(agent, pod=None):
-    args = ["tls"] + (["--workload", pod.name] if pod else [])
-    data = agent.cli_json(*args)
-    return data["workloads"], data["observer"]
-
-
-def workload_tls(agent, pod):
-    workloads, _ = tls_view(agent, pod)
-    assert [w["name"] for w in workloads] == [pod.name], workloads
-    return workloads[0]
-
-
-def run_client(pod, args, stdin="GET / HTTP/1.0\r\nHost: tls.test\r\n\r\n", check=True):
-    """Runs a client in pod's app cgroup as the app's uid, with stdin (the request to send)."""
-    result = proc.run_in(args, netns_path=pod.netns_path, cgroup_dir=pod.cgroup("app"),
-                         uid=APP_UID, gid=APP_GID, groups=[], timeout=20, input=stdin)
-    if check:
-        assert result.returncode == 0, f"{args} -> {result.returncode}: {result.stderr[-800:]}"
-    return result
-
-
 def openssl_client(topo, version, extra=()):
-    return ["openssl", "s_client", "-connect", f"{topo.b.ip4}:{TLS_PORT}", "-servername", SNI,
-            f"-tls{version.replace('.', '_')}", "-quiet", *extra]
+    return tls_openssl_client(topo.b.ip4, TLS_PORT, version, extra=extra)
 
 
 def curl_client(topo, version, extra=("-k",)):
-    bounds = ["--tlsv1.3"] if version == "1.3" else ["--tlsv1.2", "--tls-max", "1.2"]
-    return ["curl", "-sS", "--max-time", "10", *extra, *bounds, "--resolve",
-            f"{SNI}:{TLS_PORT}:{topo.b.ip4}", f"https://{SNI}:{TLS_PORT}/"]
+    return tls_curl_client(topo.b.ip4, TLS_PORT, version, extra=extra)
 
 
 def gnutls_client(topo, version):
-    return ["gnutls-cli", "--insecure", "--sni-hostname", SNI, "-p", str(TLS_PORT),
-            "--priority", f"NORMAL:-VERS-ALL:+VERS-TLS{version}", topo.b.ip4]
-
-
-def new_events(agent, pod, seen, predicate, count, what, timeout=5.0):
-    """Waits for `count` recent handshakes of pod matching predicate that are not in `seen`
-    (a set of keys of events already looked at); returns them."""
-    found = {}
-
-    def check():
-        w = workload_tls(agent, pod)
-        fresh = [e for e in w["recent"] if key(e) not in seen and predicate(e)]
-        found["events"], found["w"] = fresh, w
-        return len(fresh) >= count
-    try:
-        util.wait_until(check, timeout=timeout, interval=0.1, message=what)
-    except TimeoutError as e:
-        raise AssertionError(f"{e}; last view: {found.get('w')}") from None
-    seen.update(key(e) for e in found["events"])
-    return found["events"], found["w"]
-
-
-def key(event):
-    return (event["time_unix_ms"], event["source"], event["side"], event["local"],
-            event["latency_ms"], event["pid"])
-
-
-def all_keys(agent, pod):
-    return {key(e) for e in workload_tls(agent, pod)["recent"]}
+    return tls_gnutls_client(topo.b.ip4, TLS_PORT, version)
 
 
 CLIENTS = [
@@ -246,72 +176,19 @@ def test_libssl_time_agrees_with_wire_and_retries_are_one_handshake(tls_pods, ag
     assert DELAY_MS <= e["latency_ms"] <= DELAY_MS + SLACK_MS, e
 
 
-def mtls_haproxy_config(workdir):
-    """The harness's HAProxy sidecar with TLS on the pod-to-pod hop: the outbound backend
-    originates TLS with a client certificate, the inbound frontend terminates it and requires
-    one (mTLS, as between two Istio sidecars). App <-> proxy hops stay plaintext."""
-    client, server, ca = (os.path.join(workdir, n) for n in ("mtls-client.pem", "mtls-server.pem",
-                                                             "mtls-ca.pem"))
-    return "\n".join([
-        "global", "    maxconn 256", "    log stdout format raw local0",
-        "defaults", "    mode tcp", "    log global", f'    log-format "{HAPROXY_LOG_FORMAT}"',
-        "    timeout connect 3s", "    timeout client 10s", "    timeout server 10s",
-        "frontend outbound", "    bind 127.0.0.1:15001", "    default_backend outbound_dst",
-        "backend outbound_dst",
-        f"    server s 0.0.0.0:0 ssl verify required ca-file {ca} crt {client} sni str({SNI})",
-        "frontend inbound", f"    bind :::15006 v4v6 ssl crt {server} ca-file {ca} verify required",
-        "    default_backend inbound_dst", "backend inbound_dst", "    server s 0.0.0.0:0",
-    ]) + "\n"
-
-
-def make_mtls_certs(workdir):
-    """A CA, and a server and a client certificate it signed (PEM cert+key, as HAProxy wants)."""
-    def path(name):
-        return os.path.join(workdir, name)
-    util.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-              "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", path("mtls-ca.key"), "-out",
-              path("mtls-ca.pem"), "-days", "1", "-subj", "/CN=meshlane-test-ca"])
-    for role in ("server", "client"):
-        util.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                  "-nodes", "-keyout", path(f"mtls-{role}.key"), "-out", path(f"mtls-{role}.csr"),
-                  "-subj", f"/CN={SNI}"])
-        util.run(["openssl", "x509", "-req", "-in", path(f"mtls-{role}.csr"), "-CA",
-                  path("mtls-ca.pem"), "-CAkey", path("mtls-ca.key"), "-CAcreateserial", "-days",
-                  "1", "-out", path(f"mtls-{role}.crt"), "-extfile", "/dev/stdin"],
-                 input=f"subjectAltName=DNS:{SNI}\n")
-        with open(path(f"mtls-{role}.pem"), "w") as out:
-            for part in (f"mtls-{role}.crt", f"mtls-{role}.key"):
-                with open(path(part)) as f:
-                    out.write(f.read())
-        os.chmod(path(f"mtls-{role}.pem"), 0o644)  # the proxies run as uid 1337
-
-
-class MtlsSidecar(Sidecar):
-    """Sidecar with the mTLS configuration above instead of the harness's plain one."""
-
-    def start(self):
-        original = sidecar_module.haproxy_config
-        sidecar_module.haproxy_config = lambda *args, **kwargs: mtls_haproxy_config(
-            self.pod.workdir)
-        try:
-            return super().start()
-        finally:
-            sidecar_module.haproxy_config = original
-
-
 def test_mtls_between_haproxy_sidecars(topo, agent):
     """The app's plain HTTP to B is carried over mTLS between the two HAProxy sidecars: A's
     proxy's upstream handshake is measured on the wire (any library) and by the libssl uprobes
     (HAProxy is non-blocking: several SSL_do_handshake calls, one handshake); B's proxy's
     server-side handshake by the uprobes."""
-    make_mtls_certs(topo.workdir)
+    certs = make_ca_certs(topo.workdir)
     agent.enroll_ok(topo.a)
     agent.enroll_ok(topo.b)
     for pod in topo.pods:
-        pod.sidecar = MtlsSidecar(pod).start()
+        start_mtls_sidecar(pod, client_pem=certs["client"], server_pem=certs["server"],
+                           ca=certs["ca"])
     topo.b.start_app()
-    util.wait_until(lambda: tls_view(agent)[1]["tls_attached_cgroups"] >= 2, timeout=5,
-                    interval=0.1, message="wire programs on both pods")
+    wait_attached(agent)
     result = topo.a.client(topo.b.ip4, APP_PORT)
     assert result.get("ok"), result
 

@@ -159,15 +159,59 @@ TEST(DiagnoseObserved, TlsFailingOrSlowDestinations) {
     ASSERT_TRUE(f);
     EXPECT_EQ(f->severity, Severity::kWarning);
     EXPECT_EQ(f->data.at("tls_slow"), 4);
-    EXPECT_NE(f->evidence.front().find("slower than 200 ms"), std::string::npos);
-    TlsDestination failing{"db:5432", "", 1, 2, 0, 1000, 1000, "alert fatal 42 (bad_certificate)",
+    EXPECT_NE(f->evidence.front().find("4 at or above the 200 ms threshold"), std::string::npos);
+    EXPECT_EQ(f->cause.rfind("Slow first request", 0), 0u) << f->cause;
+    EXPECT_NE(f->fix.find("openssl s_client"), std::string::npos);
+    TlsDestination failing{"db:5432", "", 3, 2, 0, 1000, 1000, "alert fatal 42 (bad_certificate)",
                            kNow - 100};
     in.tls->destinations.push_back(failing);
     f = rule_tls_handshakes(in);
     ASSERT_TRUE(f);
     EXPECT_EQ(f->severity, Severity::kCritical);
     EXPECT_EQ(f->data.at("tls_failures"), 2);
-    EXPECT_NE(f->cause.find("mTLS handshake failure"), std::string::npos);
+    EXPECT_EQ(f->cause.rfind("mTLS handshake failure", 0), 0u) << f->cause;
+    EXPECT_NE(f->cause.find("503 UF"), std::string::npos);
+    EXPECT_NE(f->cause.find("also slower than 200 ms"), std::string::npos);
+}
+
+TEST(DiagnoseObserved, TlsFailureMeaningAndReproduceCommand) {
+    auto in = observed_pod();
+    TlsDestination d;
+    d.destination = d.sni = "reviews.test";
+    d.address = "10.0.0.3:9080";
+    d.hop = "upstream";
+    d.handshakes = d.failures = 3;
+    d.failures_by_kind = {{"alert", 3}};
+    d.last_failure_kind = "alert";
+    d.last_alert_description = 48;
+    d.last_failure = "alert fatal 48 (unknown_ca)";
+    d.first_failure_unix_ms = kNow - 3000;
+    d.last_failure_unix_ms = kNow - 1000;
+    in.tls = TlsObservation{200, {d}};
+    auto f = rule_tls_handshakes(in);
+    ASSERT_TRUE(f);
+    EXPECT_NE(f->cause.find("not signed by a CA this side trusts"), std::string::npos) << f->cause;
+    EXPECT_NE(f->fix.find("nsenter --net=/var/run/netns/pod-b openssl s_client -connect "
+                          "10.0.0.3:9080 -servername reviews.test"),
+              std::string::npos)
+        << f->fix;
+    EXPECT_NE(f->fix.find("PeerAuthentication"), std::string::npos);
+    ASSERT_EQ(f->evidence.size(), 1u);
+    const auto& line = f->evidence.front();
+    EXPECT_EQ(line.rfind("reviews.test (10.0.0.3:9080), measured on the proxy's upstream", 0), 0u)
+        << line;
+    EXPECT_NE(line.find("3 failed (3 alert), first failure at 2023-11-14T22:14:57.000Z, last at "
+                        "2023-11-14T22:14:59.000Z: alert fatal 48 (unknown_ca)"),
+              std::string::npos)
+        << line;
+    EXPECT_EQ(f->data.at("tls_failures_alert.reviews.test"), 3);
+    EXPECT_EQ(f->data.at("tls_first_failure_unix_ms.reviews.test"), kNow - 3000);
+
+    in.tls->destinations[0].last_failure_kind = "reset";
+    in.tls->destinations[0].last_alert_description = -1;
+    f = rule_tls_handshakes(in);
+    ASSERT_TRUE(f);
+    EXPECT_NE(f->cause.find("rejected this side's client certificate"), std::string::npos);
 }
 
 TlsHandshakeRecord handshake(const std::string& destination, const std::string& source,
@@ -203,6 +247,7 @@ TEST(DiagnoseObserved, TlsSummaryFromTheAggregate) {
     EXPECT_EQ(by["slow.example"].handshakes, 2u);  // the wire source, not both
     EXPECT_EQ(by["slow.example"].slow, 2u);
     EXPECT_EQ(by["slow.example"].p99_us, 310000u);
+    EXPECT_EQ(by["slow.example"].p50_us, 300000u);
     EXPECT_EQ(by["fast.example"].slow, 0u);
     EXPECT_EQ(by["bad.example"].failures, 1u);
     EXPECT_NE(by["bad.example"].last_failure.find("42"), std::string::npos);
@@ -215,6 +260,46 @@ TEST(DiagnoseObserved, TlsSummaryFromTheAggregate) {
     EXPECT_EQ(f->severity, Severity::kCritical);
     EXPECT_EQ(f->data.at("tls_failures"), 1);
     EXPECT_EQ(f->data.at("tls_slow"), 2);
+}
+
+TEST(DiagnoseObserved, TlsHandshakeSeenOnTwoHopsCountsOnce) {
+    // The app's own TLS through a pass-through proxy: the wire sees each handshake on the app's
+    // connection and again on the proxy's upstream connection.
+    WorkloadTls tls;
+    for (int i = 0; i < 3; ++i) {
+        for (const char* side : {"app", "upstream"}) {
+            auto h = handshake("bad.example", "wire", "alert", 5, kNow - 3000 + i * 1000);
+            h.side = side;
+            h.peer = std::string(side) == "app" ? "127.0.0.1:15001" : "10.0.0.3:8443";
+            if (std::string(side) == "app") h.original_destination = "10.0.0.3:8443";
+            h.alert_level = 2;
+            h.alert_description = 48;
+            tls.recent.push_back(h);
+        }
+    }
+    auto libssl = handshake("process curl", "libssl", "ok", 5, kNow - 400);
+    libssl.sni.clear();  // libssl without SNI: the same handshake as the wire's, not a destination
+    tls.recent.push_back(libssl);
+    tls.recent.push_back(handshake("bad.example", "wire", "reset", 5, kNow - 500));
+    tls.recent.back().side = "upstream";
+    const auto summary = summarize_tls(tls, std::chrono::milliseconds(200), kNow - 600000);
+    ASSERT_EQ(summary.destinations.size(), 1u);
+    const auto& d = summary.destinations.front();
+    EXPECT_EQ(d.hop, "upstream");  // 4 attempts there, 3 on the app's hop: never summed
+    EXPECT_EQ(d.handshakes, 4u);
+    EXPECT_EQ(d.failures, 4u);
+    EXPECT_EQ(d.failures_by_kind.at("alert"), 3u);
+    EXPECT_EQ(d.failures_by_kind.at("reset"), 1u);
+    EXPECT_EQ(d.first_failure_unix_ms, kNow - 3000);
+    EXPECT_EQ(d.last_failure_unix_ms, kNow - 500);
+    EXPECT_EQ(d.last_failure_kind, "reset");
+    EXPECT_EQ(d.address, "10.0.0.3:8443");
+
+    tls.recent.pop_back();  // a tie: the app's hop, with its original destination
+    const auto tie = summarize_tls(tls, std::chrono::milliseconds(200), kNow - 600000);
+    EXPECT_EQ(tie.destinations.front().hop, "app");
+    EXPECT_EQ(tie.destinations.front().address, "10.0.0.3:8443");
+    EXPECT_EQ(tie.destinations.front().last_failure, "alert fatal 48 (unknown_ca)");
 }
 
 }  // namespace

@@ -187,28 +187,5 @@ TEST(DiagnoseRules, CriticalFirst) {
     EXPECT_EQ(findings[0].severity, Severity::kCritical);
 }
 
-TEST(DiagnoseParse, ListenSockets) {
-    const std::string tcp =
-        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
-        "timeout inode\n"
-        "   0: 0100007F:3A99 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1337        "
-        "0 4242 1 0\n"
-        "   1: 0100007F:3A99 0100007F:C350 01 00000000:00000000 00:00000000 00000000  1000        "
-        "0 4343 1 0\n";
-    const auto sockets = parse_listen_sockets(tcp, false);
-    ASSERT_EQ(sockets.size(), 1u);
-    EXPECT_EQ(sockets[0].local, "127.0.0.1:15001");
-    EXPECT_EQ(sockets[0].uid, 1337u);
-    EXPECT_EQ(sockets[0].inode, 4242u);
-    const std::string tcp6 =
-        "  sl  local_address                         remote_address                        st "
-        "tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
-        "   0: 00000000000000000000000000000000:3A9E 00000000000000000000000000000000:0000 0A "
-        "00000000:00000000 00:00000000 00000000  1337        0 77 1 0\n";
-    const auto six = parse_listen_sockets(tcp6, true);
-    ASSERT_EQ(six.size(), 1u);
-    EXPECT_EQ(six[0].local, "[::]:15006");
-}
-
 }  // namespace
 }  // namespace meshlane::diagnose

@@ -20,6 +20,18 @@ Event event(std::string type, std::string workload) {
 
 const Event& as_event(const StreamItem& item) { return std::get<Event>(item); }
 
+// Agent-wide loss notices (the observer's kernel-side losses) reach filtered streams too.
+TEST(EventBus, NoticesReachEveryFilteredSubscriber) {
+    EventBus bus;
+    auto web = bus.subscribe({.workload = "web", .types = {kWorkloadEnrolled}});
+    bus.publish(Event{.type = "observe_lost_events", .details = {{"lost", "3"}}, .notice = true});
+    bus.publish(Event{.type = "observe_lost_events"});  // not a notice: filtered out
+    auto got = web->poll(10);
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(as_event(got[0]).type, "observe_lost_events");
+    EXPECT_EQ(bus.history({.workload = "web", .types = {"drop"}}).size(), 1u);
+}
+
 TEST(EventBus, FiltersByWorkloadAndType) {
     EventBus bus;
     auto web = bus.subscribe({.workload = "web"});

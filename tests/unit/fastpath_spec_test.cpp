@@ -56,6 +56,28 @@ TEST(FastpathSpec, ConflictNamesTheField) {
     EXPECT_EQ(fields[0], "fast_path");
 }
 
+TEST(FastpathSpec, ProxyProxyIsItsOwnSwitch) {
+    auto object = minimal_json();
+    object["fast_path_proxy_proxy"] = true;
+    auto spec = workload_spec_from_json(object);
+    ASSERT_TRUE(spec.ok()) << spec.error().message;
+    EXPECT_FALSE(spec->fast_path);
+    EXPECT_TRUE(spec->fast_path_proxy_proxy);
+    auto again = workload_spec_from_json(to_json(*spec));
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(*again, *spec);
+    auto plain = workload_spec_from_json(minimal_json());
+    ASSERT_TRUE(plain.ok());
+    EXPECT_FALSE(plain->fast_path_proxy_proxy);
+    auto fields = differing_fields(*plain, *spec);
+    ASSERT_EQ(fields.size(), 1u);
+    EXPECT_EQ(fields[0], "fast_path_proxy_proxy");
+    object["fast_path_proxy_proxy"] = 1;
+    auto wrong = workload_spec_from_json(object);
+    ASSERT_FALSE(wrong.ok());
+    EXPECT_NE(wrong.error().message.find("fast_path_proxy_proxy"), std::string::npos);
+}
+
 TEST(FastpathCounters, EveryCounterHasADistinctName) {
     std::set<std::string> names;
     for (unsigned c = 0; c < MESHLANE_FP_COUNTER_MAX; ++c) {

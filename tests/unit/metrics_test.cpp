@@ -462,6 +462,22 @@ class FakeObservations : public ObservationSource {
     std::optional<std::uint32_t> drop_reason_value(std::string_view) const override {
         return std::nullopt;
     }
+    BpfMapFillReport map_fill() const override {
+        BpfMapFillReport report;
+        report.counted_unix_ms = 1;
+        report.maps.push_back({.name = "drop_counts",
+                               .owner = "observe_drops",
+                               .id = 7,
+                               .type = "hash",
+                               .max_entries = 16384,
+                               .entries = 4});
+        report.maps.push_back({.name = "orig_dst_by_socket",
+                               .owner = "pinned",
+                               .id = 3,
+                               .type = "sk_storage",
+                               .note = "not countable"});
+        return report;
+    }
 };
 
 // The observer's families through the router: valid exposition (the validator above), one
@@ -496,13 +512,16 @@ TEST(MetricsEndpoint, ServesTheObserversFamilies) {
              "meshlane_tcp_resets_total{workload=\"web\",direction=\"received\"} 2\n",
              "meshlane_drops_total{workload=\"web\",reason=\"NETFILTER_DROP\"} 5\n",
              "meshlane_drops_total{workload=\"db\",reason=\"NO_SOCKET\"} 1\n",
-             "meshlane_observe_drop_count_entries 4\n",
+             "meshlane_bpf_map_entries{map=\"drop_counts\",owner=\"observe_drops\"} 4\n",
+             "meshlane_bpf_map_max_entries{map=\"drop_counts\",owner=\"observe_drops\"} 16384\n",
              "meshlane_observe_lost_events_total{kind=\"drops.rate_limited\"} 9\n",
              "meshlane_observe_events_total{kind=\"drop\"} 3\n",
              "meshlane_observe_memory_limit_bytes 5000\n",
              "meshlane_observe_tracking{part=\"drop\"} 1\n",
          })
         EXPECT_NE(text.find(expected), std::string::npos) << "missing " << expected << "\n" << text;
+    // An uncountable map is not given a number (GET /v1/status says why).
+    EXPECT_EQ(text.find("map=\"orig_dst_by_socket\""), std::string::npos);
     // HELP and TYPE exactly once per family.
     for (const char* family : {"meshlane_tcp_connect_seconds", "meshlane_drops_total"}) {
         const std::string help = std::string("# HELP ") + family + " ";

@@ -108,5 +108,48 @@ TEST(TlsAggregate, NamesAndUnprintableSni) {
     EXPECT_EQ(aggregate.view(3, kCookie).recent[0].sni, "a??");
 }
 
+TEST(TlsAggregate, GlobalDestinationCapEvictsFromTheLargest) {
+    TlsAggregate aggregate(TlsAggregateLimits{8, 100, 16, 64, 10});
+    auto add = [&](std::uint64_t cookie, int i) {
+        auto e = event("w" + std::to_string(cookie) + "-d" + std::to_string(i), MESHLANE_TLS_OK, 1);
+        e.netns_cookie = cookie;
+        e.workload_id = static_cast<std::uint32_t>(cookie);
+        aggregate.add_event(e, i);
+    };
+    for (int i = 0; i < 20; ++i) add(1, i);  // one busy workload fills the global cap
+    EXPECT_EQ(aggregate.destinations(), 10u);
+    EXPECT_EQ(aggregate.destinations_evicted(), 10u);
+    for (int i = 0; i < 3; ++i) add(2, i);  // a quiet one still gets room, taken from the busy one
+    EXPECT_EQ(aggregate.destinations(), 10u);
+    EXPECT_EQ(aggregate.destinations_evicted(), 13u);
+    EXPECT_EQ(aggregate.view(2, 2).destinations.size(), 3u);
+    const auto busy = aggregate.view(1, 1);
+    ASSERT_EQ(busy.destinations.size(), 7u);
+    // The least recently seen went first: d13..d19 are left.
+    EXPECT_EQ(busy.destinations.front().destination, "w1-d13");
+    EXPECT_EQ(aggregate.destinations_limit(), 10u);
+    EXPECT_LE(aggregate.memory_bytes(), aggregate.memory_limit_bytes());
+
+    // Forgetting a workload gives its destinations back.
+    aggregate.apply_snapshot({TlsWorkloadTotals{2, 2, {}}});
+    EXPECT_EQ(aggregate.destinations(), 3u);
+}
+
+TEST(TlsAggregate, ManyWorkloadsStayWithinTheBoundAndItIsTensOfMegabytes) {
+    TlsAggregate aggregate(TlsAggregateLimits{64, 32, 4, 128, 256});
+    for (std::uint64_t cookie = 1; cookie <= 64; ++cookie)
+        for (int i = 0; i < 40; ++i) {
+            auto e = event("d" + std::to_string(i), MESHLANE_TLS_OK, 1);
+            e.netns_cookie = cookie;
+            aggregate.add_event(e, i);
+            ASSERT_LE(aggregate.memory_bytes(), aggregate.memory_limit_bytes());
+        }
+    EXPECT_EQ(aggregate.destinations(), 256u);
+    EXPECT_EQ(aggregate.destinations_evicted(), 64u * 40u - 256u);
+    // The agent's defaults (4096 workloads, 256 per workload, 16384 in all, 16384 events).
+    const TlsAggregate defaults(TlsAggregateLimits{4096, 256, 256, 16384, 16384});
+    EXPECT_LT(defaults.memory_limit_bytes(), std::size_t{64} << 20);
+}
+
 }  // namespace
 }  // namespace meshlane

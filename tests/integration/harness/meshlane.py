@@ -34,10 +34,12 @@ def cli_flags(options):
 class Agent:
     """One agent process with a per-instance state dir, API socket and pin dir
     (/sys/fs/bpf/meshlane-test-<id>). kill()/start() simulate a crash and a restart with the
-    same configuration."""
+    same configuration. extra_config: more `key = value` lines for agent.conf
+    ({"tls_slow_handshake_threshold_ms": 100})."""
 
-    def __init__(self, binary, run_id=None):
+    def __init__(self, binary, run_id=None, extra_config=None):
         self.binary = binary
+        self.extra_config = dict(extra_config or {})
         self.id = run_id or util.unique_id()
         self.dir = f"/tmp/meshlane-agent-{self.id}"
         self.state_dir = os.path.join(self.dir, "state")
@@ -60,6 +62,8 @@ class Agent:
                     f"grpc_socket = {self.grpc_socket}\n"
                     f"pin_dir = {self.pin_dir_name}\n"
                     "log_level = debug\n")
+            for key, value in self.extra_config.items():
+                f.write(f"{key} = {value}\n")
 
     def prepare(self):
         """Registers the cleanup of the dirs and pins (before anything can create them, so a

@@ -160,8 +160,9 @@ class Sidecar:
     """One running sidecar process of a pod, in the pod's sidecar cgroup, as uid/gid 1337."""
 
     def __init__(self, pod, kind="haproxy", inbound_bind="dual", passthrough_source=False,
-                 uid=PROXY_UID, gid=PROXY_GID, maxconn=256):
+                 uid=PROXY_UID, gid=PROXY_GID, maxconn=256, config=None):
         self.pod = pod
+        self.config = config  # HAProxy only: a whole config instead of haproxy_config()
         self.maxconn = maxconn  # HAProxy only (the stress tests need > 1000)
         self.kind = kind
         self.inbound_bind = inbound_bind
@@ -176,8 +177,8 @@ class Sidecar:
         if self.kind == "haproxy":
             cfg = os.path.join(self.pod.workdir, f"haproxy-{self.pod.short}.cfg")
             with open(cfg, "w") as f:
-                f.write(haproxy_config(self.inbound_bind, self.passthrough_source,
-                                       maxconn=self.maxconn))
+                f.write(self.config or haproxy_config(self.inbound_bind, self.passthrough_source,
+                                                      maxconn=self.maxconn))
             os.chmod(cfg, 0o644)
             args = ["/usr/sbin/haproxy", "-db", "-f", cfg]
         else:

@@ -1,0 +1,89 @@
+#include "agent/common/tcp_listeners.h"
+
+#include <arpa/inet.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <array>
+#include <cstring>
+
+#include "agent/common/unique_fd.h"
+
+namespace meshlane {
+
+namespace {
+
+Status dump_family(int sock, int family, std::vector<TcpListener>& out) {
+    struct {
+        nlmsghdr header;
+        inet_diag_req_v2 request;
+    } message{};
+    message.header.nlmsg_len = sizeof(message);
+    message.header.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    message.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    message.header.nlmsg_seq = static_cast<__u32>(family);
+    message.request.sdiag_family = static_cast<__u8>(family);
+    message.request.sdiag_protocol = IPPROTO_TCP;
+    message.request.idiag_states = 1U << TCP_LISTEN;
+    sockaddr_nl kernel{};
+    kernel.nl_family = AF_NETLINK;
+    if (::sendto(sock, &message, sizeof(message), 0, reinterpret_cast<sockaddr*>(&kernel),
+                 sizeof(kernel)) < 0)
+        return Error::last_errno("sock_diag: send the TCP listener dump request");
+
+    alignas(nlmsghdr) std::array<char, 32768> buffer{};
+    for (;;) {
+        const ssize_t got = ::recv(sock, buffer.data(), buffer.size(), 0);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            return Error::last_errno("sock_diag: read the TCP listener dump");
+        }
+        if (got == 0) return Error{EIO, "sock_diag: the dump ended without NLMSG_DONE"};
+        int remaining = static_cast<int>(got);
+        for (auto* header = reinterpret_cast<nlmsghdr*>(buffer.data()); NLMSG_OK(header, remaining);
+             header = NLMSG_NEXT(header, remaining)) {
+            if (header->nlmsg_type == NLMSG_DONE) return {};
+            if (header->nlmsg_type == NLMSG_ERROR) {
+                const auto* error = static_cast<const nlmsgerr*>(NLMSG_DATA(header));
+                const int code = error->error < 0 ? -error->error : EIO;
+                // No IPv6 in this namespace (or kernel): no IPv6 listeners.
+                if (family == AF_INET6 && code == ENOENT) return {};
+                return Error::from_errno(code, "sock_diag: TCP listener dump");
+            }
+            if (header->nlmsg_type != SOCK_DIAG_BY_FAMILY) continue;
+            if (header->nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) continue;
+            const auto* entry = static_cast<const inet_diag_msg*>(NLMSG_DATA(header));
+            if (entry->idiag_state != TCP_LISTEN) continue;
+            TcpListener listener;
+            listener.ipv6 = entry->idiag_family == AF_INET6;
+            listener.port = ntohs(entry->id.idiag_sport);
+            listener.uid = entry->idiag_uid;
+            listener.inode = entry->idiag_inode;
+            char text[INET6_ADDRSTRLEN]{};
+            ::inet_ntop(listener.ipv6 ? AF_INET6 : AF_INET, entry->id.idiag_src, text,
+                        sizeof(text));
+            listener.local = listener.ipv6
+                                 ? "[" + std::string(text) + "]:" + std::to_string(listener.port)
+                                 : std::string(text) + ":" + std::to_string(listener.port);
+            out.push_back(std::move(listener));
+        }
+    }
+}
+
+}  // namespace
+
+Result<std::vector<TcpListener>> list_tcp_listeners() {
+    UniqueFd sock(::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
+    if (!sock.valid()) return Error::last_errno("sock_diag: open a NETLINK_SOCK_DIAG socket");
+    std::vector<TcpListener> listeners;
+    for (int family : {AF_INET, AF_INET6})
+        if (auto dumped = dump_family(sock.get(), family, listeners); !dumped)
+            return dumped.error();
+    return listeners;
+}
+
+}  // namespace meshlane

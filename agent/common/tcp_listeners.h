@@ -1,0 +1,28 @@
+// The TCP sockets in LISTEN state of the calling thread's network namespace, asked from the
+// kernel with sock_diag (NETLINK_SOCK_DIAG, inet_diag with a LISTEN-only state mask). The kernel
+// then walks only its listening hash, so the cost does not grow with established or TIME_WAIT
+// sockets — /proc/net/tcp prints every one of them, which on a busy pod (thousands of new
+// connections a second) cost more than everything else the agent does. Combine with in_netns()
+// to ask about a pod's namespace.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "agent/common/result.h"
+
+namespace meshlane {
+
+struct TcpListener {
+    std::string local;  // "127.0.0.1:15001", "[::]:15006"
+    std::uint16_t port = 0;
+    bool ipv6 = false;
+    std::uint32_t uid = 0;    // the socket's owner (the creating process's fsuid)
+    std::uint64_t inode = 0;  // matches the "socket:[INODE]" fd links in /proc/PID/fd
+};
+
+// Every LISTEN socket, IPv4 and IPv6, of the calling thread's netns.
+Result<std::vector<TcpListener>> list_tcp_listeners();
+
+}  // namespace meshlane
