@@ -11,6 +11,7 @@
 
 #include "agent/common/unique_fd.h"
 #include "agent/loader/bpf_skeleton.h"
+#include "agent/loader/pinned_link.h"
 #include "fastpath_sockmap.skel.h"
 
 namespace meshlane {
@@ -47,27 +48,6 @@ constexpr bool every_counter_named() {
 static_assert(every_counter_named(), "name every meshlane_fastpath_counter in kCounterNames");
 
 constexpr const char* kSkMsgPin = "sk_msg";
-
-bool path_exists(const std::string& path) {
-    struct stat st {};
-    return ::lstat(path.c_str(), &st) == 0;
-}
-
-// Re-points an existing pinned link (agent restart: no gap) or creates and pins a new one.
-Status ensure_link(const std::string& pin, int prog_fd, int target_fd, bpf_attach_type type,
-                   const std::string& what) {
-    if (path_exists(pin)) {
-        UniqueFd link(bpf_obj_get(pin.c_str()));
-        if (!link.valid()) return Error::last_errno("open pinned link " + pin);
-        int err = bpf_link_update(link.get(), prog_fd, nullptr);
-        if (err) return Error::from_libbpf(err, "update pinned link " + pin);
-        return Ok{};
-    }
-    UniqueFd link(bpf_link_create(prog_fd, target_fd, type, nullptr));
-    if (!link.valid()) return Error::last_errno("attach " + what);
-    if (bpf_obj_pin(link.get(), pin.c_str()) != 0) return Error::last_errno("pin link " + pin);
-    return Ok{};
-}
 
 }  // namespace
 
@@ -111,10 +91,10 @@ Result<std::unique_ptr<FastpathDatapath>> FastpathDatapath::load(const FastpathO
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
     if (ec) return Error::from_errno(ec.value(), "create " + dir);
-    if (auto linked =
-            ensure_link(dir + "/" + kSkMsgPin, bpf_program__fd(impl.skel->progs.fastpath_msg),
-                        bpf_map__fd(impl.skel->maps.fastpath_peers), BPF_SK_MSG_VERDICT,
-                        "fastpath_msg to the fastpath_peers SOCKHASH");
+    if (auto linked = ensure_pinned_link(
+            dir + "/" + kSkMsgPin, bpf_program__fd(impl.skel->progs.fastpath_msg),
+            bpf_map__fd(impl.skel->maps.fastpath_peers), BPF_SK_MSG_VERDICT,
+            "fastpath_msg to the fastpath_peers SOCKHASH");
         !linked)
         return linked.error();
     return datapath;
@@ -122,22 +102,16 @@ Result<std::unique_ptr<FastpathDatapath>> FastpathDatapath::load(const FastpathO
 
 Status FastpathDatapath::attach(const std::string& workload_pin_dir, int cgroup_fd,
                                 const std::string& cgroup_path) {
-    return ensure_link(workload_pin_dir + "/" + kFastpathSockopsPin,
-                       bpf_program__fd(impl_->skel->progs.fastpath_sockops), cgroup_fd,
-                       BPF_CGROUP_SOCK_OPS, "fastpath_sockops to cgroup " + cgroup_path);
+    auto linked =
+        ensure_pinned_link(workload_pin_dir + "/" + kFastpathSockopsPin,
+                           bpf_program__fd(impl_->skel->progs.fastpath_sockops), cgroup_fd,
+                           BPF_CGROUP_SOCK_OPS, "fastpath_sockops to cgroup " + cgroup_path);
+    if (!linked) return linked.error();
+    return Ok{};
 }
 
 Status FastpathDatapath::detach(const std::string& workload_pin_dir) {
-    const std::string pin = workload_pin_dir + "/" + kFastpathSockopsPin;
-    UniqueFd link(bpf_obj_get(pin.c_str()));
-    if (!link.valid()) {
-        if (errno == ENOENT) return Ok{};
-        return Error::last_errno("open pinned link " + pin);
-    }
-    if (bpf_link_detach(link.get()) != 0 && errno != ENOLINK && errno != EINVAL)
-        return Error::last_errno("detach link " + pin);
-    if (::unlink(pin.c_str()) != 0 && errno != ENOENT) return Error::last_errno("unpin " + pin);
-    return Ok{};
+    return detach_pinned_link(workload_pin_dir + "/" + kFastpathSockopsPin);
 }
 
 Status FastpathDatapath::set_kinds(std::uint32_t workload_id, std::uint32_t kinds) {

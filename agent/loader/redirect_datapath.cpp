@@ -16,6 +16,7 @@
 #include <functional>
 
 #include "agent/loader/bpf_skeleton.h"
+#include "agent/loader/pinned_link.h"
 #include "redirect_inbound.skel.h"
 #include "redirect_outbound.skel.h"
 
@@ -109,36 +110,6 @@ Status make_dirs(const std::string& path) {
     std::error_code ec;
     std::filesystem::create_directories(path, ec);
     if (ec) return Error::from_errno(ec.value(), "create " + path);
-    return Ok{};
-}
-
-// Pins a link that points at prog_fd: re-points an existing pin (agent restart or upgrade: no
-// detach, no gap), or creates and pins a new link. Returns true when it created the pin.
-Result<bool> ensure_link(const std::string& pin, int prog_fd, int target_fd, bpf_attach_type type,
-                         const std::string& what) {
-    if (path_exists(pin)) {
-        UniqueFd link(bpf_obj_get(pin.c_str()));
-        if (!link.valid()) return Error::last_errno("open pinned link " + pin);
-        int err = bpf_link_update(link.get(), prog_fd, nullptr);
-        if (err) return Error::from_libbpf(err, "update pinned link " + pin);
-        return false;
-    }
-    UniqueFd link(bpf_link_create(prog_fd, target_fd, type, nullptr));
-    if (!link.valid()) return Error::last_errno("attach " + what);
-    if (bpf_obj_pin(link.get(), pin.c_str()) != 0) return Error::last_errno("pin link " + pin);
-    return true;
-}
-
-Status unpin_and_detach(const std::string& pin) {
-    UniqueFd link(bpf_obj_get(pin.c_str()));
-    if (!link.valid()) {
-        if (errno == ENOENT) return Ok{};
-        return Error::last_errno("open pinned link " + pin);
-    }
-    // Detach even if something else still holds a reference to the link.
-    if (bpf_link_detach(link.get()) != 0 && errno != ENOLINK && errno != EINVAL)
-        return Error::last_errno("detach link " + pin);
-    if (::unlink(pin.c_str()) != 0 && errno != ENOENT) return Error::last_errno("unpin " + pin);
     return Ok{};
 }
 
@@ -343,7 +314,7 @@ Status RedirectDatapath::attach(const AttachTarget& target) {
     if (auto made = make_dirs(dir); !made) return made.error();
     std::vector<std::string> created;
     auto rollback = [&](const Error& error) -> Status {
-        for (auto it = created.rbegin(); it != created.rend(); ++it) (void)unpin_and_detach(*it);
+        for (auto it = created.rbegin(); it != created.rend(); ++it) (void)detach_pinned_link(*it);
         if (dir_created) ::rmdir(dir.c_str());
         return error;
     };
@@ -352,9 +323,9 @@ Status RedirectDatapath::attach(const AttachTarget& target) {
     for (const auto& program : kCgroupPrograms) {
         const std::string pin = dir + "/" + program.pin_name;
         int prog_fd = bpf_program__fd(skel->progs.*program.program);
-        auto made =
-            ensure_link(pin, prog_fd, target.cgroup_fd, program.attach_type,
-                        std::string(program.program_name) + " to cgroup " + target.cgroup_path);
+        auto made = ensure_pinned_link(
+            pin, prog_fd, target.cgroup_fd, program.attach_type,
+            std::string(program.program_name) + " to cgroup " + target.cgroup_path);
         if (!made) return rollback(made.error());
         if (*made) created.push_back(pin);
     }
@@ -370,9 +341,9 @@ Status RedirectDatapath::attach(const AttachTarget& target) {
     if (auto loaded = inbound->load("redirect_inbound for " + target.name); !loaded)
         return rollback(loaded.error());
     const std::string pin = dir + "/" + kSkLookupPin;
-    auto made = ensure_link(pin, bpf_program__fd((*inbound)->progs.redirect_sk_lookup),
-                            target.netns_fd, BPF_SK_LOOKUP,
-                            std::string(kSkLookupProgram) + " to netns " + target.netns_path);
+    auto made = ensure_pinned_link(
+        pin, bpf_program__fd((*inbound)->progs.redirect_sk_lookup), target.netns_fd, BPF_SK_LOOKUP,
+        std::string(kSkLookupProgram) + " to netns " + target.netns_path);
     if (!made) return rollback(made.error());
     return Ok{};
 }
@@ -399,9 +370,9 @@ Status RedirectDatapath::detach(const std::string& name) {
     auto note = [&](Status status) {
         if (!status && first_error) first_error = status;
     };
-    note(unpin_and_detach(dir + "/" + kSkLookupPin));
+    note(detach_pinned_link(dir + "/" + kSkLookupPin));
     for (const auto& program : kCgroupPrograms)
-        note(unpin_and_detach(dir + "/" + program.pin_name));
+        note(detach_pinned_link(dir + "/" + program.pin_name));
     if (::rmdir(dir.c_str()) != 0 && errno != ENOENT)
         note(Error::last_errno("remove " + dir + " (unexpected files left in it?)"));
     return first_error;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "agent/observe/workload_table.h"
+
 namespace meshlane {
 
 namespace {
@@ -16,32 +18,14 @@ constexpr std::size_t kWorkloadBytes = sizeof(ObserveAggregate::Workload) + 32;
 }  // namespace
 
 void ObserveAggregate::apply_snapshot(std::vector<WorkloadTotals> snapshot) {
-    std::unordered_map<std::uint64_t, bool> seen;
-    for (auto& totals : snapshot) {
-        seen[totals.netns_cookie] = true;
-        if (Workload* workload = entry(totals.netns_cookie, totals.workload_id))
-            workload->totals = std::move(totals);
-    }
-    for (auto it = workloads_.begin(); it != workloads_.end();) {
-        if (seen.count(it->first)) {
-            ++it;
-            continue;
-        }
-        stored_events_ -= it->second.connects.size() + it->second.drops.size();
-        it = workloads_.erase(it);
-    }
+    apply_totals_snapshot(workloads_, limits_.max_workloads, std::move(snapshot),
+                          [this](const Workload& gone) {
+                              stored_events_ -= gone.connects.size() + gone.drops.size();
+                          });
 }
 
 ObserveAggregate::Workload* ObserveAggregate::entry(std::uint64_t cookie, std::uint32_t id) {
-    auto it = workloads_.find(cookie);
-    if (it != workloads_.end()) return &it->second;
-    // More netns than the kernel map can hold is only possible transiently (an event racing an
-    // unenroll); refuse rather than grow.
-    if (workloads_.size() >= limits_.max_workloads) return nullptr;
-    Workload& workload = workloads_[cookie];
-    workload.totals.workload_id = id;
-    workload.totals.netns_cookie = cookie;
-    return &workload;
+    return workload_entry(workloads_, limits_.max_workloads, cookie, id);
 }
 
 template <typename Ring>

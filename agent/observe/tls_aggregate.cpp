@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "agent/observe/endpoint_text.h"
+#include "agent/observe/workload_table.h"
 
 namespace meshlane {
 
@@ -173,31 +174,15 @@ std::vector<TlsDestinationStats> failing_or_slow(const WorkloadTls& tls,
 }
 
 void TlsAggregate::apply_snapshot(const std::vector<TlsWorkloadTotals>& snapshot) {
-    std::unordered_map<std::uint64_t, bool> seen;
-    for (const auto& totals : snapshot) {
-        seen[totals.netns_cookie] = true;
-        if (Workload* workload = entry(totals.netns_cookie, totals.workload_id))
-            workload->totals = totals;
-    }
-    for (auto it = workloads_.begin(); it != workloads_.end();) {
-        if (seen.count(it->first)) {
-            ++it;
-            continue;
-        }
-        stored_events_ -= it->second.recent.size();
-        destinations_total_ -= it->second.destinations.size();
-        it = workloads_.erase(it);
-    }
+    apply_totals_snapshot(workloads_, limits_.max_workloads, snapshot,
+                          [this](const Workload& gone) {
+                              stored_events_ -= gone.recent.size();
+                              destinations_total_ -= gone.destinations.size();
+                          });
 }
 
 TlsAggregate::Workload* TlsAggregate::entry(std::uint64_t cookie, std::uint32_t id) {
-    auto it = workloads_.find(cookie);
-    if (it != workloads_.end()) return &it->second;
-    if (workloads_.size() >= limits_.max_workloads) return nullptr;
-    Workload& workload = workloads_[cookie];
-    workload.totals.workload_id = id;
-    workload.totals.netns_cookie = cookie;
-    return &workload;
+    return workload_entry(workloads_, limits_.max_workloads, cookie, id);
 }
 
 void TlsAggregate::add_event(const tls_handshake_event& event, std::int64_t unix_time_ns) {
