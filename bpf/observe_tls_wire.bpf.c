@@ -13,9 +13,9 @@
  * The state lives in socket-local storage and is deleted at the outcome (or as soon as a
  * stream is not TLS), so a connection costs memory only while it handshakes.
  *
- * Bytes that the fast path's sk_msg programs redirect between app and proxy never reach an
- * skb: those hops are parsed by calling the same tls_wire_feed() from the sk_msg program (see
- * tls_wire.h); the proxy's upstream connection always leaves through here.
+ * Bytes that the fast path's sk_msg program redirects (app <-> proxy, proxy <-> proxy on this
+ * node) never reach an skb, so accelerated hops are not parsed here; the parser is written to
+ * be fed from sk_msg too (tls_wire.h) but that is not wired yet (docs/tls-latency.md).
  */
 #include "observe_tls_common.h"
 

@@ -43,9 +43,12 @@ Status dump_family(int sock, int family, std::vector<TcpListener>& out) {
             return Error::last_errno("sock_diag: read the TCP listener dump");
         }
         if (got == 0) return Error{EIO, "sock_diag: the dump ended without NLMSG_DONE"};
-        int remaining = static_cast<int>(got);
-        for (auto* header = reinterpret_cast<nlmsghdr*>(buffer.data()); NLMSG_OK(header, remaining);
-             header = NLMSG_NEXT(header, remaining)) {
+        // Walk the messages by hand: NLMSG_OK/NLMSG_NEXT compare signed with unsigned.
+        const auto end = static_cast<std::size_t>(got);
+        for (std::size_t offset = 0; offset + sizeof(nlmsghdr) <= end;) {
+            auto* header = reinterpret_cast<nlmsghdr*>(buffer.data() + offset);
+            if (header->nlmsg_len < sizeof(nlmsghdr) || header->nlmsg_len > end - offset) break;
+            offset += NLMSG_ALIGN(header->nlmsg_len);
             if (header->nlmsg_type == NLMSG_DONE) return {};
             if (header->nlmsg_type == NLMSG_ERROR) {
                 const auto* error = static_cast<const nlmsgerr*>(NLMSG_DATA(header));
