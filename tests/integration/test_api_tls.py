@@ -185,16 +185,6 @@ class TlsReflectionClient(ReflectionClient):
                                                 response_deserializer=lambda b: b)
         self.messages = {}
 
-    def call(self, service, method_name, token=None, **fields):
-        method = service.methods_by_name[method_name]
-        request = self.messages[method.input_type.full_name](**fields)
-        response_class = self.messages[method.output_type.full_name]
-        stub = self.channel.unary_unary(f"/{service.full_name}/{method_name}",
-                                        request_serializer=lambda m: m.SerializeToString(),
-                                        response_deserializer=response_class.FromString)
-        metadata = [("authorization", f"Bearer {token}")] if token else None
-        return stub(request, timeout=10, metadata=metadata)
-
 
 def grpc_code(fn):
     with pytest.raises(grpc.RpcError) as error:
@@ -271,24 +261,24 @@ def test_grpc_over_tls_with_token_and_certificate(topo, request, pki):
     request.addfinalizer(client.close)
     assert "meshlane.v1.Agent" in client.list_services()
     service = client.load_service("meshlane.v1.Agent")
-    status = client.call(service, "Status")
+    status = client.unary(service, "Status")
     assert status.version, status
     assert client.health() == 1
 
     spec = spec_of(topo.a)
-    code, details = grpc_code(lambda: client.call(service, "Enroll", spec=spec))
+    code, details = grpc_code(lambda: client.unary(service, "Enroll", spec=spec))
     assert code == grpc.StatusCode.UNAUTHENTICATED and "bearer token" in details, details
-    code, details = grpc_code(lambda: client.call(service, "Enroll", spec=spec,
+    code, details = grpc_code(lambda: client.unary(service, "Enroll", spec=spec,
                                                   token=TOKEN[::-1]))
     assert (code, details) == (grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token")
     assert agent.workload_names() == []
-    assert client.call(service, "Enroll", spec=spec, token=TOKEN).created
+    assert client.unary(service, "Enroll", spec=spec, token=TOKEN).created
     assert agent.workload_names() == [topo.a.name]
 
     with_cert = TlsReflectionClient(agent.grpc_port, pki, cert="client")
     request.addfinalizer(with_cert.close)
     with_cert.load_service("meshlane.v1.Agent")
-    assert with_cert.call(service, "Unenroll", name=topo.a.name).removed
+    assert with_cert.unary(service, "Unenroll", name=topo.a.name).removed
     assert agent.workload_names() == []
 
 
@@ -426,7 +416,7 @@ def test_verify_needs_credentials_on_tcp_like_enroll(topo, request, pki):
     client = TlsReflectionClient(agent.grpc_port, pki)
     request.addfinalizer(client.close)
     service = client.load_service("meshlane.v1.Agent")
-    code, details = grpc_code(lambda: client.call(service, "Verify", name=topo.a.name))
+    code, details = grpc_code(lambda: client.unary(service, "Verify", name=topo.a.name))
     assert code == grpc.StatusCode.UNAUTHENTICATED and "bearer token" in details, details
     method = service.methods_by_name["Verify"]
     stub = client.channel.unary_unary(
@@ -435,7 +425,7 @@ def test_verify_needs_credentials_on_tcp_like_enroll(topo, request, pki):
     verified = stub(client.messages[method.input_type.full_name](name=topo.a.name), timeout=60,
                     metadata=[("authorization", f"Bearer {TOKEN}")])
     assert verified.workload == topo.a.name and verified.checks, verified
-    assert client.call(service, "Diagnose", name=topo.a.name).workload == topo.a.name
+    assert client.unary(service, "Diagnose", name=topo.a.name).workload == topo.a.name
 
 
 # -- configuration --------------------------------------------------------------------------------

@@ -202,14 +202,16 @@ class ReflectionClient:
                 self.messages[desc.full_name] = factory.GetPrototype(desc)
         return service
 
-    def unary(self, service, method_name, **fields):
+    def unary(self, service, method_name, token=None, **fields):
+        """One unary call; `token` is sent as `authorization: Bearer ...` metadata."""
         method = service.methods_by_name[method_name]
         request = self.messages[method.input_type.full_name](**fields)
         response_class = self.messages[method.output_type.full_name]
         call = self.channel.unary_unary(f"/{service.full_name}/{method_name}",
                                         request_serializer=lambda m: m.SerializeToString(),
                                         response_deserializer=response_class.FromString)
-        return call(request, timeout=10)
+        metadata = [("authorization", f"Bearer {token}")] if token else None
+        return call(request, timeout=10, metadata=metadata)
 
     def stream(self, service, method_name, timeout=None, **fields):
         method = service.methods_by_name[method_name]
