@@ -4,7 +4,7 @@
 // duplicated or reordered byte is reported with its offset; both directions end in a half-close
 // that must arrive after the last byte.
 //
-//   meshlane_integrity server --listen IP:PORT
+//   meshlane_integrity server --listen IP:PORT [--reader epoll|fionread]
 //   meshlane_integrity client --connect IP:PORT [--conns N] [--concurrency C] [--seed S]
 //        [--min-bytes B] [--max-bytes B] [--max-msg B] [--reply-bytes B|--reply-random]
 //        [--reader epoll|fionread] [--timeout-ms MS]
@@ -14,7 +14,8 @@
 // and that EOF follows it exactly, then answers a 16-byte verdict (status, server-side max gap)
 // and its own stream (length from the header's seed), then closes. The client checks that too.
 //
-// Reader kinds (client side, which in the test reads from the proxy over the accelerated hop):
+// Reader kinds (client side, reading from its proxy over the outbound hop; server side, reading
+// from its proxy over the inbound hop; both accelerated in the tests):
 //   epoll     non-blocking reads of up to 64 KiB when epoll reports EPOLLIN
 //   fionread  on EPOLLIN, ioctl(FIONREAD) sizes the read exactly (as some proxies do); FIONREAD
 //             counting fewer bytes than a MSG_PEEK just saw (race-free: bytes can arrive
@@ -257,7 +258,7 @@ bool pump_in(Conn& c, const Options& o) {
     std::uint8_t buf[65536];
     while (!c.in_eof) {
         std::size_t want = sizeof(buf);
-        if (!c.server && o.reader == "fionread") {
+        if (o.reader == "fionread") {
             int pending = 0;
             if (ioctl(c.fd, FIONREAD, &pending) != 0) {
                 c.error = std::string("FIONREAD: ") + std::strerror(errno);
@@ -338,7 +339,8 @@ bool pump_in(Conn& c, const Options& o) {
 
 [[noreturn]] void usage(const char* why) {
     std::fprintf(stderr,
-                 "meshlane_integrity: %s\nusage: meshlane_integrity server --listen IP:PORT\n"
+                 "meshlane_integrity: %s\nusage: meshlane_integrity server --listen IP:PORT "
+                 "[--reader epoll|fionread]\n"
                  "       meshlane_integrity client --connect IP:PORT [--conns N] "
                  "[--concurrency C] [--seed S] [--min-bytes B] [--max-bytes B] [--max-msg B] "
                  "[--reply-bytes B | --reply-random] [--reader epoll|fionread] "

@@ -32,11 +32,18 @@ IPERF_PORT, SOCKPERF_PORT, CRR_PORT = 5201, 11111, 8080
 # sockperf's TCP minimum is 14 bytes (its header) and its maximum 65506; these stand for the
 # 1 B / 1 KiB / 64 KiB messages of the issue.
 RR_SIZES = (14, 1024, 65506)
-CONFIGS = ("direct", "iptables", "meshlane", "meshlane_fast", "meshlane_fast_pp")
+CONFIGS = ("direct", "iptables", "meshlane", "meshlane_noobs", "meshlane_fast",
+           "meshlane_fast_pp")
 # What `meshlane enroll` gets per fast-path configuration (docs/fastpath.md).
 FAST_PATH_FLAGS = {"meshlane_fast": ["--fast-path"],
                    "meshlane_fast_pp": ["--fast-path=app-proxy,proxy-proxy"]}
-COLUMN_NAMES = {"meshlane_fast": "fast", "meshlane_fast_pp": "fast+pp"}
+COLUMN_NAMES = {"meshlane_fast": "fast", "meshlane_fast_pp": "fast+pp",
+                "meshlane_noobs": "obs off"}
+# "obs off": the same datapath under a second agent with `observe = false` (no connect/drop
+# tracepoints, no TLS wire/libssl observers), so the datapath's own cost is visible next to the
+# product default. Only these loads, to keep the run bounded.
+NOOBS_CONFIG = "meshlane_noobs"
+NOOBS_METRICS = ("rr_1024", "crr")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNET = 0x40000000
@@ -118,8 +125,15 @@ class Run:
         self.pin_path = os.path.join(mount_of("bpf", "/sys/fs/bpf"), self.pin_name)
         self.pids_file = os.path.join(self.workdir, "pids")
         self.processes = []
-        self.agent = None
-        self.api_socket = os.path.join(self.workdir, "api.sock")
+        self.agents = {}  # agent name -> process; "agent" observes, "agent-noobs" does not
+
+    @property
+    def agent(self):
+        """The (observing) agent's process, for overhead.py and hop_latency.py."""
+        return self.agents.get("agent")
+
+    def api_socket(self, agent="agent"):
+        return os.path.join(self.workdir, f"{agent}.sock")
 
     def netns_name(self, config, pod):
         return f"mlb-{self.id}-{config.replace('_', '-')}-{pod}"
@@ -164,24 +178,31 @@ class Run:
         os.chmod(self.workdir, 0o755)
         os.mkdir(self.cgroup_root)
 
-    def start_agent(self):
-        config = os.path.join(self.workdir, "agent.conf")
+    def start_agent(self, agent="agent", observe=True):
+        """An agent with its own state, sockets and pins (<bpffs>/meshlane-bench-<run>[-noobs]),
+        so two can run side by side; pod discovery off: it enrols only what we tell it."""
+        config = os.path.join(self.workdir, f"{agent}.conf")
+        suffix = agent[len("agent"):]
         with open(config, "w") as f:
-            f.write(f"state_dir = {self.workdir}/state\napi_socket = {self.api_socket}\n"
-                    f"pin_dir = {self.pin_name}\nlog_level = info\n")
-        self.agent = self.spawn([self.meshlane_bin, "agent", "--config", config], "agent")
+            f.write(f"state_dir = {self.workdir}/state{suffix}\n"
+                    f"api_socket = {self.api_socket(agent)}\n"
+                    f"grpc_socket = {self.workdir}/{agent}-grpc.sock\n"
+                    f"pin_dir = {self.pin_name}{suffix}\nlog_level = info\n"
+                    f"discover_pods = false\n{'' if observe else 'observe = false'}\n")
+        proc = self.agents[agent] = self.spawn([self.meshlane_bin, "agent", "--config", config],
+                                               agent)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            if self.agent.poll() is not None:
-                raise RuntimeError(f"agent exited {self.agent.returncode}: "
-                                   f"{read_tail(self.workdir, 'agent.log')}")
-            if self.cli("status", check=False).returncode == 0:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{agent} exited {proc.returncode}: "
+                                   f"{read_tail(self.workdir, agent + '.log')}")
+            if self.cli("status", check=False, agent=agent).returncode == 0:
                 return
             time.sleep(0.1)
-        raise RuntimeError("agent did not answer `status` within 15 s")
+        raise RuntimeError(f"{agent} did not answer `status` within 15 s")
 
-    def cli(self, *args, check=True):
-        return run([self.meshlane_bin, "--server", self.api_socket, *args], check=check,
+    def cli(self, *args, check=True, agent="agent"):
+        return run([self.meshlane_bin, "--server", self.api_socket(agent), *args], check=check,
                    timeout=30)
 
 
@@ -288,6 +309,7 @@ class Pair:
         self.ip = {"a": f"10.231.{index}.1", "b": f"10.231.{index}.2"}
         self.cg = {pod: os.path.join(bench.cgroup_root, config, pod) for pod in "ab"}
         self.sidecars = {}
+        self.agent = "agent-noobs" if config == NOOBS_CONFIG else "agent"
 
     def cgroup(self, pod, child):
         return os.path.join(self.cg[pod], child)
@@ -321,7 +343,7 @@ class Pair:
         for pod in "ab":
             args = ["enroll", f"mlb-{self.bench.id}-{self.config.replace('_', '-')}-{pod}",
                     "--cgroup", self.cg[pod], "--netns", f"/var/run/netns/{self.ns[pod]}"]
-            self.bench.cli(*args, *FAST_PATH_FLAGS.get(self.config, []))
+            self.bench.cli(*args, *FAST_PATH_FLAGS.get(self.config, []), agent=self.agent)
 
     def attach_prototype(self, obj):
         """bench/prototypes: load OBJ (a sockops + sk_msg pair around one SOCKHASH), attach the
@@ -393,7 +415,7 @@ class Pair:
                 name = f"mlb-{self.bench.id}-{self.config.replace('_', '-')}-{pod}"
                 if self.config.startswith("proto_") and pod == "a":
                     out["prototype_stats"] = self.sockhash_entries()
-                p = self.bench.cli("workload", name, "--json", check=False)
+                p = self.bench.cli("workload", name, "--json", check=False, agent=self.agent)
                 try:
                     out[pod] = json.loads(p.stdout)
                 except ValueError:
@@ -672,6 +694,9 @@ def main():
     ap.add_argument("--rounds", type=int, help="rounds (default 5, quick 2)")
     ap.add_argument("--seconds", type=float, help="seconds per load run (default 2, quick 1)")
     ap.add_argument("--crr-threads", type=int, default=4, help="concurrent CRR clients")
+    ap.add_argument("--metrics", default=None,
+                    help="comma-separated subset of iperf,rr_14,rr_1024,rr_65506,crr "
+                         "(default all; e.g. for a perf profile of one load)")
     ap.add_argument("--configs", default=",".join(CONFIGS),
                     help=f"comma-separated subset of {','.join(CONFIGS)}")
     ap.add_argument("--meshlane-bin", default=os.environ.get("MESHLANE_BIN",
@@ -736,8 +761,11 @@ def main():
         log(f"run {run_id}: configs {configs}, {rounds} rounds, {seconds:g} s per load")
         bench.create()
         pairs = {c: Pair(bench, c, i + 1) for i, c in enumerate(configs)}
-        if any(c.startswith("meshlane") for c in configs):
+        if any(c.startswith("meshlane") and c != NOOBS_CONFIG or c.startswith("proto_")
+               for c in configs):
             bench.start_agent()
+        if NOOBS_CONFIG in configs:
+            bench.start_agent("agent-noobs", observe=False)
         for c, pair in pairs.items():
             pair.create()
             if c == "iptables":
@@ -758,11 +786,20 @@ def main():
         metrics = [("iperf", lambda p: measure_iperf(p, iperf_seconds))]
         metrics += [(f"rr_{s}", lambda p, s=s: measure_sockperf(p, seconds, s)) for s in RR_SIZES]
         metrics += [("crr", lambda p: measure_crr(p, seconds, args.crr_threads))]
+        if args.metrics:
+            names = [m for m in args.metrics.split(",") if m]
+            known = [m for m, _ in metrics]
+            if set(names) - set(known):
+                raise SystemExit(f"bench: unknown metric(s) {sorted(set(names) - set(known))}; "
+                                 f"known: {', '.join(known)}")
+            metrics = [(m, fn) for m, fn in metrics if m in names]
         for r in range(rounds):
             order = configs[r % len(configs):] + configs[:r % len(configs)]
             log(f"round {r + 1}/{rounds} (order {', '.join(order)})")
             for metric, fn in metrics:
                 for c in order:
+                    if c == NOOBS_CONFIG and metric not in NOOBS_METRICS:
+                        continue
                     try:
                         result = fn(pairs[c])
                     except (MetricError, subprocess.TimeoutExpired) as e:
@@ -811,6 +848,12 @@ def main():
     notes.append("fast: `enroll --fast-path` on both pods (sk_msg between each app and "
                  "its own proxy); fast+pp: `--fast-path=app-proxy,proxy-proxy` "
                  "(also A's proxy <-> B's proxy across the veth); docs/fastpath.md")
+    if NOOBS_CONFIG in configs:
+        notes.append(f"obs off: meshlane under a second agent with `observe = false` (no "
+                     f"connect/drop tracepoints, TLS wire or libssl observers of its own; the "
+                     f"first agent's tracepoints still see every socket on the box and exit at "
+                     f"the netns lookup, as they do for direct and iptables); measured for "
+                     f"{', '.join(NOOBS_METRICS)} only")
     for c in FAST_PATH_FLAGS:
         if c in wanted and not fast[c]:
             notes.append(f"{c}: left out (the binary's `enroll --help` lacks "

@@ -33,7 +33,8 @@
 
 #define AF_INET 2
 #define AF_INET6 10
-#define LOOPBACK_V4 0x7f000001u /* 127.0.0.1, host order */
+#define LOOPBACK_V4 0x7f000001u    /* 127.0.0.1, host order */
+#define PASSTHROUGH_V4 0x7f000006u /* 127.0.0.6: inbound passthrough source (Envoy), host order */
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -91,6 +92,15 @@ struct {
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } fastpath_counters SEC(".maps");
 
+/* Observers of redirected messages (include/meshlane/fastpath_abi.h); filled by the agent. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+    __uint(max_entries, MESHLANE_FASTPATH_MSG_OBSERVERS);
+    __type(key, __u32);
+    __type(value, __u32);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} fastpath_msg_observers SEC(".maps");
+
 /* Loads chosen by a branch get merged by clang into one load from a computed ctx offset, which
  * the verifier rejects: read every ctx field once, volatile. */
 #define CTX_READ(field) (*(volatile __typeof__(field)*)&(field))
@@ -138,18 +148,33 @@ static __always_inline bool is_loopback(__u32 ip4 /* network order */) {
     return (bpf_ntohl(ip4) >> 24) == 127;
 }
 
-/* The key's kind follows from its addresses alone, so both ends and the sk_msg program agree:
- * 127.0.0.1 <-> 127.0.0.1 is app <-> proxy (key with the netns cookie), two non-loopback
- * addresses are proxy <-> proxy (netns cookie 0). Anything else (127.0.0.6 <-> pod IP, IPv6) is
- * never accelerated: returns 0. */
-static __always_inline __u32 kind_of(struct fastpath_key* key, __u64 netns_cookie) {
-    if (key->local_ip4 == bpf_htonl(LOOPBACK_V4) && key->remote_ip4 == bpf_htonl(LOOPBACK_V4)) {
-        key->netns_cookie = netns_cookie;
-        return MESHLANE_FASTPATH_APP_PROXY;
-    }
+/* Which pair a connection is. Follows from the key's addresses alone, so both ends and the
+ * sk_msg program agree:
+ *   PAIR_OUTBOUND    127.0.0.1 <-> 127.0.0.1: app <-> its proxy's outbound listener
+ *   PAIR_INBOUND     127.0.0.6 <-> any, or pod IP <-> the same pod IP: the proxy's inbound
+ *                    forwarding to the local app. Both addresses are local to one netns (a
+ *                    127/8 source cannot leave it, a connection to the own address is routed
+ *                    over lo), so both ends are in the pod netns, as for PAIR_OUTBOUND.
+ *   PAIR_PROXY_PROXY two different non-loopback addresses: proxy <-> proxy across two netns
+ * The first two are the app-proxy kind (key with the netns cookie: every pod has its own
+ * 127.0.0.1 and may reuse addresses), the last has netns cookie 0 (pod IPs are unique on a
+ * node). Anything else (other loopback pairs, IPv6) is never accelerated: PAIR_NONE. */
+enum fastpath_pair { PAIR_NONE = 0, PAIR_OUTBOUND, PAIR_INBOUND, PAIR_PROXY_PROXY };
+
+static __always_inline __u32 pair_of(struct fastpath_key* key, __u64 netns_cookie) {
+    __u32 local = key->local_ip4, remote = key->remote_ip4;
+    key->netns_cookie = netns_cookie;
+    if (local == bpf_htonl(LOOPBACK_V4) && remote == bpf_htonl(LOOPBACK_V4)) return PAIR_OUTBOUND;
+    if (local == bpf_htonl(PASSTHROUGH_V4) || remote == bpf_htonl(PASSTHROUGH_V4) ||
+        (local == remote && !is_loopback(local)))
+        return PAIR_INBOUND;
     key->netns_cookie = 0;
-    if (is_loopback(key->local_ip4) || is_loopback(key->remote_ip4)) return 0;
-    return MESHLANE_FASTPATH_PROXY_PROXY;
+    if (is_loopback(local) || is_loopback(remote)) return PAIR_NONE;
+    return PAIR_PROXY_PROXY;
+}
+
+static __always_inline __u32 kind_of_pair(__u32 pair) {
+    return pair == PAIR_PROXY_PROXY ? MESHLANE_FASTPATH_PROXY_PROXY : MESHLANE_FASTPATH_APP_PROXY;
 }
 
 /* IPv4, or IPv4 on a dual-stack IPv6 socket (::ffff:a.b.c.d both ends, e.g. a proxy's
@@ -173,29 +198,31 @@ static __always_inline __u32 kind_of(struct fastpath_key* key, __u64 netns_cooki
         ok_;                                                                                      \
     })
 
-/* Fills key; returns its kind, 0 when not eligible. */
+/* Fills key; returns its pair, PAIR_NONE when not eligible. */
 static __always_inline __u32 read_key(struct bpf_sock_ops* ctx, struct fastpath_key* key) {
     bool ipv4 = READ_IPV4_TUPLE(ctx, &key->local_ip4, &key->remote_ip4);
     key->local_port = (__u16)CTX_READ(ctx->local_port);
     key->remote_port = remote_port_host(CTX_READ(ctx->remote_port));
     key->reserved = 0;
-    if (!ipv4) return 0;
-    return kind_of(key, bpf_get_netns_cookie(ctx));
+    if (!ipv4) return PAIR_NONE;
+    return pair_of(key, bpf_get_netns_cookie(ctx));
 }
 
-/* The connecting end: an app's socket to 127.0.0.1:<outbound port> (connect4 put it there), or
- * a proxy's connection to another pod. ACTIVE_ESTABLISHED runs before connect() returns and
- * before the socket is writable, and (on loopback and veth alike) before the final ACK that
- * creates the accepting end leaves: no byte was sent, and the accepting end cannot exist yet. */
+/* The connecting end: an app's socket to 127.0.0.1:<outbound port> (connect4 put it there), the
+ * proxy's inbound forwarding to the local app (from 127.0.0.6 or from the pod IP), or a proxy's
+ * connection to another pod. ACTIVE_ESTABLISHED runs before connect() returns and before the
+ * socket is writable, and (on loopback and veth alike) before the final ACK that creates the
+ * accepting end leaves: no byte was sent, and the accepting end cannot exist yet. */
 static __always_inline void on_connected(struct bpf_sock_ops* ctx) {
     struct fastpath_key key;
     __u32 wid;
     __u16 outbound_port;
-    __u32 kind = read_key(ctx, &key);
-    if (!kind || !kind_enabled(ctx, kind, &wid, &outbound_port)) return;
-    if (kind == MESHLANE_FASTPATH_APP_PROXY && key.remote_port != outbound_port) return;
-    if (kind == MESHLANE_FASTPATH_PROXY_PROXY &&
-        !bpf_map_lookup_elem(&fastpath_pod_addrs, &key.remote_ip4))
+    __u32 pair = read_key(ctx, &key);
+    if (!pair || !kind_enabled(ctx, kind_of_pair(pair), &wid, &outbound_port)) return;
+    if (pair == PAIR_OUTBOUND && key.remote_port != outbound_port) return;
+    /* inbound: the connecting end is the one with the passthrough source */
+    if (pair == PAIR_INBOUND && key.remote_ip4 == bpf_htonl(PASSTHROUGH_V4)) return;
+    if (pair == PAIR_PROXY_PROXY && !bpf_map_lookup_elem(&fastpath_pod_addrs, &key.remote_ip4))
         return; /* not a pod of this node with proxy <-> proxy */
     struct fastpath_conn conn = {.state = MESHLANE_FASTPATH_UNDECIDED, .workload_id = wid};
     if (bpf_map_update_elem(&fastpath_conns, &key, &conn, BPF_ANY) != 0) {
@@ -252,9 +279,10 @@ static __always_inline void on_accepted(struct bpf_sock_ops* ctx) {
     struct fastpath_key key, peer;
     __u32 wid;
     __u16 outbound_port;
-    __u32 kind = read_key(ctx, &key);
-    if (!kind || !kind_enabled(ctx, kind, &wid, &outbound_port)) return;
-    if (kind == MESHLANE_FASTPATH_APP_PROXY && key.local_port != outbound_port) return;
+    __u32 pair = read_key(ctx, &key);
+    if (!pair || !kind_enabled(ctx, kind_of_pair(pair), &wid, &outbound_port)) return;
+    if (pair == PAIR_OUTBOUND && key.local_port != outbound_port) return;
+    if (pair == PAIR_INBOUND && key.local_ip4 == bpf_htonl(PASSTHROUGH_V4)) return;
     peer_of(&key, &peer);
     struct fastpath_conn* conn = bpf_map_lookup_elem(&fastpath_conns, &peer);
     if (!conn) {
@@ -276,8 +304,8 @@ static __always_inline void on_accepted(struct bpf_sock_ops* ctx) {
     if (__sync_val_compare_and_swap(&conn->state, MESHLANE_FASTPATH_UNDECIDED,
                                     MESHLANE_FASTPATH_ACCELERATED) == MESHLANE_FASTPATH_UNDECIDED) {
         count(wid, MESHLANE_FP_CNT_CONNS_ACCELERATED, 1);
-        if (kind == MESHLANE_FASTPATH_PROXY_PROXY)
-            count(wid, MESHLANE_FP_CNT_PROXY_PROXY_CONNS_ACCELERATED, 1);
+        if (pair == PAIR_PROXY_PROXY) count(wid, MESHLANE_FP_CNT_PROXY_PROXY_CONNS_ACCELERATED, 1);
+        if (pair == PAIR_INBOUND) count(wid, MESHLANE_FP_CNT_PROXY_APP_CONNS_ACCELERATED, 1);
         return;
     }
     /* The connecting end sent first, between our check and now: both ends leave the map. */
@@ -319,13 +347,14 @@ int fastpath_msg(struct sk_msg_md* msg) {
         .remote_port = remote_port_host(CTX_READ(msg->remote_port)),
     };
     if (!READ_IPV4_TUPLE(msg, &own.local_ip4, &own.remote_ip4)) return SK_PASS;
-    __u32 kind = kind_of(&own, bpf_get_netns_cookie(msg));
-    if (!kind) return SK_PASS;
+    __u32 pair = pair_of(&own, bpf_get_netns_cookie(msg));
+    if (!pair) return SK_PASS;
     __u32 size = CTX_READ(msg->size);
     struct fastpath_key peer;
     peer_of(&own, &peer);
     /* The connecting end's key names the connection; the accepted end finds it reversed. */
     struct fastpath_conn* conn = bpf_map_lookup_elem(&fastpath_conns, &own);
+    bool connecting = conn != NULL; /* the client's end: the only one a TLS parse follows */
     if (!conn) conn = bpf_map_lookup_elem(&fastpath_conns, &peer);
     if (!conn) return SK_PASS;
     __u32 wid = conn->workload_id;
@@ -345,8 +374,14 @@ int fastpath_msg(struct sk_msg_md* msg) {
     if (bpf_msg_redirect_hash(msg, &fastpath_peers, &peer, BPF_F_INGRESS) == SK_PASS) {
         count(wid, MESHLANE_FP_CNT_REDIRECTED_MSGS, 1);
         count(wid, MESHLANE_FP_CNT_REDIRECTED_BYTES, size);
-        if (kind == MESHLANE_FASTPATH_PROXY_PROXY)
+        if (pair == PAIR_PROXY_PROXY)
             count(wid, MESHLANE_FP_CNT_PROXY_PROXY_REDIRECTED_BYTES, size);
+        if (pair == PAIR_INBOUND) count(wid, MESHLANE_FP_CNT_PROXY_APP_REDIRECTED_BYTES, size);
+        /* These bytes never reach an skb: the TLS wire observer parses them here (it needs
+         * every redirected byte of a handshaking socket in order, so no apply_bytes beyond
+         * msg->size there). Its SK_PASS keeps the redirect; an empty slot falls through. */
+        if (connecting)
+            bpf_tail_call(msg, &fastpath_msg_observers, MESHLANE_FASTPATH_MSG_OBSERVER_TLS);
     } else {
         count(wid, MESHLANE_FP_CNT_PEER_GONE, 1);
     }

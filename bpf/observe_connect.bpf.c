@@ -188,8 +188,10 @@ static __always_inline void connect_finished(struct sock* sk, int newstate,
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(observe_sock_set_state, const struct sock* sk, const int oldstate,
              const int newstate) {
-    if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP) return 0;
+    /* Every TCP state change on the box (about ten per connection) comes here: the arguments
+     * first, the socket's memory only for the two transitions we keep. */
     if (newstate != TCP_SYN_SENT && oldstate != TCP_SYN_SENT) return 0;
+    if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP) return 0;
     __u64 cookie = sock_netns_cookie(sk);
     struct workload_config* config = workload_of_netns(cookie);
     if (!config) return 0;

@@ -13,9 +13,13 @@
  * The state lives in socket-local storage and is deleted at the outcome (or as soon as a
  * stream is not TLS), so a connection costs memory only while it handshakes.
  *
- * Bytes that the fast path's sk_msg program redirects (app <-> proxy, proxy <-> proxy on this
- * node) never reach an skb, so accelerated hops are not parsed here; the parser is written to
- * be fed from sk_msg too (tls_wire.h) but that is not wired yet (docs/tls-latency.md).
+ *   sk_msg (observe_tls_msg), tail-called by the fast path's fastpath_msg
+ *                      (bpf/fastpath_sockmap.bpf.c) for each message it redirects: those bytes
+ *                      (app <-> proxy, proxy <-> proxy on this node) never reach an skb. The
+ *                      same socket state, created by the same egress SYN (an accelerated
+ *                      connection's handshake still goes through TCP), so one parse continues
+ *                      over both hooks and nothing is fed twice: a message the fast path leaves
+ *                      on TCP is not passed here, egress sees it.
  */
 #include "observe_tls_common.h"
 
@@ -76,6 +80,15 @@ struct {
     __type(key, __u32);
     __type(value, struct tls_window);
 } tls_window_scratch SEC(".maps");
+
+/* The sk_msg program's own window: it runs in process context, where a softirq running the
+ * egress program on this CPU could otherwise overwrite tls_window_scratch under it. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct tls_window);
+} tls_msg_window_scratch SEC(".maps");
 
 /* The redirect datapath's record of the app's original destination (read-only here). */
 struct {
@@ -213,11 +226,25 @@ __noinline int tls_feed_global(struct tls_wire_state* s, struct tls_window* wind
     return (int)tls_wire_feed(s, window->bytes, len, now);
 }
 
-/* Feeds the segment's new bytes [from, end) of the skb through the parser. */
-static __always_inline void feed(struct __sk_buff* skb, struct tls_wire_state* wire, __u32 from,
-                                 __u32 end, __u64 now) {
+/* Copies n (1..TLS_WIRE_WINDOW) bytes at `off` of the skb or, from_msg, of the sk_msg message
+ * into the window; 0 on success. bpf_msg_pull_data() makes [off, off + n) linear (no copy when
+ * it lies in one scatterlist element) with msg->data at off. from_msg is a constant at every
+ * call site, so each program keeps only its own helper. */
+static __always_inline int load_window(void* ctx, const int from_msg, struct tls_window* window,
+                                       __u32 off, __u64 n) {
+    if (!from_msg) return (int)bpf_skb_load_bytes(ctx, off, window->bytes, n);
+    struct sk_msg_md* msg = ctx;
+    if (bpf_msg_pull_data(msg, off, off + (__u32)n, 0)) return -1;
+    return (int)bpf_probe_read_kernel(window->bytes, n, (void*)(long)msg->data);
+}
+
+/* Feeds bytes [from, end) of the skb (offsets from the network header) or of the sk_msg
+ * message through the parser. */
+static __always_inline void feed(void* ctx, const int from_msg, struct tls_wire_state* wire,
+                                 __u32 from, __u32 end, __u64 now) {
     __u32 zero = 0;
-    struct tls_window* window = bpf_map_lookup_elem(&tls_window_scratch, &zero);
+    struct tls_window* window = bpf_map_lookup_elem(
+        from_msg ? (void*)&tls_msg_window_scratch : (void*)&tls_window_scratch, &zero);
     if (!window) return;
     __u32 off = from;
     for (int i = 0; i < TLS_WIRE_MAX_CHUNKS; i++) {
@@ -234,7 +261,7 @@ static __always_inline void feed(struct __sk_buff* skb, struct tls_wire_state* w
         /* Opaque to clang, so the bounds check below stays where the verifier needs it. */
         asm volatile("" : "+r"(n));
         if (n < 1 || n > TLS_WIRE_WINDOW) break;
-        if (bpf_skb_load_bytes(skb, off, window->bytes, n)) break;
+        if (load_window(ctx, from_msg, window, off, n)) break;
         off += (__u32)tls_feed_global(wire, window, (__u32)n, now);
     }
     if (off < end && !tls_wire_finished(wire)) wire->phase = TLS_WIRE_NOT_TLS; /* lost track */
@@ -252,6 +279,14 @@ int observe_tls_egress(struct __sk_buff* skb) {
     if (!sk) return 1;
     sk = bpf_sk_fullsock(sk);
     if (!sk || sk->protocol != IPPROTO_TCP) return 1;
+    /* Only a connecting socket (SYN_SENT) can start a stream; any other socket without state
+     * (accepted sockets, streams already decided) leaves before the netns lookup and the header
+     * parse: most segments of a pod take this exit (docs/fastpath.md, "Where the time goes"). */
+    struct tls_conn_state* state = NULL;
+    if (sk->state != BPF_TCP_SYN_SENT) {
+        state = bpf_sk_storage_get(&tls_state_by_socket, sk, 0, 0);
+        if (!state) return 1;
+    }
     __u64 cookie;
     struct workload_config* config = workload_of_skb(skb, &cookie);
     if (!config) return 1;
@@ -260,8 +295,7 @@ int observe_tls_egress(struct __sk_buff* skb) {
 
     if ((seg.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
         /* connect(): start watching this stream from its first byte */
-        struct tls_conn_state* state =
-            bpf_sk_storage_get(&tls_state_by_socket, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+        state = bpf_sk_storage_get(&tls_state_by_socket, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
         if (!state) {
             count_loss(MESHLANE_LOSS_NO_CONNECT_STATE);
             return 1;
@@ -275,7 +309,7 @@ int observe_tls_egress(struct __sk_buff* skb) {
         __builtin_memcpy(state->daddr, seg.daddr, 16);
         return 1;
     }
-    struct tls_conn_state* state = bpf_sk_storage_get(&tls_state_by_socket, sk, 0, 0);
+    if (!state) state = bpf_sk_storage_get(&tls_state_by_socket, sk, 0, 0);
     if (!state) return 1;
     __u64 now = bpf_ktime_get_ns();
     struct tls_wire_state* wire = &state->wire;
@@ -287,7 +321,7 @@ int observe_tls_egress(struct __sk_buff* skb) {
                 wire->phase = TLS_WIRE_NOT_TLS; /* a gap we did not see: give up */
             } else {
                 __u32 from = seg.payload_off + (__u32)(-ahead);
-                feed(skb, wire, from, seg.payload_off + seg.payload_len, now);
+                feed(skb, 0, wire, from, seg.payload_off + seg.payload_len, now);
             }
             state->next_seq = seg_end;
         }
@@ -317,4 +351,24 @@ int observe_tls_ingress(struct __sk_buff* skb) {
         emit(sk, state, config, cookie);
     if (tls_wire_finished(&state->wire)) bpf_sk_storage_delete(&tls_state_by_socket, sk);
     return 1;
+}
+
+/* The fast path's redirected messages (see the top of this file): fastpath_msg tail-calls this
+ * (slot MESHLANE_FASTPATH_MSG_OBSERVER_TLS of its pinned fastpath_msg_observers) after
+ * bpf_msg_redirect_hash() succeeded; SK_PASS keeps that redirect. Only the connecting end of a
+ * connection has state, so only its client -> server bytes are parsed. */
+SEC("sk_msg")
+int observe_tls_msg(struct sk_msg_md* msg) {
+    struct bpf_sock* sk = msg->sk;
+    if (!sk) return SK_PASS;
+    struct tls_conn_state* state = bpf_sk_storage_get(&tls_state_by_socket, sk, 0, 0);
+    if (!state) return SK_PASS; /* not watched, or its handshake is over */
+    __u64 cookie = bpf_get_netns_cookie(msg);
+    struct workload_config* config = workload_of_netns(cookie);
+    if (!config) return SK_PASS;
+    struct tls_wire_state* wire = &state->wire;
+    feed(msg, 1, wire, 0, msg->size, bpf_ktime_get_ns());
+    if (wire->result != TLS_WIRE_RESULT_NONE) emit(sk, state, config, cookie);
+    if (tls_wire_finished(wire)) bpf_sk_storage_delete(&tls_state_by_socket, sk);
+    return SK_PASS;
 }

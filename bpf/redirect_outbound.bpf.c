@@ -55,19 +55,30 @@ static __always_inline __u16 decide_outbound(struct bpf_sock_addr* ctx,
     struct bpf_sock* sk = ctx->sk;
     if (!sk) return 0;
 
+    /* Facts are gathered in outbound_decide's order and only as far as it reads them: a fact
+     * left 0 is never looked at, so the verdict is the same as with every fact filled in, and
+     * the proxy's own upstream connects (decided by the owner rules) skip the CIDR and include
+     * lookups (docs/fastpath.md, "Where the time goes"). */
     struct outbound_facts facts = {
         .dst_port_excluded = port_rule(wid, MESHLANE_PORT_EXCLUDE_OUTBOUND, dst_port),
-        .bound_to_passthrough = socket_bound_to_passthrough(sk),
-        .dst_is_local = addr_is_pod_local(wid, dst),
-        .dst_is_localhost = addr_is_localhost(dst),
         .uid_is_proxy = (__u32)uid_gid == cfg->proxy_uid,
         .gid_is_proxy = (__u32)(uid_gid >> 32) == cfg->proxy_gid,
-        .dst_cidr_excluded = cidr_match(wid, MESHLANE_CIDR_EXCLUDE, dst),
-        .dst_port_included = port_rule(wid, MESHLANE_PORT_INCLUDE_OUTBOUND, dst_port),
-        .dst_cidr_included = (cfg->flags & MESHLANE_WL_INCLUDE_ALL_CIDRS) ||
-                             cidr_match(wid, MESHLANE_CIDR_INCLUDE, dst),
         .proxy_self_to_inbound = !!(cfg->flags & MESHLANE_WL_PROXY_SELF_TO_INBOUND),
     };
+    if (!facts.dst_port_excluded) {
+        facts.dst_is_local = addr_is_pod_local(wid, dst);
+        if (facts.dst_is_local) {
+            facts.bound_to_passthrough = socket_bound_to_passthrough(sk);
+            facts.dst_is_localhost = addr_is_localhost(dst);
+        } else if (!facts.uid_is_proxy && !facts.gid_is_proxy) {
+            facts.dst_cidr_excluded = cidr_match(wid, MESHLANE_CIDR_EXCLUDE, dst);
+            if (!facts.dst_cidr_excluded)
+                facts.dst_port_included = port_rule(wid, MESHLANE_PORT_INCLUDE_OUTBOUND, dst_port);
+            if (!facts.dst_cidr_excluded && !facts.dst_port_included)
+                facts.dst_cidr_included = (cfg->flags & MESHLANE_WL_INCLUDE_ALL_CIDRS) ||
+                                          cidr_match(wid, MESHLANE_CIDR_INCLUDE, dst);
+        }
+    }
     __u32 counter = 0;
     enum outbound_verdict verdict = outbound_decide(&facts, &counter);
     if (verdict == OUTBOUND_REDIRECT && (cfg->flags & MESHLANE_WL_STARTUP_PASSTHROUGH) &&
@@ -375,15 +386,16 @@ int redirect_getsockopt(struct bpf_sockopt* ctx) {
         return 1;
     struct bpf_sock* sk = ctx->sk;
     if (!sk || sk->protocol != IPPROTO_TCP) return 1;
-    const struct workload_config* cfg = workload_of(ctx);
-    if (!cfg) return 1;
-
+    /* The common case first: a redirected connection carries its answer (and its workload),
+     * no netns lookup needed. */
     struct orig_dst* stored = bpf_sk_storage_get(&orig_dst_by_socket, sk, 0, 0);
     if (stored && stored->role == MESHLANE_ROLE_PROXY_SOCKET) {
         if (write_sockaddr(ctx, stored) == 0)
-            count(cfg->workload_id, MESHLANE_CNT_ORIG_DST_ANSWERED);
+            count(stored->workload_id, MESHLANE_CNT_ORIG_DST_ANSWERED);
         return 1;
     }
+    const struct workload_config* cfg = workload_of(ctx);
+    if (!cfg) return 1;
     if ((__u16)sk->src_port == cfg->outbound_port) {
         /* Accepted on the outbound listener without redirect state: answering with the local
          * address would send the proxy to itself. Leave the kernel's error. */

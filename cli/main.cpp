@@ -75,8 +75,9 @@ void add_enroll_options(CLI::App& enroll, EnrollFlags& f) {
     // Bare --fast-path (as before kinds existed) means app-proxy.
     enroll
         .add_option("--fast-path", f.fast_path,
-                    "Accelerate connections with sk_msg (docs/fastpath.md): app-proxy (the "
-                    "default when no KINDS are given) and/or proxy-proxy (with other pods of this "
+                    "Accelerate connections with sk_msg (docs/fastpath.md): app-proxy (app <-> "
+                    "own proxy, outbound and inbound; the default when no KINDS are given) "
+                    "and/or proxy-proxy (with other pods of this "
                     "node that enable it too), comma-separated. Off node-wide when the agent's "
                     "kernel self-test failed")
         ->expected(0, 1)

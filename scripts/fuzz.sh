@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets with clang (ASan + coverage over all of meshlane_core) into
+# Builds the libFuzzer targets with clang (ASan + coverage over the code the targets reach) into
 # build-fuzz/ and runs each briefly through ctest (label "fuzz"; MESHLANE_FUZZ_SECONDS, default
 # 20). Findings land in build-fuzz/tests/fuzz as crash-*/leak-* files, reproducible with
 # `build-fuzz/tests/fuzz/meshlane_fuzz_rest_router FILE`.

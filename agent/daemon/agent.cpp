@@ -187,6 +187,9 @@ int run_agent(const std::string& config_path) {
         features[name].enabled = false;
         features[name].reason = reason;
     };
+    if (!config->observe)
+        for (const char* name : {kFeatureObserveConnect, kFeatureObserveDrops})
+            disable(name, "observe = false in the agent config");
     auto cgroup2 = cgroup2_mount();
     if (!cgroup2) disable(kFeatureRedirect, cgroup2.error().message);
     auto bpffs = ensure_bpffs(config->bpffs);

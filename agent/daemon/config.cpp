@@ -17,6 +17,7 @@ pin_dir = meshlane
 log_level = info
 max_workloads = 4096
 reconcile_interval_ms = 2000
+observe = true
 slow_connect_threshold_ms = 500
 tls_slow_handshake_threshold_ms = 500
 event_rate_limit_per_sec = 1000
@@ -182,6 +183,10 @@ Result<AgentConfig> parse_agent_config(std::string_view text, std::string_view o
             auto n = parse_u32(value, 1, 1048576, where + " tls_destinations_total");
             if (!n) return n.error();
             config.tls_destinations_total = *n;
+        } else if (key == "observe") {
+            auto b = parse_bool(value, where + " observe");
+            if (!b) return b.error();
+            config.observe = *b;
         } else if (key == "discover_pods") {
             auto b = parse_bool(value, where + " discover_pods");
             if (!b) return b.error();

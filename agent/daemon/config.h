@@ -23,6 +23,7 @@ struct AgentConfig {
     std::uint32_t reconcile_interval_ms = 2000;
     // Observation (agent/observe/observer.h; deploy/meshlane.conf explains each). Counters and
     // histograms are exact whatever these say; they bound only what is streamed and kept.
+    bool observe = true;  // false: no connect/drop/TLS observers, the datapath alone
     std::uint32_t slow_connect_threshold_ms = 500;        // established connects this slow
     std::uint32_t tls_slow_handshake_threshold_ms = 500;  // TLS handshakes this slow
     std::uint32_t event_rate_limit_per_sec = 1000;        // drop events per CPU per second

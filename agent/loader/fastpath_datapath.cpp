@@ -39,6 +39,8 @@ constexpr const char* kCounterNames[MESHLANE_FP_COUNTER_MAX] = {
     "peer_gone",
     "proxy_proxy_conns_accelerated",
     "proxy_proxy_redirected_bytes",
+    "proxy_app_conns_accelerated",
+    "proxy_app_redirected_bytes",
 };
 constexpr bool every_counter_named() {
     for (const char* name : kCounterNames)

@@ -31,6 +31,9 @@ const char* fastpath_counter_name(unsigned counter);
 // The fast path's pins inside a workload pin directory and under the pin root.
 inline constexpr const char* kFastpathSockopsPin = "fastpath_sockops";
 inline constexpr const char* kFastpathDirName = "fastpath";
+// The PROG_ARRAY fastpath_msg tail-calls after a redirect, pinned under <pin_root>/maps; the TLS
+// observer puts observe_tls_msg in it (agent/observe/tls_observer.cpp).
+inline constexpr const char* kFastpathMsgObserversPin = "fastpath_msg_observers";
 
 class FastpathDatapath {
   public:

@@ -10,6 +10,7 @@
 
 #include "agent/common/unique_fd.h"
 #include "agent/loader/bpf_skeleton.h"
+#include "agent/loader/fastpath_datapath.h"
 #include "observe_tls_libssl.skel.h"
 #include "observe_tls_wire.skel.h"
 
@@ -75,26 +76,71 @@ struct TlsObserver::Impl {
     std::vector<tls_handshake_event> pending;
     std::vector<std::string> problems;
     int possible_cpus = 1;
+    // The fast path's fastpath_msg_observers while observe_tls_msg is in its slot.
+    UniqueFd msg_observers;
+    std::uint32_t msg_prog_id = 0;
+    bool msg_loaded = false;  // observe_tls_msg passed the verifier
 
     void problem(std::string text) {
         spdlog::warn("observe: {}", text);
         if (problems.size() < kMaxProblems) problems.push_back(std::move(text));
     }
-    Status load_wire();
+    Status load_wire(bool with_msg);
     Status load_libssl();
+    void hook_fast_path();
+    void unhook_fast_path();
     std::uint64_t sum_per_cpu(int fd, std::uint32_t key) const;
 };
 
-Status TlsObserver::Impl::load_wire() {
+Status TlsObserver::Impl::load_wire(bool with_msg) {
     LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = options.map_dir.c_str());
     auto skel = BpfSkeleton<TlsWireOps>::open(&open_opts, "observe_tls_wire");
     if (!skel) return skel.error();
+    if (!with_msg) bpf_program__set_autoload((*skel)->progs.observe_tls_msg, false);
     bpf_map__set_max_entries((*skel)->maps.workload_by_netns, options.max_workloads);
     bpf_map__set_max_entries((*skel)->maps.tls_stats,
                              options.max_workloads * MESHLANE_TLS_SOURCE_MAX);
     if (auto loaded = skel->load("observe_tls_wire"); !loaded) return loaded.error();
     wire = std::move(*skel);
+    msg_loaded = with_msg;
     return Ok{};
+}
+
+// Puts observe_tls_msg into the fast path's pinned fastpath_msg_observers (created by
+// FastpathDatapath::load, before the observer starts): from then on fastpath_msg tail-calls it for
+// every message it redirects. No pin: no fast path on this node, nothing is redirected; tried
+// again at the next reconcile.
+void TlsObserver::Impl::hook_fast_path() {
+    if (!msg_loaded || msg_observers.valid()) return;
+    const std::string path = options.map_dir + "/" + kFastpathMsgObserversPin;
+    UniqueFd map(bpf_obj_get(path.c_str()));
+    if (!map.valid()) {
+        if (errno != ENOENT) problem("TLS wire: open " + path + ": " + errno_text(errno));
+        return;
+    }
+    const std::uint32_t slot = MESHLANE_FASTPATH_MSG_OBSERVER_TLS;
+    const int prog = bpf_program__fd(wire->progs.observe_tls_msg);
+    if (bpf_map_update_elem(map.get(), &slot, &prog, BPF_ANY) != 0) {
+        problem("TLS wire: accelerated hops not measured: put observe_tls_msg into " + path + ": " +
+                errno_text(errno));
+        msg_loaded = false;  // do not retry every round
+        return;
+    }
+    bpf_prog_info info{};
+    std::uint32_t info_len = sizeof(info);
+    if (bpf_obj_get_info_by_fd(prog, &info, &info_len) == 0) msg_prog_id = info.id;
+    msg_observers = std::move(map);
+    spdlog::info("observe: TLS wire tracking on the fast path's redirected messages too");
+}
+
+// Empties the slot if it still holds our program (a newer agent may have replaced it).
+void TlsObserver::Impl::unhook_fast_path() {
+    if (!msg_observers.valid()) return;
+    const std::uint32_t slot = MESHLANE_FASTPATH_MSG_OBSERVER_TLS;
+    std::uint32_t id = 0;
+    if (bpf_map_lookup_elem(msg_observers.get(), &slot, &id) == 0 && id == msg_prog_id)
+        (void)bpf_map_delete_elem(msg_observers.get(), &slot);
+    msg_observers.reset();
 }
 
 Status TlsObserver::Impl::load_libssl() {
@@ -156,6 +202,7 @@ TlsObserver::TlsObserver(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 TlsObserver::~TlsObserver() {
     // Links before the objects that own their programs.
+    impl_->unhook_fast_path();
     impl_->cgroup_links.clear();
     impl_->uprobe_links.clear();
 }
@@ -165,8 +212,17 @@ std::unique_ptr<TlsObserver> TlsObserver::start(const TlsObserverOptions& option
     impl->options = options;
     impl->possible_cpus = std::max(1, libbpf_num_possible_cpus());
     if (options.wire) {
-        if (auto loaded = impl->load_wire(); !loaded)
-            impl->problem("TLS wire tracking unavailable: " + loaded.error().message);
+        // The sk_msg program (fast path) must not cost the skb programs: without it if it fails.
+        if (auto loaded = impl->load_wire(true); !loaded) {
+            if (auto plain = impl->load_wire(false); plain)
+                impl->problem(
+                    "TLS wire tracking on the fast path unavailable (accelerated hops not "
+                    "measured): " +
+                    loaded.error().message);
+            else
+                impl->problem("TLS wire tracking unavailable: " + loaded.error().message);
+        }
+        impl->hook_fast_path();
     }
     if (options.libssl) {
         if (auto loaded = impl->load_libssl(); !loaded)
@@ -205,6 +261,7 @@ Status TlsObserver::add_to_ring(ring_buffer*& ring) {
 
 void TlsObserver::reconcile(const std::vector<ObservedCgroup>& cgroups) {
     if (!wire_tracking()) return;
+    impl_->hook_fast_path();
     std::unordered_map<std::uint64_t, const ObservedCgroup*> wanted;
     for (const auto& c : cgroups)
         if (c.netns_cookie && !c.cgroup_path.empty()) wanted[c.netns_cookie] = &c;
@@ -300,8 +357,9 @@ std::vector<int> TlsObserver::own_map_fds() const {
     std::vector<int> fds;
     if (wire_tracking()) {
         auto* s = impl_->wire.get();
-        for (auto* map : {s->maps.tls_stats, s->maps.tls_events, s->maps.tls_state_by_socket,
-                          s->maps.tls_window_scratch, s->maps.observe_loss})
+        for (auto* map :
+             {s->maps.tls_stats, s->maps.tls_events, s->maps.tls_state_by_socket,
+              s->maps.tls_window_scratch, s->maps.tls_msg_window_scratch, s->maps.observe_loss})
             fds.push_back(bpf_map__fd(map));
     }
     if (libssl_tracking()) {

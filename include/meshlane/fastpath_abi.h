@@ -18,12 +18,20 @@
 /* fastpath_pod_addrs: IPv4 pod address (network order) -> workload_id, for the workloads with
  * MESHLANE_FASTPATH_PROXY_PROXY; written by the agent from the addresses it finds in each netns. */
 #define MESHLANE_FASTPATH_MAX_POD_ADDRS 4096
+/* fastpath_msg_observers (PROG_ARRAY, pinned): sk_msg programs of other objects that
+ * fastpath_msg tail-calls for each message it redirected (those bytes never reach an skb). Slot
+ * MESHLANE_FASTPATH_MSG_OBSERVER_TLS: observe_tls_msg (bpf/observe_tls_wire.bpf.c), put there
+ * by the agent's TLS observer; an empty slot costs one failed tail call. */
+#define MESHLANE_FASTPATH_MSG_OBSERVER_TLS 0
+#define MESHLANE_FASTPATH_MSG_OBSERVERS 1
 
 /* Value of fastpath_workload_kinds (ARRAY indexed by workload_id): which pairs of this workload
  * may be accelerated. 0 = fast path off (the default, and what the agent writes for every
  * workload when the kernel self-test failed). */
 enum meshlane_fastpath_kind {
-    /* app <-> its own proxy's outbound listener, both ends in the pod netns over loopback. */
+    /* app <-> its own proxy, both ends in the pod netns over loopback: outbound (app ->
+     * 127.0.0.1:<outbound port>) and inbound (proxy -> local app, from 127.0.0.6 like Envoy's
+     * inbound passthrough, or from the pod IP to the pod IP). */
     MESHLANE_FASTPATH_APP_PROXY = 1u << 0,
     /* proxy <-> proxy of two pods on the same node: a connection between two non-loopback
      * IPv4 addresses whose connecting end is in a workload with this bit and whose accepting end
@@ -86,6 +94,10 @@ enum meshlane_fastpath_counter {
      * connecting end's workload, both directions) */
     MESHLANE_FP_CNT_PROXY_PROXY_CONNS_ACCELERATED,
     MESHLANE_FP_CNT_PROXY_PROXY_REDIRECTED_BYTES,
+    /* the inbound proxy -> local app share (app-proxy kind) of conns_accelerated and
+     * redirected_bytes, counted on the pod's own workload */
+    MESHLANE_FP_CNT_PROXY_APP_CONNS_ACCELERATED,
+    MESHLANE_FP_CNT_PROXY_APP_REDIRECTED_BYTES,
     MESHLANE_FP_COUNTER_MAX
 };
 #ifdef __cplusplus

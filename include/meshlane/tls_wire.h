@@ -37,10 +37,10 @@
  * window indexes are masked with TLS_WIRE_WINDOW - 1, so a BPF window buffer must be
  * TLS_WIRE_WINDOW bytes.
  *
- * sk_msg hook (fast path): in an SK_MSG program on the client's socket, for msg->size bytes,
- * bpf_msg_pull_data() the first min(size, TLS_WIRE_WINDOW) bytes, copy them into a per-CPU
- * TLS_WIRE_WINDOW buffer and drive the same loop with the socket's tls_wire_state from
- * sk_storage; sk_msg sees each byte once and in order, so no sequence tracking is needed.
+ * sk_msg hook (fast path, observe_tls_msg): on the client's socket, the same loop over the
+ * message's msg->size bytes, each window made linear with bpf_msg_pull_data() and copied into a
+ * per-CPU TLS_WIRE_WINDOW buffer, with the socket's tls_wire_state from sk_storage; sk_msg sees
+ * each byte once and in order, so no sequence tracking is needed.
  */
 #ifndef MESHLANE_TLS_WIRE_H
 #define MESHLANE_TLS_WIRE_H

@@ -1,8 +1,9 @@
 """The sk_msg fast path (docs/fastpath.md) with acceleration on through HAProxy: pod A enrolled
 with --fast-path, so A's app <-> A's proxy (127.0.0.1:15001) is accelerated; B is a plain
 meshlane pod. With --fast-path app-proxy,proxy-proxy on both pods, A's proxy <-> B's proxy
-(B's inbound listener, across the netns) is accelerated too. bench/integrity.cpp (meshlane_integrity) checks every byte of every stream at the
-far end, both directions, each ending in a half-close, and measures the gaps between reads.
+(B's inbound listener, across the netns) is accelerated too. With --fast-path on B as well,
+B's proxy -> B's app (the inbound hop, from 127.0.0.6 or from B's pod IP) is accelerated.
+bench/integrity.cpp (meshlane_integrity) checks every byte of every stream at the far end, both directions, each ending in a half-close, and measures the gaps between reads.
 Each test also asserts from the fast path's own counters that the bytes really went through
 the sk_msg redirect; otherwise a green test would prove nothing."""
 import json
@@ -38,16 +39,29 @@ def delta(after, before):
     return {k: after["counters"][k] - before["counters"].get(k, 0) for k in after["counters"]}
 
 
-def start_mesh(topo, agent, a_kinds, b_kinds):
+def decisions(moved):
+    """Connections decided (accelerated or not) in a counter delta: one per connection."""
+    return (moved["conns_accelerated"] + moved["not_eligible_sent_first"] +
+            moved["not_eligible_no_peer"] + moved["not_eligible_insert_failed"])
+
+
+def start_mesh(topo, agent, a_kinds, b_kinds, passthrough=False, server_reader="epoll"):
     """A and B enrolled with these fast-path kinds (None: without --fast-path); HAProxy
-    sidecars sized for 1000+ concurrent connections; the integrity server as B's app."""
+    sidecars sized for 1000+ concurrent connections; the integrity server as B's app.
+    passthrough: B's proxy forwards inbound from 127.0.0.6 (like Envoy) instead of from the pod
+    IP; server_reader: how the server (behind B's inbound hop) reads."""
     agent.enroll_ok(topo.a, fast_path=a_kinds)
     agent.enroll_ok(topo.b, fast_path=b_kinds)
     for pod in topo.pods:
-        pod.start_sidecar(kind="haproxy", inbound_bind="dual", maxconn=4096)
+        if pod is topo.b and passthrough:
+            pod.start_sidecar(kind="haproxy", inbound_bind="split", passthrough_source=True,
+                              maxconn=4096)
+        else:
+            pod.start_sidecar(kind="haproxy", inbound_bind="dual", maxconn=4096)
     err = open(os.path.join(topo.workdir, "integrity-server.err"), "ab")
     try:
-        server = proc.spawn([integrity_bin(), "server", "--listen", f"0.0.0.0:{INTEGRITY_PORT}"],
+        server = proc.spawn([integrity_bin(), "server", "--listen", f"0.0.0.0:{INTEGRITY_PORT}",
+                             "--reader", server_reader],
                             netns_path=topo.b.netns_path, cgroup_dir=topo.b.cgroup("app"),
                             uid=APP_UID, gid=APP_GID, groups=[], stdout=err, stderr=err,
                             description="meshlane_integrity server")
@@ -76,6 +90,18 @@ def fast_pp_mesh(topo, agent):
     proxy accelerated."""
     server = start_mesh(topo, agent, "app-proxy,proxy-proxy", "app-proxy,proxy-proxy")
     yield topo
+    proc.stop(server)
+
+
+@pytest.fixture(params=["passthrough-epoll", "passthrough-fionread", "pod-ip-fionread"])
+def fast_inbound_mesh(request, topo, agent):
+    """Both pods --fast-path (app-proxy): A's app -> A's proxy (outbound hop) and B's proxy ->
+    B's app (inbound hop, from 127.0.0.6 or from B's pod IP) accelerated; A's proxy -> B's proxy
+    stays on TCP over the veth. The server reads with epoll or sizes reads with FIONREAD."""
+    source, reader = request.param.rsplit("-", 1)
+    server = start_mesh(topo, agent, True, True, passthrough=source == "passthrough",
+                        server_reader=reader)
+    yield topo, reader
     proc.stop(server)
 
 
@@ -133,9 +159,7 @@ def test_1000_concurrent_connections_intact(fast_mesh, agent, reader):
     assert_intact(code, report, 1000, topo)
     print(f"fionread_raced={report.get('fionread_raced')}")
     moved = delta(fast_counters(agent, topo.a), before)
-    decided = (moved["conns_accelerated"] + moved["not_eligible_sent_first"] +
-               moved["not_eligible_no_peer"] + moved["not_eligible_insert_failed"])
-    assert decided == 1000, f"every connection gets one decision: {moved}"
+    assert decisions(moved) == 1000, f"every connection gets one decision: {moved}"
     # Accepted before the app writes is the normal order on loopback; the sent-first race only
     # costs speed, never bytes, but most connections must really be accelerated here.
     assert moved["conns_accelerated"] >= 900, moved
@@ -239,3 +263,42 @@ def test_fast_path_kinds_switch_per_workload(topo, agent):
     # Same name, other kinds: refused, naming the differing field.
     result = agent.enroll(topo.a, fast_path="app-proxy,proxy-proxy")
     assert result.returncode != 0 and "fast_path" in result.stderr, result.stderr
+
+
+def test_inbound_hop_single_stream_1gib_intact(topo, agent):
+    """B's proxy -> B's app (from 127.0.0.6, as Envoy forwards inbound) accelerated: 1 GiB
+    into the server and 16 MiB back, every byte of that hop through the redirect."""
+    start_mesh(topo, agent, True, True, passthrough=True)
+    before_a, before_b = fast_counters(agent, topo.a), fast_counters(agent, topo.b)
+    reply = (16 << 20) - 1
+    code, report = run_client(topo, "--conns", 1, "--min-bytes", GIB, "--max-bytes", GIB,
+                              "--max-msg", 65536, "--reply-bytes", reply, "--timeout-ms", 100000)
+    assert_intact(code, report, 1, topo)
+    moved_a = delta(fast_counters(agent, topo.a), before_a)
+    moved_b = delta(fast_counters(agent, topo.b), before_b)
+    # Outbound hop on A, inbound hop on B (counted on the connecting end's workload: B's proxy).
+    assert moved_a["conns_accelerated"] == 1 and moved_a["proxy_app_conns_accelerated"] == 0, \
+        moved_a
+    assert moved_b["proxy_app_conns_accelerated"] == 1, moved_b
+    assert moved_b["proxy_app_redirected_bytes"] >= GIB + reply, moved_b
+    assert moved_b["passed_bytes"] == 0 and moved_a["passed_bytes"] == 0, (moved_a, moved_b)
+
+
+def test_inbound_hop_1000_connections_intact(fast_inbound_mesh, agent):
+    """1000 concurrent connections, random sizes and write sizes, half-closes both ways, through
+    both accelerated app-proxy hops; the server behind the inbound hop reads with epoll or sizes
+    every read with FIONREAD (checked race-free against MSG_PEEK)."""
+    topo, reader = fast_inbound_mesh
+    before_b = fast_counters(agent, topo.b)
+    code, report = run_client(topo, "--conns", 1000, "--concurrency", 1000, "--min-bytes", 1,
+                              "--max-bytes", 65536, "--max-msg", 16384 if reader == "epoll" else 700,
+                              "--reply-random", "--reader", reader, "--seed", 31,
+                              "--timeout-ms", 90000)
+    assert_intact(code, report, 1000, topo)
+    moved_b = delta(fast_counters(agent, topo.b), before_b)
+    # B's own decisions: exactly one per inbound hop (A's proxy -> B's proxy is not B's
+    # business without proxy-proxy: no decision, no count).
+    assert decisions(moved_b) == 1000, f"every inbound hop gets one decision: {moved_b}"
+    assert moved_b["proxy_app_conns_accelerated"] >= 900, moved_b
+    payload = report["bytes_up"] + report["bytes_down"]
+    assert moved_b["proxy_app_redirected_bytes"] >= 0.9 * payload, moved_b

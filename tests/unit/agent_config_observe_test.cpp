@@ -14,7 +14,7 @@ auto observe_keys(const AgentConfig& c) {
     return std::tuple{c.slow_connect_threshold_ms, c.tls_slow_handshake_threshold_ms,
                       c.event_rate_limit_per_sec,  c.recent_events_per_workload,
                       c.drop_count_only_reasons,   c.tls_destinations_per_workload,
-                      c.tls_destinations_total};
+                      c.tls_destinations_total,    c.observe};
 }
 
 TEST(AgentConfigObserve, DefaultsAgreeEverywhere) {
@@ -28,7 +28,7 @@ TEST(AgentConfigObserve, DefaultsAgreeEverywhere) {
     for (const char* key :
          {"slow_connect_threshold_ms", "tls_slow_handshake_threshold_ms",
           "event_rate_limit_per_sec", "recent_events_per_workload", "drop_count_only_reasons",
-          "tls_destinations_per_workload", "tls_destinations_total"})
+          "tls_destinations_per_workload", "tls_destinations_total", "observe"})
         EXPECT_NE(kDefaultConfigText.find(std::string(key) + " = "), std::string_view::npos) << key;
 }
 
@@ -56,6 +56,13 @@ TEST(AgentConfigObserve, ParsesValues) {
         (std::vector<std::string>{"QUEUE_PURGE", "socket_close", "SKB_DROP_REASON_TCP_CLOSE"}));
     EXPECT_EQ(lists->tls_destinations_per_workload, 1u);
     EXPECT_EQ(lists->tls_destinations_total, 1048576u);
+    auto off = parse_agent_config("observe = false\n", "t");
+    ASSERT_TRUE(off.ok()) << off.error().message;
+    EXPECT_FALSE(off->observe);
+    EXPECT_TRUE(AgentConfig{}.observe);
+    auto bad = parse_agent_config("observe = maybe\n", "t");
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.error().message.find("observe"), std::string::npos) << bad.error().message;
     auto none = parse_agent_config("drop_count_only_reasons = none\n", "t");
     ASSERT_TRUE(none.ok()) << none.error().message;
     EXPECT_TRUE(none->drop_count_only_reasons.empty());

@@ -193,8 +193,8 @@ TEST_F(RestServerTest, ConnectionCapAnswers429) {
     ASSERT_TRUE(start_server(options));
     RawConnection idle(socket_path_);
     ASSERT_TRUE(idle.connected());
-    // Wait until the server has accepted the idle connection.
-    for (int i = 0; i < 200 && server_->active_connections() == 0; ++i) {
+    // Wait until the server has accepted the idle connection (up to 10 s: a loaded CI box).
+    for (int i = 0; i < 2000 && server_->active_connections() == 0; ++i) {
         std::this_thread::sleep_for(5ms);
     }
     ASSERT_EQ(server_->active_connections(), 1u);
@@ -220,7 +220,7 @@ TEST_F(RestServerTest, IdleConnectionIsClosedAfterReadTimeout) {
 TEST_F(RestServerTest, StopRemovesSocketAndClosesConnections) {
     ASSERT_TRUE(start_server());
     RawConnection idle(socket_path_);
-    for (int i = 0; i < 200 && server_->active_connections() == 0; ++i) {
+    for (int i = 0; i < 2000 && server_->active_connections() == 0; ++i) {
         std::this_thread::sleep_for(5ms);
     }
     stop_server();
