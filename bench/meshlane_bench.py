@@ -532,9 +532,15 @@ def measure_iperf(pair, seconds):
                          str(seconds), "-J"], timeout=seconds + 20)
     try:
         data = json.loads(p.stdout)
+    except ValueError:
+        raise MetricError(f"iperf3 failed: exit {p.returncode}, no JSON: "
+                          f"{p.stdout[-300:]!r} {p.stderr[-300:]!r}")
+    if data.get("error"):  # iperf3 -J reports a failed stream here, with exit status 0 or 1
+        raise MetricError(f"iperf3 failed: {data['error']}")
+    try:
         received = data["end"]["sum_received"]
-    except (ValueError, KeyError):
-        raise MetricError(f"iperf3 failed: exit {p.returncode} {p.stdout[-500:]} {p.stderr[-500:]}")
+    except KeyError:
+        raise MetricError(f"iperf3 failed: exit {p.returncode}, no end.sum_received")
     pods, machine = cpu.per(received["bytes"] / 1e9, scale=1e3)
     return {"gbit_s": received["bits_per_second"] / 1e9, "cpu_ms_per_gb": pods,
             "machine_cpu_ms_per_gb": machine}

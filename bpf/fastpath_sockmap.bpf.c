@@ -24,6 +24,7 @@
  */
 // clang-format off
 #include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -208,6 +209,17 @@ static __always_inline __u32 read_key(struct bpf_sock_ops* ctx, struct fastpath_
     return pair_of(key, bpf_get_netns_cookie(ctx));
 }
 
+/* The address of this socket's psock (it has one once it is in the SOCKHASH): sk_user_data
+ * carries it with flag bits in the low three bits (SK_USER_DATA_NOCOPY/BPF/PSOCK). */
+static __always_inline __u64 psock_of(struct bpf_sock_ops* ctx) {
+    struct bpf_sock* sk = CTX_READ(ctx->sk);
+    if (!sk) return 0;
+    struct tcp_sock* tp = bpf_skc_to_tcp_sock(sk);
+    if (!tp) return 0;
+    __u64 data = (__u64)BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_user_data);
+    return data & ~7ULL;
+}
+
 /* The connecting end: an app's socket to 127.0.0.1:<outbound port> (connect4 put it there), the
  * proxy's inbound forwarding to the local app (from 127.0.0.6 or from the pod IP), or a proxy's
  * connection to another pod. ACTIVE_ESTABLISHED runs before connect() returns and before the
@@ -234,6 +246,8 @@ static __always_inline void on_connected(struct bpf_sock_ops* ctx) {
         count(wid, MESHLANE_FP_CNT_NOT_ELIGIBLE_INSERT_FAILED, 1);
         return;
     }
+    struct fastpath_conn* entered = bpf_map_lookup_elem(&fastpath_conns, &key);
+    if (entered) entered->connecting_psock = psock_of(ctx);
     /* Watch for the close, to delete the fastpath_conns entry, and for the first packet that
      * carries data on TCP (on_transmit). */
     bpf_sock_ops_cb_flags_set(ctx, ctx->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG |
@@ -300,6 +314,7 @@ static __always_inline void on_accepted(struct bpf_sock_ops* ctx) {
         give_up(conn, &peer, wid, MESHLANE_FP_CNT_NOT_ELIGIBLE_INSERT_FAILED);
         return;
     }
+    conn->accepting_psock = psock_of(ctx); /* before the state lets the other end redirect */
     /* Only now may the connecting end redirect to us: we are in the map. */
     if (__sync_val_compare_and_swap(&conn->state, MESHLANE_FASTPATH_UNDECIDED,
                                     MESHLANE_FASTPATH_ACCELERATED) == MESHLANE_FASTPATH_UNDECIDED) {
@@ -340,6 +355,12 @@ int fastpath_sockops(struct bpf_sock_ops* ctx) {
     return 1;
 }
 
+/* Unread bytes on a psock (its ingress_msg queue), 0 when unknown. */
+static __always_inline __u32 psock_queued_bytes(__u64 psock) {
+    if (!psock) return 0;
+    return BPF_CORE_READ((struct sk_psock*)psock, msg_tot_len);
+}
+
 SEC("sk_msg")
 int fastpath_msg(struct sk_msg_md* msg) {
     struct fastpath_key own = {
@@ -367,6 +388,19 @@ int fastpath_msg(struct sk_msg_md* msg) {
         if (state == MESHLANE_FASTPATH_UNDECIDED) state = MESHLANE_FASTPATH_TCP_ONLY;
     }
     if (state != MESHLANE_FASTPATH_ACCELERATED) {
+        count(wid, MESHLANE_FP_CNT_PASSED_MSGS, 1);
+        count(wid, MESHLANE_FP_CNT_PASSED_BYTES, size);
+        return SK_PASS;
+    }
+    /* Flow control (MESHLANE_FASTPATH_MAX_QUEUED_BYTES): a receiver this far behind gets the
+     * rest of the connection, both directions, over TCP, whose send buffer makes the sender
+     * wait. Order holds: the receiver reads its psock queue before its TCP receive queue, and
+     * nothing is redirected after the switch. */
+    __u64 peer_psock = connecting ? conn->accepting_psock : conn->connecting_psock;
+    if (psock_queued_bytes(peer_psock) > MESHLANE_FASTPATH_MAX_QUEUED_BYTES) {
+        if (__sync_val_compare_and_swap(&conn->state, MESHLANE_FASTPATH_ACCELERATED,
+                                        MESHLANE_FASTPATH_SPILLED) == MESHLANE_FASTPATH_ACCELERATED)
+            count(wid, MESHLANE_FP_CNT_SPILLED_TO_TCP, 1);
         count(wid, MESHLANE_FP_CNT_PASSED_MSGS, 1);
         count(wid, MESHLANE_FP_CNT_PASSED_BYTES, size);
         return SK_PASS;

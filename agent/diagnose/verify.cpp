@@ -474,7 +474,9 @@ VerifyCheck check_fast_path(const WorkloadStatus& status, const VerifyOptions& o
     if (conns.valid() && ::bpf_map_lookup_elem(conns.get(), &app, &conn) == 0) {
         const char* state = conn.state == MESHLANE_FASTPATH_ACCELERATED ? "accelerated"
                             : conn.state == MESHLANE_FASTPATH_TCP_ONLY  ? "TCP only"
-                                                                        : "undecided";
+                            : conn.state == MESHLANE_FASTPATH_SPILLED
+                                ? "spilled to TCP (receiver fell behind)"
+                                : "undecided";
         check.evidence.push_back(std::string("connection state: ") + state +
                                  " (the probe sent no data)");
     } else {

@@ -41,6 +41,7 @@ constexpr const char* kCounterNames[MESHLANE_FP_COUNTER_MAX] = {
     "proxy_proxy_redirected_bytes",
     "proxy_app_conns_accelerated",
     "proxy_app_redirected_bytes",
+    "spilled_to_tcp",
 };
 constexpr bool every_counter_named() {
     for (const char* name : kCounterNames)

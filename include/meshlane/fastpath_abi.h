@@ -62,17 +62,35 @@ enum meshlane_fastpath_conn_state {
     /* the connecting end sent first: every byte stays on the TCP path, for the whole
      * connection (mixing the two paths could reorder) */
     MESHLANE_FASTPATH_TCP_ONLY = 2,
+    /* was ACCELERATED until a receiver fell MESHLANE_FASTPATH_MAX_QUEUED_BYTES behind: every
+     * later byte, both directions, on the TCP path. Both ends stay in the SOCKHASH (leaving it
+     * would drop their psock queues with unread bytes); a reader sizing reads with FIONREAD
+     * sees only the psock queue there (docs/fastpath.md) */
+    MESHLANE_FASTPATH_SPILLED = 3,
 };
 
 /* Value of fastpath_conns (HASH keyed by the connecting end's fastpath_key). */
 struct fastpath_conn {
     __u32 state; /* enum meshlane_fastpath_conn_state, changed only by compare-and-swap */
     __u32 workload_id;
+    /* kernel addresses of each end's psock (struct sk_psock), taken when the end joined the
+     * SOCKHASH; only ever read with bpf_probe_read_kernel (its unread byte count, for
+     * MESHLANE_FASTPATH_MAX_QUEUED_BYTES). 0: not known. */
+    __u64 connecting_psock;
+    __u64 accepting_psock;
 };
 
 /* Per-workload counters: fastpath_counters is a PERCPU_ARRAY indexed by
  * workload_id * MESHLANE_FASTPATH_COUNTER_STRIDE + counter. Names in agent/loader must match. */
 #define MESHLANE_FASTPATH_COUNTER_STRIDE 16
+
+/* An ingress redirect queues the bytes on the receiver's psock without any flow control: a
+ * sender faster than its reader grows that queue until global TCP memory runs out and sendmsg()
+ * fails with ENOMEM. Above this many unread bytes on the receiver's psock the connection leaves
+ * the fast path for good (order-safe: the receiver drains its psock queue before its TCP
+ * receive queue), and TCP's flow control applies again. 4 MiB: above the default TCP receive
+ * buffer's autotuning start, below tcp_rmem's 6 MiB maximum. */
+#define MESHLANE_FASTPATH_MAX_QUEUED_BYTES (4u << 20)
 enum meshlane_fastpath_counter {
     MESHLANE_FP_CNT_REDIRECTED_MSGS = 0,
     MESHLANE_FP_CNT_REDIRECTED_BYTES,
@@ -98,6 +116,9 @@ enum meshlane_fastpath_counter {
      * redirected_bytes, counted on the pod's own workload */
     MESHLANE_FP_CNT_PROXY_APP_CONNS_ACCELERATED,
     MESHLANE_FP_CNT_PROXY_APP_REDIRECTED_BYTES,
+    /* accelerated connection moved to TCP for good because its receiver had more than
+     * MESHLANE_FASTPATH_MAX_QUEUED_BYTES unread on its psock (no flow control on that queue) */
+    MESHLANE_FP_CNT_SPILLED_TO_TCP,
     MESHLANE_FP_COUNTER_MAX
 };
 #ifdef __cplusplus

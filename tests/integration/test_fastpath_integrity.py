@@ -45,6 +45,22 @@ def decisions(moved):
             moved["not_eligible_no_peer"] + moved["not_eligible_insert_failed"])
 
 
+def assert_redirected_until_spill(moved, total, redirected="redirected_bytes", spills=None):
+    """Every byte of the accelerated connection went through the redirect, except after a
+    spill: a receiver more than 4 MiB behind (MESHLANE_FASTPATH_MAX_QUEUED_BYTES) moves the
+    rest of the connection to TCP, where flow control exists. A fast bulk writer into HAProxy
+    spills within the first tens of MiB; the bytes stay intact and in order either way (the
+    caller checked that), which is what these single-stream tests prove for the spill."""
+    spills = moved if spills is None else spills
+    assert moved[redirected] > 0, moved
+    if spills["spilled_to_tcp"] == 0:
+        assert moved[redirected] >= total and moved["passed_bytes"] == 0, moved
+    else:
+        # ~0.01 % can go uncounted: once the connecting end has closed, the other end's last
+        # writes find no connection entry and pass without being counted.
+        assert moved["redirected_bytes"] + moved["passed_bytes"] >= 0.999 * total, moved
+
+
 def start_mesh(topo, agent, a_kinds, b_kinds, passthrough=False, server_reader="epoll"):
     """A and B enrolled with these fast-path kinds (None: without --fast-path); HAProxy
     sidecars sized for 1000+ concurrent connections; the integrity server as B's app.
@@ -135,8 +151,7 @@ def test_single_stream_1gib_intact(fast_mesh, agent):
     moved = delta(fast_counters(agent, topo.a), before)
     assert moved["conns_accelerated"] == 1, moved
     # Both directions of the app <-> proxy hop went through sk_msg, none of it on TCP.
-    assert moved["redirected_bytes"] >= GIB + reply, moved
-    assert moved["passed_bytes"] == 0, moved
+    assert_redirected_until_spill(moved, GIB + reply)
     assert moved["proxy_proxy_conns_accelerated"] == 0, moved  # kind not enabled
 
 
@@ -198,8 +213,7 @@ def test_proxy_proxy_single_stream_256mib_intact(fast_pp_mesh, agent):
     assert_intact(code, report, 1, topo)
     moved = delta(fast_counters(agent, topo.a), before)
     assert moved["proxy_proxy_conns_accelerated"] == 1, moved
-    assert moved["proxy_proxy_redirected_bytes"] >= size + reply, moved
-    assert moved["passed_bytes"] == 0, moved
+    assert_redirected_until_spill(moved, size + reply, "proxy_proxy_redirected_bytes")
 
 
 def test_status_reports_fast_path_and_pins(fast_mesh, agent):
@@ -280,8 +294,8 @@ def test_inbound_hop_single_stream_1gib_intact(topo, agent):
     assert moved_a["conns_accelerated"] == 1 and moved_a["proxy_app_conns_accelerated"] == 0, \
         moved_a
     assert moved_b["proxy_app_conns_accelerated"] == 1, moved_b
-    assert moved_b["proxy_app_redirected_bytes"] >= GIB + reply, moved_b
-    assert moved_b["passed_bytes"] == 0 and moved_a["passed_bytes"] == 0, (moved_a, moved_b)
+    assert_redirected_until_spill(moved_b, GIB + reply, "proxy_app_redirected_bytes")
+    assert moved_a["passed_bytes"] == 0 or moved_a["spilled_to_tcp"] >= 1, moved_a
 
 
 def test_inbound_hop_1000_connections_intact(fast_inbound_mesh, agent):
