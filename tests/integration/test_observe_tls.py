@@ -60,6 +60,17 @@ CLIENTS = [
 ]
 
 
+
+def assert_upstream_mtls_handshake(agent, topo):
+    """A's proxy's upstream mTLS handshake to B's sidecar, seen on the wire: ok, TLS 1.3, SNI."""
+    wire, _ = new_events(agent, topo.a, set(), lambda e: e["source"] == "wire", 1,
+                         "A's proxy's upstream mTLS handshake on the wire")
+    e = wire[0]
+    assert e["side"] == "upstream" and e["outcome"] == "ok", e
+    assert e["peer"] == f"{topo.b.ip4}:{APP_PORT}" and e["sni"] == SNI, e
+    assert e["version"] == "TLS1.3" and 0 < e["latency_ms"] < 1000, e
+    return e
+
 def test_wire_latency_sni_and_version_for_every_client(tls_pods, agent):
     """Every client, both versions: the app's hop (app -> its proxy) and the proxy's upstream
     hop are both timed in [D, D + 20 ms], with the SNI and the version."""
@@ -192,12 +203,7 @@ def test_mtls_between_haproxy_sidecars(topo, agent):
     result = topo.a.client(topo.b.ip4, APP_PORT)
     assert result.get("ok"), result
 
-    wire, _ = new_events(agent, topo.a, set(), lambda e: e["source"] == "wire", 1,
-                         "A's proxy's upstream mTLS handshake on the wire")
-    e = wire[0]
-    assert e["side"] == "upstream" and e["outcome"] == "ok", e
-    assert e["peer"] == f"{topo.b.ip4}:{APP_PORT}" and e["sni"] == SNI, e
-    assert e["version"] == "TLS1.3" and 0 < e["latency_ms"] < 1000, e
+    e = assert_upstream_mtls_handshake(agent, topo)
     libssl, _ = new_events(agent, topo.a, set(), lambda e: e["source"] == "libssl", 1,
                            "A's HAProxy handshake through the libssl uprobes")
     assert libssl[0]["comm"] == "haproxy" and libssl[0]["outcome"] == "ok", libssl

@@ -22,7 +22,7 @@ from harness.tls import (SNI, all_keys, make_ca_certs, new_events, run_client, s
 from harness.tls import gnutls_client as tls_gnutls_client
 from harness.tls import openssl_client as tls_openssl_client
 from harness.topology import APP_PORT
-from test_observe_tls import DELAY_MS, SLACK_MS, TLS_PORT
+from test_observe_tls import DELAY_MS, SLACK_MS, TLS_PORT, assert_upstream_mtls_handshake
 
 CLIENTS = [("openssl", "1.3"), ("openssl", "1.2"), ("gnutls", "1.3"), ("gnutls", "1.2")]
 
@@ -128,12 +128,7 @@ def test_mtls_between_sidecars_on_the_proxy_proxy_fast_path(topo, agent):
     result = topo.a.client(topo.b.ip4, APP_PORT)
     assert result.get("ok"), result
 
-    wire, _ = new_events(agent, topo.a, set(), lambda e: e["source"] == "wire", 1,
-                         "A's proxy's upstream mTLS handshake on the wire")
-    e = wire[0]
-    assert e["side"] == "upstream" and e["outcome"] == "ok", e
-    assert e["peer"] == f"{topo.b.ip4}:{APP_PORT}" and e["sni"] == SNI, e
-    assert e["version"] == "TLS1.3" and 0 < e["latency_ms"] < 1000, e
+    e = assert_upstream_mtls_handshake(agent, topo)
     moved = counters_delta(fast_path(agent, topo.a), before)
     # The proxy <-> proxy hop (the handshake included) went through sk_msg, not TCP.
     assert moved["proxy_proxy_conns_accelerated"] == 1, moved
