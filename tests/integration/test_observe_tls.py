@@ -61,6 +61,14 @@ CLIENTS = [
 
 
 
+def assert_within_delay_window(measured, what):
+    """Every (client, version, side, latency_ms) within [DELAY_MS, DELAY_MS + SLACK_MS]."""
+    print(f"\n{what} (ms): " + ", ".join(f"{c} {v} {s} {ms:.1f}" for c, v, s, ms in measured))
+    below = [m for m in measured if m[3] < DELAY_MS]
+    assert not below, f"shorter than the server's delay {DELAY_MS} ms: {below}"
+    outside = [m for m in measured if m[3] > DELAY_MS + SLACK_MS]
+    assert not outside, f"above {DELAY_MS} + {SLACK_MS} ms: {outside}"
+
 def assert_upstream_mtls_handshake(agent, topo):
     """A's proxy's upstream mTLS handshake to B's sidecar, seen on the wire: ok, TLS 1.3, SNI."""
     wire, _ = new_events(agent, topo.a, set(), lambda e: e["source"] == "wire", 1,
@@ -96,12 +104,7 @@ def test_wire_latency_sni_and_version_for_every_client(tls_pods, agent):
             if e["side"] == "app":
                 assert e["original_destination"] == f"{topo.b.ip4}:{TLS_PORT}", e
             measured.append((client, version, e["side"], e["latency_ms"]))
-    print("\nwire handshake latency (ms): " +
-          ", ".join(f"{c} {v} {s} {ms:.1f}" for c, v, s, ms in measured))
-    below = [m for m in measured if m[3] < DELAY_MS]
-    assert not below, f"shorter than the server's delay {DELAY_MS} ms: {below}"
-    outside = [m for m in measured if m[3] > DELAY_MS + SLACK_MS]
-    assert not outside, f"above {DELAY_MS} + {SLACK_MS} ms: {outside}"
+    assert_within_delay_window(measured, "wire handshake latency")
 
     # Kernel totals reach the aggregate on the observer's next map snapshot (about a second).
     util.wait_until(lambda: workload_tls(agent, topo.a)["wire"]["completed"] >= 2 * len(CLIENTS),
