@@ -3,9 +3,13 @@
 // capture costs per connection (connect4 redirect, SO_ORIGINAL_DST, proxy accept + connect,
 // iptables NAT + conntrack) rather than per byte.
 //
-//   meshlane_crr server --listen ADDR:PORT [--threads N] [--response BYTES]
+//   meshlane_crr server --listen ADDR:PORT [--threads N] [--response BYTES] [--exchanges E]
 //   meshlane_crr client --connect ADDR:PORT [--threads N] [--seconds S] [--request BYTES]
-//                       [--response BYTES] [--timeout-ms MS]
+//                       [--response BYTES] [--exchanges E] [--timeout-ms MS]
+//
+// --exchanges E (default 1, give both sides the same): E request/response round trips per
+// connection instead of one, to see how a per-connection cost (the fast path's psock setup and
+// teardown, docs/fastpath.md) weighs against a per-message saving.
 //
 // The client prints one JSON object: transactions, errors by kind (first errno text kept),
 // latency percentiles of whole transactions. Bounded in time: every socket call has a timeout.
@@ -44,14 +48,16 @@ struct Options {
     double seconds = 3.0;
     size_t request = 64;
     size_t response = 64;
+    int exchanges = 1;
     int timeout_ms = 2000;
 };
 
 [[noreturn]] void usage(const char* why) {
     std::fprintf(stderr,
                  "meshlane_crr: %s\nusage: meshlane_crr server --listen IP:PORT [--threads N] "
-                 "[--response B]\n       meshlane_crr client --connect IP:PORT [--threads N] "
-                 "[--seconds S] [--request B] [--response B] [--timeout-ms MS]\n",
+                 "[--response B] [--exchanges E]\n       meshlane_crr client --connect IP:PORT "
+                 "[--threads N] [--seconds S] [--request B] [--response B] [--exchanges E] "
+                 "[--timeout-ms MS]\n",
                  why);
     std::exit(2);
 }
@@ -74,7 +80,13 @@ Options parse(int argc, char** argv) {
             o.request = std::max<size_t>(1, std::strtoul(value, nullptr, 10));
         else if (flag == "--response")
             o.response = std::max<size_t>(1, std::strtoul(value, nullptr, 10));
-        else if (flag == "--timeout-ms")
+        else if (flag == "--exchanges") {
+            char* end = nullptr;
+            long n = std::strtol(value, &end, 10);
+            if (end == value || *end != '\0' || n < 1 || n > 1000000)
+                usage("--exchanges must be a whole number from 1 to 1000000");
+            o.exchanges = static_cast<int>(n);
+        } else if (flag == "--timeout-ms")
             o.timeout_ms = std::max(1, std::atoi(value));
         else
             usage(("unknown flag " + flag).c_str());
@@ -122,8 +134,10 @@ int run_server(const Options& o) {
                 int fd = accept(lfd, nullptr, nullptr);
                 if (fd < 0) continue;
                 set_timeouts(fd, o.timeout_ms);
-                if (read_exact(fd, request.data(), request.size()) == 0)
-                    write_all(fd, response.data(), response.size());
+                for (int e = 0; e < o.exchanges; ++e)
+                    if (read_exact(fd, request.data(), request.size()) != 0 ||
+                        write_all(fd, response.data(), response.size()) != 0)
+                        break;
                 close(fd);
             }
         });
@@ -156,13 +170,13 @@ void run_client_thread(const Options& o, const sockaddr_in& dst, Clock::time_poi
         const char* stage = "connect";
         int err =
             connect(fd, reinterpret_cast<const sockaddr*>(&dst), sizeof(dst)) == 0 ? 0 : errno;
-        if (!err) {
+        for (int e = 0; !err && e < o.exchanges; ++e) {
             stage = "send";
             err = write_all(fd, request.data(), request.size());
-        }
-        if (!err) {
-            stage = "recv";
-            err = read_exact(fd, response.data(), response.size());
+            if (!err) {
+                stage = "recv";
+                err = read_exact(fd, response.data(), response.size());
+            }
         }
         close(fd);
         if (err) {
@@ -224,10 +238,10 @@ int run_client(const Options& o) {
     double p50 = percentile(total.latency_us, 50), p99 = percentile(total.latency_us, 99);
     std::printf(
         "{\"transactions\":%llu,\"errors\":%llu,\"error_kinds\":%s,\"seconds\":%.4f,"
-        "\"rate\":%.1f,\"p50_us\":%.0f,\"p99_us\":%.0f,\"threads\":%d}\n",
+        "\"rate\":%.1f,\"p50_us\":%.0f,\"p99_us\":%.0f,\"threads\":%d,\"exchanges\":%d}\n",
         static_cast<unsigned long long>(total.transactions),
         static_cast<unsigned long long>(error_count), errors.c_str(), elapsed,
-        static_cast<double>(total.transactions) / elapsed, p50, p99, o.threads);
+        static_cast<double>(total.transactions) / elapsed, p50, p99, o.threads, o.exchanges);
     return 0;
 }
 

@@ -8,6 +8,7 @@
 //   meshlane_integrity client --connect IP:PORT [--conns N] [--concurrency C] [--seed S]
 //        [--min-bytes B] [--max-bytes B] [--max-msg B] [--reply-bytes B|--reply-random]
 //        [--reader epoll|fionread] [--timeout-ms MS]
+//   both: [--burst B --quiet-ms MS] [--read-pause-every B --read-pause-ms MS]
 //
 // Per connection the client sends a 24-byte header (magic, stream length, seed), then the stream
 // in writes of random size (1..max-msg), then shutdown(SHUT_WR). The server checks the stream
@@ -22,6 +23,13 @@
 //             between two calls, never leave), or more than a read returns, is an error.
 //             "FIONREAD 0, then data" is counted as fionread_raced (benign: the peer wrote in
 //             between) -- the naive check that failed on it once was the FIONREAD "bug".
+//
+// Flow-control cycles (the fast path's spill to TCP and return, docs/fastpath.md): --burst makes
+// every writer stop for --quiet-ms after each B bytes of its stream and before its half-close
+// (a half-close right behind a spilled burst can cost HAProxy the stream's tail: see
+// docs/fastpath.md, "Flow control"), --read-pause-every makes
+// every reader stop reading for --read-pause-ms after each B bytes read. A reader's own pause is
+// not counted as a stall (its gap clock restarts when it resumes); a writer's quiet time is.
 //
 // The client prints one JSON object: connections ok/failed, bytes each way, the first errors,
 // and the longest interval any established connection waited without progress (max_stall_ms).
@@ -43,6 +51,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -152,6 +161,10 @@ struct Conn {
     std::uint64_t rng = 0;
     std::string error;
     bool done = false;
+    // --burst / --read-pause-every: the next offsets at which to pause, and until when
+    std::uint64_t next_quiet = 0, next_read_pause = 0;
+    Clock::time_point write_resume{}, read_resume{};
+    bool read_paused = false, quiet_before_close = false;
 };
 
 struct Options {
@@ -160,7 +173,16 @@ struct Options {
     std::uint64_t seed = 1, min_bytes = 1, max_bytes = 65536, max_msg = 65536;
     std::uint64_t reply_bytes = 0;
     bool reply_random = false;
+    std::uint64_t burst = 0, read_pause_every = 0;
+    int quiet_ms = 0, read_pause_ms = 0;
 };
+
+// A connection waiting out its writer's quiet time or its reader's pause: pump it again then.
+bool paused(const Conn& c) {
+    const auto now = Clock::now();
+    return (c.out_started && !c.out_shut && now < c.write_resume) ||
+           (c.read_paused && now < c.read_resume);
+}
 
 void read_progress(Conn& c) {
     if (c.any_read) c.max_gap_ms = std::max(c.max_gap_ms, ms_since(c.last_read));
@@ -169,7 +191,7 @@ void read_progress(Conn& c) {
 }
 
 // Writes what it can; false on error (c.error set).
-bool pump_out(Conn& c, std::uint64_t max_msg) {
+bool pump_out(Conn& c, std::uint64_t max_msg, const Options& o) {
     std::uint8_t buf[65536];
     while (c.prefix_sent < c.prefix.size()) {
         ssize_t n = send(c.fd, c.prefix.data() + c.prefix_sent, c.prefix.size() - c.prefix_sent,
@@ -182,10 +204,20 @@ bool pump_out(Conn& c, std::uint64_t max_msg) {
         c.prefix_sent += static_cast<std::size_t>(n);
     }
     if (!c.out_started) return true;
+    if (Clock::now() < c.write_resume) return true;
     while (c.out_sent < c.out_len) {
+        if (o.burst && c.out_sent >= c.next_quiet) {
+            if (c.next_quiet > 0) {
+                c.next_quiet += o.burst;
+                c.write_resume = Clock::now() + std::chrono::milliseconds(o.quiet_ms);
+                return true;
+            }
+            c.next_quiet = o.burst;
+        }
         c.rng = splitmix(c.rng);
         std::size_t len = 1 + c.rng % std::min<std::uint64_t>(max_msg, sizeof(buf));
         len = std::min<std::uint64_t>(len, c.out_len - c.out_sent);
+        if (o.burst) len = std::min<std::uint64_t>(len, c.next_quiet - c.out_sent);
         fill(c.out_seed, c.out_sent, buf, len);
         ssize_t n = send(c.fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
@@ -195,6 +227,12 @@ bool pump_out(Conn& c, std::uint64_t max_msg) {
             return false;
         }
         c.out_sent += static_cast<std::uint64_t>(n);
+    }
+    if (o.burst && !c.out_shut && !c.quiet_before_close) {
+        // The last burst gets its quiet time too, before the half-close: see --burst.
+        c.quiet_before_close = true;
+        c.write_resume = Clock::now() + std::chrono::milliseconds(o.quiet_ms);
+        return true;
     }
     if (!c.out_shut) {
         if (shutdown(c.fd, SHUT_WR) != 0) {
@@ -256,7 +294,21 @@ bool consume(Conn& c, const std::uint8_t* data, std::size_t len, const Options& 
 // Reads what is there; false on error. Sets in_eof at end of stream.
 bool pump_in(Conn& c, const Options& o) {
     std::uint8_t buf[65536];
+    if (c.read_paused) {
+        if (Clock::now() < c.read_resume) return true;
+        c.read_paused = false;
+        c.last_read = Clock::now();  // the pause was ours, not a stall
+    }
     while (!c.in_eof) {
+        if (o.read_pause_every && c.in_got >= c.next_read_pause) {
+            if (c.next_read_pause > 0) {
+                c.next_read_pause += o.read_pause_every;
+                c.read_paused = true;
+                c.read_resume = Clock::now() + std::chrono::milliseconds(o.read_pause_ms);
+                return true;
+            }
+            c.next_read_pause = o.read_pause_every;
+        }
         std::size_t want = sizeof(buf);
         if (o.reader == "fionread") {
             int pending = 0;
@@ -344,7 +396,9 @@ bool pump_in(Conn& c, const Options& o) {
                  "       meshlane_integrity client --connect IP:PORT [--conns N] "
                  "[--concurrency C] [--seed S] [--min-bytes B] [--max-bytes B] [--max-msg B] "
                  "[--reply-bytes B | --reply-random] [--reader epoll|fionread] "
-                 "[--timeout-ms MS]\n",
+                 "[--timeout-ms MS]\n"
+                 "       both: [--burst B --quiet-ms MS] [--read-pause-every B "
+                 "--read-pause-ms MS]\n",
                  why);
     std::exit(2);
 }
@@ -381,12 +435,23 @@ Options parse(int argc, char** argv) {
             o.reader = next();
         else if (a == "--timeout-ms")
             o.timeout_ms = std::atoi(next().c_str());
+        else if (a == "--burst")
+            o.burst = std::strtoull(next().c_str(), nullptr, 0);
+        else if (a == "--quiet-ms")
+            o.quiet_ms = std::atoi(next().c_str());
+        else if (a == "--read-pause-every")
+            o.read_pause_every = std::strtoull(next().c_str(), nullptr, 0);
+        else if (a == "--read-pause-ms")
+            o.read_pause_ms = std::atoi(next().c_str());
         else
             usage(("unknown option " + a).c_str());
     }
     if (o.address.empty()) usage("missing address");
     if (o.reader != "epoll" && o.reader != "fionread") usage("--reader: epoll or fionread");
     if (o.min_bytes > o.max_bytes) usage("--min-bytes > --max-bytes");
+    if ((o.burst == 0) != (o.quiet_ms == 0)) usage("--burst and --quiet-ms go together");
+    if ((o.read_pause_every == 0) != (o.read_pause_ms == 0))
+        usage("--read-pause-every and --read-pause-ms go together");
     return o;
 }
 
@@ -409,8 +474,45 @@ int run_server(const Options& o) {
     ev.data.ptr = nullptr;
     epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
     std::vector<epoll_event> events(256);
+    std::set<Conn*> waiting;  // paused (--burst, --read-pause-every)
+    auto service = [&](Conn* c) {
+        bool ok = true;
+        if (!c->in_eof) {
+            ok = pump_in(*c, o);
+            if (ok && c->in_eof) {
+                // The whole stream and its half-close arrived: answer.
+                c->prefix.assign(kVerdict, 0);
+                put64(c->prefix.data() + 8, static_cast<std::uint64_t>(c->max_gap_ms * 1000));
+                c->out_seed = c->in_seed ^ 0xa5a5a5a5a5a5a5a5ull;
+                // The reply length travels in the seed's upper 24 bits: see client.
+                c->out_len = c->in_seed >> 40;
+                c->out_started = true;
+                c->rng = c->in_seed;
+            }
+        }
+        if (!ok && !c->prefix.empty()) {
+            c->prefix_sent = 0;
+            c->out_started = false;
+            (void)pump_out(*c, o.max_msg, o);
+            shutdown(c->fd, SHUT_WR);
+            c->done = true;
+        } else if (ok && c->out_started) {
+            ok = pump_out(*c, o.max_msg, o);
+            if (ok && c->out_shut) c->done = true;
+        }
+        if (!ok || c->done) {
+            if (!ok) std::fprintf(stderr, "meshlane_integrity server: %s\n", c->error.c_str());
+            epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, nullptr);
+            close(c->fd);
+            waiting.erase(c);
+            delete c;
+        } else if (paused(*c)) {
+            waiting.insert(c);
+        }
+    };
     while (true) {
-        int n = epoll_wait(ep, events.data(), static_cast<int>(events.size()), -1);
+        int n = epoll_wait(ep, events.data(), static_cast<int>(events.size()),
+                           waiting.empty() ? -1 : 5);
         if (n < 0 && errno == EINTR) continue;
         for (int i = 0; i < n; ++i) {
             if (events[static_cast<std::size_t>(i)].data.ptr == nullptr) {
@@ -429,37 +531,15 @@ int run_server(const Options& o) {
                 }
                 continue;
             }
-            auto* c = static_cast<Conn*>(events[static_cast<std::size_t>(i)].data.ptr);
-            bool ok = true;
-            if (!c->in_eof) {
-                ok = pump_in(*c, o);
-                if (ok && c->in_eof) {
-                    // The whole stream and its half-close arrived: answer.
-                    c->prefix.assign(kVerdict, 0);
-                    put64(c->prefix.data() + 8, static_cast<std::uint64_t>(c->max_gap_ms * 1000));
-                    c->out_seed = c->in_seed ^ 0xa5a5a5a5a5a5a5a5ull;
-                    // The reply length travels in the seed's upper 24 bits: see client.
-                    c->out_len = c->in_seed >> 40;
-                    c->out_started = true;
-                    c->rng = c->in_seed;
-                }
-            }
-            if (!ok && !c->prefix.empty()) {
-                c->prefix_sent = 0;
-                c->out_started = false;
-                (void)pump_out(*c, o.max_msg);
-                shutdown(c->fd, SHUT_WR);
-                c->done = true;
-            } else if (ok && c->out_started) {
-                ok = pump_out(*c, o.max_msg);
-                if (ok && c->out_shut) c->done = true;
-            }
-            if (!ok || c->done) {
-                if (!ok) std::fprintf(stderr, "meshlane_integrity server: %s\n", c->error.c_str());
-                epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, nullptr);
-                close(c->fd);
-                delete c;
-            }
+            service(static_cast<Conn*>(events[static_cast<std::size_t>(i)].data.ptr));
+        }
+        // Connections whose quiet time or read pause is over get no epoll event: pump them.
+        std::vector<Conn*> due;
+        for (Conn* c : waiting)
+            if (!paused(*c)) due.push_back(c);
+        for (Conn* c : due) {
+            waiting.erase(c);
+            service(c);
         }
     }
 }
@@ -541,7 +621,8 @@ int run_client(const Options& o) {
             timed_out = true;
             break;
         }
-        int n = epoll_wait(ep, events.data(), static_cast<int>(events.size()), 100);
+        int n = epoll_wait(ep, events.data(), static_cast<int>(events.size()),
+                           o.burst || o.read_pause_every ? 5 : 100);
         if (n < 0 && errno == EINTR) continue;
         for (int i = 0; i < n; ++i) {
             auto& ev = events[static_cast<std::size_t>(i)];
@@ -558,10 +639,18 @@ int run_client(const Options& o) {
                 }
                 c->established = true;
             }
-            bool ok = pump_out(*c, o.max_msg);
+            bool ok = pump_out(*c, o.max_msg, o);
             if (ok) ok = pump_in(*c, o);
             if (!ok || c->in_eof) finish(*c);
         }
+        // Connections whose quiet time or read pause is over get no epoll event: pump them.
+        if (o.burst || o.read_pause_every)
+            for (auto& c : conns)
+                if (!c->done && c->established && !paused(*c)) {
+                    bool ok = pump_out(*c, o.max_msg, o);
+                    if (ok) ok = pump_in(*c, o);
+                    if (!ok || c->in_eof) finish(*c);
+                }
         // A stream that stopped mid-way counts as stalled now, not only when it moves again.
         for (auto& c : conns)
             if (!c->done && c->any_read) max_stall = std::max(max_stall, ms_since(c->last_read));

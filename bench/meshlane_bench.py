@@ -44,6 +44,16 @@ COLUMN_NAMES = {"meshlane_fast": "fast", "meshlane_fast_pp": "fast+pp",
 # product default. Only these loads, to keep the run bounded.
 NOOBS_CONFIG = "meshlane_noobs"
 NOOBS_METRICS = ("rr_1024", "crr")
+# Paced bulk: one iperf3 stream at these multiples of iptables' unpaced median of the same run,
+# one pass after the rounds, for these columns: how much the fast path carries before a proxy
+# falls 4 MiB behind and the connection spills to TCP (docs/fastpath.md, "Bulk: the ceiling").
+PACED_RATES = (0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
+PACED_CONFIGS = ("iptables", "meshlane", "meshlane_fast", "meshlane_fast_pp")
+PACED_HELD_FRACTION = 0.95
+# The issue's own topology (one pod, app -> its sidecar -> a server in the same netns; OnePod),
+# bulk only, in the same rounds as everything else.
+ONE_POD_PREFIX = "pod1_"
+ONE_POD_CONFIGS = ("direct", "iptables", "meshlane", "meshlane_fast")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNET = 0x40000000
@@ -278,12 +288,14 @@ def haproxy_config():
         "backend inbound_dst", "    server s 0.0.0.0:0 source 127.0.0.6", ""])
 
 
-def istio_iptables_rules():
+def istio_iptables_rules(first_output_rules=()):
     """istio-iptables' IPv4 nat rules for the defaults (capture all, 15008/15020/15021/15090
-    excluded inbound): see /work/shared/DESIGN.md and tests/integration/harness/iptables.py."""
+    excluded inbound): see /work/shared/DESIGN.md and tests/integration/harness/iptables.py.
+    first_output_rules go at the head of ISTIO_OUTPUT (the one-pod topology's)."""
     lines = ["*nat", ":ISTIO_INBOUND - [0:0]", ":ISTIO_IN_REDIRECT - [0:0]",
              ":ISTIO_OUTPUT - [0:0]", ":ISTIO_REDIRECT - [0:0]",
-             "-A PREROUTING -p tcp -j ISTIO_INBOUND", "-A OUTPUT -p tcp -j ISTIO_OUTPUT"]
+             "-A PREROUTING -p tcp -j ISTIO_INBOUND", "-A OUTPUT -p tcp -j ISTIO_OUTPUT",
+             *first_output_rules]
     for port in (15008, 15020, 15021, 15090):
         lines.append(f"-A ISTIO_INBOUND -p tcp --dport {port} -j RETURN")
     lines += ["-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT",
@@ -301,21 +313,36 @@ def istio_iptables_rules():
 
 
 class Pair:
-    """Client pod A and server pod B for one configuration."""
+    """Client pod A and server pod B for one configuration. `kind` is what the configuration
+    captures with (a CONFIGS name); `target` the address the client connects to."""
+    pods = "ab"
+    server_pod = "b"
 
-    def __init__(self, bench, config, index):
-        self.bench, self.config = bench, config
-        self.ns = {pod: bench.netns_name(config, pod) for pod in "ab"}
+    def __init__(self, bench, config, index, kind=None):
+        self.bench, self.config, self.kind = bench, config, kind or config
+        self.ns = {pod: bench.netns_name(config, pod) for pod in self.pods}
         self.ip = {"a": f"10.231.{index}.1", "b": f"10.231.{index}.2"}
-        self.cg = {pod: os.path.join(bench.cgroup_root, config, pod) for pod in "ab"}
+        self.target = self.ip["b"]
+        self.cg = {pod: os.path.join(bench.cgroup_root, config, pod) for pod in self.pods}
         self.sidecars = {}
         self.agent = "agent-noobs" if config == NOOBS_CONFIG else "agent"
+
+    def workload_name(self, pod):
+        return f"mlb-{self.bench.id}-{self.config.replace('_', '-')}-{pod}"
 
     def cgroup(self, pod, child):
         return os.path.join(self.cg[pod], child)
 
     def create(self):
+        self.create_pods()
+        run(["ip", "link", "add", "eth0", "netns", self.ns["a"], "type", "veth", "peer", "name",
+             "eth0", "netns", self.ns["b"]])
         for pod in "ab":
+            run(["ip", "-n", self.ns[pod], "addr", "add", f"{self.ip[pod]}/24", "dev", "eth0"])
+            run(["ip", "-n", self.ns[pod], "link", "set", "eth0", "up"])
+
+    def create_pods(self):
+        for pod in self.pods:
             for child in ("app", "sidecar"):
                 os.makedirs(self.cgroup(pod, child))
             run(["ip", "netns", "add", self.ns[pod]])
@@ -325,25 +352,21 @@ class Pair:
             for key, value in (("net.ipv4.ip_local_port_range", "1024 65000"),
                                ("net.ipv4.tcp_tw_reuse", "1")):
                 run(["ip", "netns", "exec", self.ns[pod], "sysctl", "-qw", f"{key}={value}"])
-        run(["ip", "link", "add", "eth0", "netns", self.ns["a"], "type", "veth", "peer", "name",
-             "eth0", "netns", self.ns["b"]])
-        for pod in "ab":
-            run(["ip", "-n", self.ns[pod], "addr", "add", f"{self.ip[pod]}/24", "dev", "eth0"])
-            run(["ip", "-n", self.ns[pod], "link", "set", "eth0", "up"])
 
-    def apply_iptables(self):
-        for pod in "ab":
+    def apply_iptables(self, rules=None):
+        for pod in self.pods:
             p = subprocess.run(["ip", "netns", "exec", self.ns[pod], "iptables-restore",
-                                "--noflush"], input=istio_iptables_rules(), capture_output=True,
+                                "--noflush"], input=rules or istio_iptables_rules(),
+                               capture_output=True,
                                text=True, timeout=30)
             if p.returncode != 0:
                 raise RuntimeError(f"iptables-restore in {self.ns[pod]}: {p.stderr}")
 
     def enroll(self):
-        for pod in "ab":
-            args = ["enroll", f"mlb-{self.bench.id}-{self.config.replace('_', '-')}-{pod}",
-                    "--cgroup", self.cg[pod], "--netns", f"/var/run/netns/{self.ns[pod]}"]
-            self.bench.cli(*args, *FAST_PATH_FLAGS.get(self.config, []), agent=self.agent)
+        for pod in self.pods:
+            args = ["enroll", self.workload_name(pod), "--cgroup", self.cg[pod], "--netns",
+                    f"/var/run/netns/{self.ns[pod]}"]
+            self.bench.cli(*args, *FAST_PATH_FLAGS.get(self.kind, []), agent=self.agent)
 
     def attach_prototype(self, obj):
         """bench/prototypes: load OBJ (a sockops + sk_msg pair around one SOCKHASH), attach the
@@ -359,7 +382,7 @@ class Pair:
              "msg_verdict", "pinned", os.path.join(pins, "maps", "fastpath_peers")])
 
     def start_sidecars(self):
-        for pod in "ab":
+        for pod in self.pods:
             cfg = os.path.join(self.bench.workdir, f"haproxy-{self.config}-{pod}.cfg")
             with open(cfg, "w") as f:
                 f.write(haproxy_config())
@@ -371,7 +394,8 @@ class Pair:
             self.wait_listening(pod, (OUTBOUND_PORT, INBOUND_PORT), self.sidecars[pod])
 
     def start_servers(self):
-        b, app = "b", self.cgroup("b", "app")
+        b = self.server_pod
+        app = self.cgroup(b, "app")
         servers = [
             (["iperf3", "-s", "-p", str(IPERF_PORT)], "iperf3"),
             (["sockperf", "sr", "--tcp", "-i", "0.0.0.0", "-p", str(SOCKPERF_PORT)], "sockperf"),
@@ -400,19 +424,19 @@ class Pair:
 
     def evidence(self):
         """Proof that the configuration really captured the traffic, kept with the results."""
-        if self.config == "iptables":
+        if self.kind == "iptables":
             out = {}
-            for pod in "ab":
+            for pod in self.pods:
                 text = run(["ip", "netns", "exec", self.ns[pod], "iptables", "-t", "nat", "-L",
                             "-v", "-n", "-x"]).stdout
                 out[pod] = {chain: int(m.group(1)) for chain, m in (
                     (c, re.search(rf"\n\s*(\d+)\s+\d+\s+REDIRECT.*\n?", section))
                     for c, section in split_chains(text)) if m}
             return {"nat_redirect_packets": out}
-        if self.config.startswith("meshlane") or self.config.startswith("proto_"):
+        if self.kind.startswith("meshlane") or self.kind.startswith("proto_"):
             out = {}
-            for pod in "ab":
-                name = f"mlb-{self.bench.id}-{self.config.replace('_', '-')}-{pod}"
+            for pod in self.pods:
+                name = self.workload_name(pod)
                 if self.config.startswith("proto_") and pod == "a":
                     out["prototype_stats"] = self.sockhash_entries()
                 p = self.bench.cli("workload", name, "--json", check=False, agent=self.agent)
@@ -437,6 +461,40 @@ class Pair:
         except (ValueError, KeyError, TypeError):
             return p.stdout.strip()
         return dict(zip(("sockets_added", "msgs_redirected", "msgs_not_redirected"), values))
+
+
+class OnePod(Pair):
+    """The issue's own starting point: ONE pod (netns), client app -> its own sidecar (outbound
+    capture) -> a server in the same netns, over loopback only. The server's address (`target`,
+    10.233.N.9) is a local route on lo (AnyIP), not an interface address, so both captures treat
+    it as an outbound destination: meshlane's "pod-local" test uses the pod's interface
+    addresses (getifaddrs), and Istio's nat rules never capture app -> own pod over lo (`-o lo
+    ! --uid-owner 1337 -j RETURN`), so the iptables column gets two rules at the head of
+    ISTIO_OUTPUT: the app's connect to the target -> ISTIO_REDIRECT, everything else to it
+    (the proxy's upstream) RETURN. The route's `src` is the pod IP, so the proxy's upstream
+    connection comes from a pod address and sk_lookup leaves it alone (no inbound hop)."""
+    pods = "a"
+    server_pod = "a"
+
+    def __init__(self, bench, config, index, kind):
+        super().__init__(bench, config, index, kind)
+        self.target = f"10.233.{index}.9"
+
+    def create(self):
+        self.create_pods()
+        ns = self.ns["a"]
+        # The pod's interface: a veth whose peer stays in the netns (no dummy module here).
+        run(["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"])
+        run(["ip", "-n", ns, "addr", "add", f"{self.ip['a']}/24", "dev", "eth0"])
+        for dev in ("eth0", "eth0p"):
+            run(["ip", "-n", ns, "link", "set", dev, "up"])
+        run(["ip", "-n", ns, "route", "add", "local", f"{self.target}/32", "dev", "lo", "src",
+             self.ip["a"], "table", "local"])
+
+    def apply_iptables(self, rules=None):
+        super().apply_iptables(rules or istio_iptables_rules((
+            f"-A ISTIO_OUTPUT -d {self.target}/32 -m owner ! --uid-owner {PROXY_UID} "
+            "-j ISTIO_REDIRECT", f"-A ISTIO_OUTPUT -d {self.target}/32 -j RETURN")))
 
 
 def split_chains(text):
@@ -526,10 +584,42 @@ class CpuMeter:
         return self.pods * scale / n, self.machine * scale / n
 
 
-def measure_iperf(pair, seconds):
+# Fast-path counters kept per bulk sample (deltas over the sample, both pods summed); the last
+# one exists only once the spill is temporary (tolerated when absent).
+FAST_PATH_BULK_COUNTERS = ("redirected_bytes", "passed_bytes", "conns_accelerated",
+                           "proxy_proxy_redirected_bytes", "proxy_app_redirected_bytes",
+                           "spilled_to_tcp", "returned_to_fast_path")
+
+
+def fast_path_counters(pair):
+    """The fast-path counters of the pair's workloads, summed over its pods (a connection is
+    counted on its connecting end's workload); None when the configuration has no fast path."""
+    if pair.kind not in FAST_PATH_FLAGS:
+        return None
+    total = {}
+    for pod in pair.pods:
+        p = pair.bench.cli("workload", pair.workload_name(pod), "--json", check=False,
+                           agent=pair.agent)
+        try:
+            counters = json.loads(p.stdout).get("fast_path", {}).get("counters", {})
+        except (ValueError, AttributeError):
+            raise MetricError(f"`meshlane workload {pair.workload_name(pod)} --json`: "
+                              f"{p.stdout.strip()[:200]} {p.stderr.strip()[:200]}")
+        for key, value in counters.items():
+            if isinstance(value, (int, float)):
+                total[key] = total.get(key, 0) + value
+    return total
+
+
+def measure_iperf(pair, seconds, rate_bps=None):
+    """One iperf3 stream, receiver-side Gbit/s. rate_bps: paced (`-b`, iperf3's own pacing of
+    its writes), else flat out. With a fast path, the counters' deltas over the run: bytes
+    redirected per delivered byte (1 per accelerated hop), passed on TCP, spills."""
+    before = fast_path_counters(pair)
+    pace = ["-b", str(int(rate_bps))] if rate_bps else []
     with CpuMeter(pair) as cpu:
-        p = pair.client(["iperf3", "-c", pair.ip["b"], "-p", str(IPERF_PORT), "-t",
-                         str(seconds), "-J"], timeout=seconds + 20)
+        p = pair.client(["iperf3", "-c", pair.target, "-p", str(IPERF_PORT), "-t",
+                         str(seconds), *pace, "-J"], timeout=seconds + 20)
     try:
         data = json.loads(p.stdout)
     except ValueError:
@@ -542,8 +632,16 @@ def measure_iperf(pair, seconds):
     except KeyError:
         raise MetricError(f"iperf3 failed: exit {p.returncode}, no end.sum_received")
     pods, machine = cpu.per(received["bytes"] / 1e9, scale=1e3)
-    return {"gbit_s": received["bits_per_second"] / 1e9, "cpu_ms_per_gb": pods,
-            "machine_cpu_ms_per_gb": machine}
+    result = {"gbit_s": received["bits_per_second"] / 1e9, "cpu_ms_per_gb": pods,
+              "machine_cpu_ms_per_gb": machine}
+    if before is not None:
+        after = fast_path_counters(pair)
+        delta = {k: after[k] - before.get(k, 0) for k in FAST_PATH_BULK_COUNTERS if k in after}
+        result["fast_path"] = delta  # not a number: medians() leaves it to the JSON
+        result["redirected_per_delivered_byte"] = (
+            delta.get("redirected_bytes", 0) / received["bytes"] if received["bytes"] else None)
+        result["spilled"] = delta.get("spilled_to_tcp", 0)
+    return result
 
 
 SOCKPERF_PCT = re.compile(r"percentile\s+([\d.]+)\s*=\s*([\d.]+)")
@@ -552,7 +650,7 @@ SOCKPERF_TOTAL = re.compile(r"Total\s+(\d+)\s+observations")
 
 def measure_sockperf(pair, seconds, size):
     with CpuMeter(pair) as cpu:
-        p = pair.client(["sockperf", "pp", "--tcp", "-i", pair.ip["b"], "-p",
+        p = pair.client(["sockperf", "pp", "--tcp", "-i", pair.target, "-p",
                          str(SOCKPERF_PORT), "-m", str(size), "-t", str(seconds), "--full-rtt"],
                         timeout=seconds + 20)
     text = re.sub(r"\x1b\[[0-9;]*m", "", p.stdout + p.stderr)
@@ -568,7 +666,7 @@ def measure_sockperf(pair, seconds, size):
 
 def measure_crr(pair, seconds, threads):
     with CpuMeter(pair) as cpu:
-        p = pair.client([pair.bench.crr_bin, "client", "--connect", f"{pair.ip['b']}:{CRR_PORT}",
+        p = pair.client([pair.bench.crr_bin, "client", "--connect", f"{pair.target}:{CRR_PORT}",
                          "--threads", str(threads), "--seconds", str(seconds), "--request",
                          "64", "--response", "64", "--timeout-ms", "2000"],
                         timeout=seconds + 30)
@@ -589,12 +687,72 @@ class MetricError(RuntimeError):
     pass
 
 
+def paced_held(result, target_gbit_s):
+    """A paced rate is held when the receiver got >= 95% of it and, with a fast path, no
+    direction spilled to TCP and TCP carried under 1% of the bytes the fast path carried."""
+    if result["gbit_s"] < PACED_HELD_FRACTION * target_gbit_s:
+        return False
+    fast = result.get("fast_path")
+    if fast is None:
+        return True
+    return not fast.get("spilled_to_tcp") and \
+        fast.get("passed_bytes", 0) <= 0.01 * fast.get("redirected_bytes", 0)
+
+
+def measure_paced(pairs, columns, base_gbit_s, rates, seconds, failures):
+    """One pass of paced iperf3 runs, rates ascending, as multiples of base_gbit_s (iptables'
+    unpaced median of this run); the column order rotates per rate."""
+    out = {c: [] for c in columns}
+    for i, rate_x in enumerate(rates):
+        target = rate_x * base_gbit_s
+        for c in columns[i % len(columns):] + columns[:i % len(columns)]:
+            try:
+                result = measure_iperf(pairs[c], seconds, target * 1e9)
+            except (MetricError, subprocess.TimeoutExpired) as e:
+                failures.append({"round": "paced", "config": c, "metric": f"paced_{rate_x:g}x",
+                                 "error": str(e)[-800:]})
+                log(f"  {c} paced {rate_x:g}x: FAILED {str(e)[:300]}")
+                continue
+            result.update(rate_x=rate_x, target_gbit_s=target,
+                          held=paced_held(result, target))
+            out[c].append(result)
+        log(f"paced {rate_x:g}x iptables ({target:.2f} Gbit/s): " + ", ".join(
+            f"{COLUMN_NAMES.get(c, c)} {r['gbit_s']:.2f}{paced_mark(r)}"
+            for c in columns for r in out[c] if r["rate_x"] == rate_x))
+    return out
+
+
+def paced_mark(result):
+    """'' when held; ' short' when under the rate; ' spill NN%' (the share of the fast path's
+    bytes that still took the redirect) when a direction moved to TCP."""
+    fast = result.get("fast_path", {})
+    if fast.get("spilled_to_tcp"):
+        total = fast.get("redirected_bytes", 0) + fast.get("passed_bytes", 0)
+        return f" spill {fast.get('redirected_bytes', 0) / total:.0%}" if total else " spill"
+    return "" if result["held"] else " short"
+
+
+def highest_held(results):
+    """The highest paced rate held with every lower rate held too (one pass: a noisy failure
+    ends the climb rather than being skipped over); a string for the table."""
+    best = None
+    for r in sorted(results, key=lambda r: r["rate_x"]):
+        if not r["held"]:
+            break
+        best = r["rate_x"]
+    if best is None:
+        return f"<{min(r['rate_x'] for r in results):.2f}x" if results else None
+    return f"{best:.2f}x"
+
+
 # ---------------------------------------------------------------------------------------------
 # Report
 
 ROWS = [  # (metric, field, label, better)
     ("iperf", "gbit_s", "bulk throughput, iperf3 1 stream (Gbit/s)", "higher"),
     ("iperf", "cpu_ms_per_gb", "  CPU per GB moved (CPU-ms/GB)", "lower"),
+    ("paced", "held_x", "  highest paced rate held, fast path without spill (x iptables)",
+     "higher"),
 ]
 for _size, _label in zip(RR_SIZES, ("14 B", "1 KiB", "64 KiB")):
     ROWS += [(f"rr_{_size}", "p50_us", f"req/resp {_label} RTT p50 (µs)", "lower"),
@@ -627,6 +785,8 @@ def medians(samples):
 def fmt(v):
     if v is None:
         return "n/a"
+    if isinstance(v, str):
+        return v
     if abs(v) >= 100:
         return f"{v:,.0f}"
     if abs(v) >= 10:
@@ -649,10 +809,52 @@ def build_table(med, configs_run):
 
         def ratio(c):
             v = vals[c]
-            if field == "errors":
+            if field in ("errors", "held_x"):
                 return ""
             return f"{v / base:.2f}x" if v is not None and base else "n/a"
         rows.append([label] + [fmt(vals[c]) for c in columns] + [ratio(c) for c in versus])
+    return header, rows
+
+
+TOPOLOGIES = (("two pods: app -> A's proxy -> veth -> B's proxy -> server", ""),
+              ("one pod: app -> its proxy -> server, loopback", ONE_POD_PREFIX))
+
+
+def build_topology_table(med, configs, one_pod):
+    """Bulk per topology side by side: the ceiling (direct) and each capture, as ratios to the
+    iptables of the same topology, and how many hops the fast path carried."""
+    kinds = [k for k in ("direct", "iptables", "meshlane", "meshlane_fast", "meshlane_fast_pp")
+             if k in configs]
+    name = lambda k: COLUMN_NAMES.get(k, k)  # noqa: E731
+    fast_kinds = [k for k in kinds if k in FAST_PATH_FLAGS]
+    header = ["topology"] + [f"{name(k)} Gbit/s" for k in kinds] + \
+        [f"{name(k)} / ipt" for k in kinds if k != "iptables"] + \
+        [f"{name(k)}: hops redirected" for k in fast_kinds]
+    rows = []
+    for label, prefix in TOPOLOGIES:
+        if prefix and not one_pod:
+            continue
+        get = lambda k, f="gbit_s": med.get(prefix + k, {}).get("iperf", {}).get(f)  # noqa
+        base = get("iptables")
+        rows.append([label] + [fmt(get(k)) for k in kinds] +
+                    [f"{get(k) / base:.2f}x" if get(k) and base else "n/a"
+                     for k in kinds if k != "iptables"] +
+                    [fmt(get(k, "redirected_per_delivered_byte")) for k in fast_kinds])
+    return header, rows
+
+
+def build_paced_table(paced):
+    columns = list(paced)
+    header = ["rate (x iptables = Gbit/s)"] + [COLUMN_NAMES.get(c, c) for c in columns]
+    rates = sorted({r["rate_x"]: r["target_gbit_s"] for c in columns for r in paced[c]}.items())
+    rows = []
+    for rate_x, target in rates:
+        cells = []
+        for c in columns:
+            r = next((r for r in paced[c] if r["rate_x"] == rate_x), None)
+            cells.append(f"{fmt(r['gbit_s'])}{paced_mark(r)}" if r else "failed")
+        rows.append([f"{rate_x:.2f}x = {target:.2f}"] + cells)
+    rows.append(["highest held"] + [highest_held(paced[c]) or "n/a" for c in columns])
     return header, rows
 
 
@@ -696,7 +898,7 @@ def git_rev():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="about one minute instead of five")
+    ap.add_argument("--quick", action="store_true", help="about 4 minutes instead of 11")
     ap.add_argument("--rounds", type=int, help="rounds (default 5, quick 2)")
     ap.add_argument("--seconds", type=float, help="seconds per load run (default 2, quick 1)")
     ap.add_argument("--crr-threads", type=int, default=4, help="concurrent CRR clients")
@@ -712,6 +914,11 @@ def main():
     ap.add_argument("--run-id", default=None)
     ap.add_argument("--prototype", action="append", default=[], metavar="NAME=OBJ",
                     help="extra column: meshlane + a bench/prototypes object (sockops+sk_msg)")
+    ap.add_argument("--paced-rates", default=",".join(f"{x:g}" for x in PACED_RATES),
+                    help="paced bulk: multiples of iptables' unpaced median ('' skips it)")
+    ap.add_argument("--one-pod", default=",".join(ONE_POD_CONFIGS),
+                    help="columns of the one-pod bulk topology, among "
+                         f"{','.join(ONE_POD_CONFIGS)} and --configs ('' skips it)")
     ap.add_argument("--cleanup-only", action="store_true",
                     help="remove what run --run-id left behind, then exit")
     args = ap.parse_args()
@@ -745,6 +952,20 @@ def main():
     for c in wanted:
         if not fast.get(c, True):
             log(f"`meshlane enroll --help` lacks {FAST_PATH_FLAGS[c]}: column {c} left out")
+    try:
+        paced_rates = sorted(float(x) for x in args.paced_rates.split(",") if x)
+    except ValueError:
+        sys.exit(f"bench: --paced-rates {args.paced_rates!r}: comma-separated numbers expected")
+    if any(x <= 0 for x in paced_rates):
+        sys.exit(f"bench: --paced-rates {args.paced_rates!r}: rates must be > 0")
+    one_pod_kinds = [k for k in args.one_pod.split(",") if k]
+    if set(one_pod_kinds) - set(ONE_POD_CONFIGS):
+        sys.exit(f"bench: --one-pod {sorted(set(one_pod_kinds) - set(ONE_POD_CONFIGS))}: "
+                 f"known: {', '.join(ONE_POD_CONFIGS)}")
+    bulk_wanted = not args.metrics or "iperf" in args.metrics.split(",")
+    one_pod = {ONE_POD_PREFIX + k: k for k in one_pod_kinds if k in configs and bulk_wanted}
+    paced_columns = [c for c in PACED_CONFIGS if c in configs] \
+        if bulk_wanted and paced_rates and "iptables" in configs else []
 
     def on_signal(signum, _frame):
         raise Interrupted(signal.Signals(signum).name)
@@ -760,27 +981,32 @@ def main():
     bench = Run(run_id, args.meshlane_bin, args.crr_bin)
     rev, dirty = git_rev()
     started = datetime.datetime.now()
-    samples = {c: {} for c in configs}
+    all_configs = configs + list(one_pod)
+    samples = {c: {} for c in all_configs}
+    paced = {}
     failures = []
     evidence = {}
     try:
-        log(f"run {run_id}: configs {configs}, {rounds} rounds, {seconds:g} s per load")
+        log(f"run {run_id}: configs {all_configs}, {rounds} rounds, {seconds:g} s per load; "
+            f"paced bulk {paced_rates if paced_columns else 'off'}")
         bench.create()
         pairs = {c: Pair(bench, c, i + 1) for i, c in enumerate(configs)}
-        if any(c.startswith("meshlane") and c != NOOBS_CONFIG or c.startswith("proto_")
-               for c in configs):
+        pairs.update({c: OnePod(bench, c, i + 1, kind) for i, (c, kind) in
+                      enumerate(one_pod.items())})
+        if any(p.kind.startswith("meshlane") and p.kind != NOOBS_CONFIG or
+               p.kind.startswith("proto_") for p in pairs.values()):
             bench.start_agent()
         if NOOBS_CONFIG in configs:
             bench.start_agent("agent-noobs", observe=False)
         for c, pair in pairs.items():
             pair.create()
-            if c == "iptables":
+            if pair.kind == "iptables":
                 pair.apply_iptables()
-            elif c.startswith("meshlane") or c.startswith("proto_"):
+            elif pair.kind.startswith("meshlane") or pair.kind.startswith("proto_"):
                 pair.enroll()  # before the sidecars, as Istio
                 if c.startswith("proto_"):
                     pair.attach_prototype(prototypes[c])
-            if c != "direct":
+            if pair.kind != "direct":
                 pair.start_sidecars()
             pair.start_servers()
         # Warm-up and a smoke check per configuration (not recorded).
@@ -800,11 +1026,12 @@ def main():
                                  f"known: {', '.join(known)}")
             metrics = [(m, fn) for m, fn in metrics if m in names]
         for r in range(rounds):
-            order = configs[r % len(configs):] + configs[:r % len(configs)]
+            order = all_configs[r % len(all_configs):] + all_configs[:r % len(all_configs)]
             log(f"round {r + 1}/{rounds} (order {', '.join(order)})")
             for metric, fn in metrics:
                 for c in order:
-                    if c == NOOBS_CONFIG and metric not in NOOBS_METRICS:
+                    if c == NOOBS_CONFIG and metric not in NOOBS_METRICS or \
+                            c in one_pod and metric != "iperf":
                         continue
                     try:
                         result = fn(pairs[c])
@@ -817,6 +1044,12 @@ def main():
                     if result.get("errors"):
                         log(f"  {c} {metric}: {result['errors']} failed connections "
                             f"{result.get('error_kinds')}")
+        base = [x["gbit_s"] for x in samples.get("iptables", {}).get("iperf", [])]
+        if paced_columns and base:
+            paced = measure_paced(pairs, paced_columns, statistics.median(base), paced_rates,
+                                  iperf_seconds, failures)
+        elif paced_columns:
+            log("paced bulk skipped: no unpaced iptables bulk sample to scale the rates by")
         for c, pair in pairs.items():
             evidence[c] = pair.evidence()
     except Interrupted as e:
@@ -832,7 +1065,20 @@ def main():
     background_after = background_busy_percent()
 
     med = medians(samples)
+    for c, results in paced.items():
+        med[c]["paced"] = {"held_x": highest_held(results)}
     header, rows = build_table(med, configs)
+    extra_tables = []  # (title, header, rows)
+    if one_pod:
+        extra_tables.append(("Bulk ceiling by topology (iperf3, 1 stream, median Gbit/s; "
+                             "ratios to iptables of the same topology)",
+                             *build_topology_table(med, configs, one_pod)))
+    if paced:
+        extra_tables.append((f"Paced bulk (iperf3 -b, 1 stream, {iperf_seconds} s per rate, "
+                             "one pass): receiver Gbit/s; 'spill NN%' = a direction moved to "
+                             "TCP, NN% of the bytes still redirected; "
+                             f"'short' = under {PACED_HELD_FRACTION:.0%} of the rate",
+                             *build_paced_table(paced)))
     kernel = os.uname().release
     rev_text = rev + ("-dirty" if dirty else "")
     loadavg_after = open("/proc/loadavg").read().split()[:3]
@@ -864,9 +1110,24 @@ def main():
         if c in wanted and not fast[c]:
             notes.append(f"{c}: left out (the binary's `enroll --help` lacks "
                          f"{FAST_PATH_FLAGS[c]})")
+    if one_pod:
+        notes.append("one pod: the issue's topology, app -> its own sidecar (outbound capture) "
+                     "-> a server in the same netns at a local (AnyIP) address, loopback only; "
+                     "iptables = Istio's rules + 2 at the head of ISTIO_OUTPUT capturing the "
+                     "app's connect to it (Istio never captures app -> own pod over lo); "
+                     "'hops redirected' = fast-path redirected bytes per delivered byte "
+                     "(1 per accelerated hop)")
+    if paced:
+        notes.append("paced: iperf3 -b at multiples of iptables' unpaced median of this run; "
+                     f"'held' = receiver got >= {PACED_HELD_FRACTION:.0%} of the rate and, with "
+                     "a fast path, no direction spilled to TCP (spilled_to_tcp unchanged) and "
+                     "TCP carried < 1% of the redirected bytes; the row shows the highest rate "
+                     "held with every lower rate held too; per rate in the JSON 'paced_bulk'")
     text = render_text(header, rows)
     print(title)
     print(text)
+    for table_title, table_header, table_rows in extra_tables:
+        print(f"\n{table_title}\n{render_text(table_header, table_rows)}")
     for n in notes:
         print(f"  - {n}")
     if failures:
@@ -877,6 +1138,8 @@ def main():
                         f"{started:%Y%m%d-%H%M%S}-{rev_text}{'-quick' if args.quick else ''}")
     with open(stem + ".md", "w") as f:
         f.write(f"# {title}\n\n{render_markdown(header, rows)}\n\n")
+        for table_title, table_header, table_rows in extra_tables:
+            f.write(f"{table_title}:\n\n{render_markdown(table_header, table_rows)}\n\n")
         f.write("\n".join(f"- {n}" for n in notes) + "\n")
         if failures:
             f.write(f"\n## Failed measurements\n\n" + "\n".join(
@@ -886,7 +1149,8 @@ def main():
         json.dump({"title": title, "revision": rev_text, "kernel": kernel,
                    "cpus": os.cpu_count(), "date": started.isoformat(timespec="seconds"),
                    "rounds": rounds, "seconds": seconds, "quick": args.quick,
-                   "configs": configs, "fast_path_supported": fast,
+                   "configs": configs, "one_pod_configs": one_pod, "fast_path_supported": fast,
+                   "paced_rates": paced_rates, "paced_bulk": paced,
                    "background_busy_percent": [background_before, background_after],
                    "loadavg_before": loadavg_before, "loadavg_after": loadavg_after,
                    "medians": med,

@@ -2,6 +2,7 @@
 # One command for the meshlane benchmark: direct vs Istio iptables vs meshlane (vs fast path),
 # same HAProxy sidecars, same tools, in namespaces created for this run and removed afterwards.
 #   bench/run.sh [--quick] [--rounds N] [--seconds S] [--configs direct,iptables,meshlane,...]
+#                [--paced-rates 1,1.25,...] [--one-pod direct,iptables,meshlane,meshlane_fast]
 # Root only. Writes bench/results/<date>-<rev>.md/.json. Not a test: never gate CI on it.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,5 +26,5 @@ driver=(/usr/bin/python3 "$here/meshlane_bench.py" --run-id "$run_id" --crr-bin 
 cleanup() { "${driver[@]}" --cleanup-only >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
-# timeout: the run stops by itself even if a tool hangs (the default run is ~8 minutes).
-timeout --kill-after=10 900 "${driver[@]}" "$@"
+# timeout: the run stops by itself even if a tool hangs (the default run is ~11 minutes).
+timeout --kill-after=10 1200 "${driver[@]}" "$@"

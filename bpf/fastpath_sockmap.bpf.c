@@ -20,7 +20,41 @@
  *     later ones, both directions) stay on TCP; the connecting end leaves the SOCKHASH when
  *     that message is transmitted (FIONREAD, see on_transmit).
  * Nothing is ever on both paths, so the receiver's two queues (psock ingress, TCP receive queue)
- * never both hold data of one connection.
+ * never both hold data of one connection -- except by the flow control below, which moves one
+ * direction between the paths only where that cannot reorder.
+ *
+ * Flow control (MESHLANE_FASTPATH_MAX_QUEUED_BYTES), per direction S -> R of an ACCELERATED
+ * connection (S: the end whose sendmsg runs fastpath_msg, R: its peer; the flag
+ * spilled_from_connecting or spilled_from_accepting of S is written only by S's program):
+ *   spill   R has more than 4 MiB unread on its psock: set S's flag, this message and the next
+ *           ones of S go on TCP (SK_PASS), where TCP's send buffer makes S wait.
+ *   return  while S's flag is set, each message of S first checks
+ *           tcp_sk(S)->write_seq == tcp_sk(R)->copied_seq: R's application has read every byte
+ *           S ever put on TCP. Then the flag is cleared and the message is redirected again.
+ * Why no byte is reordered, lost or duplicated:
+ *   - R's reads (tcp_bpf_recvmsg) serve the psock queue first and take the TCP receive queue
+ *     only when the psock queue is empty. A spill therefore keeps order: every redirected byte
+ *     was queued on the psock before the first TCP byte of the spill was sent.
+ *   - Redirected bytes move neither S's write_seq nor R's copied_seq (sk_msg redirect bypasses
+ *     TCP sequence space; tests/integration/test_fastpath_spill.py checks this on the running
+ *     kernel), so both count TCP bytes only, in one sequence space. S's program runs under
+ *     lock_sock(S), and every earlier SK_PASS of S was pushed into S's write queue before it
+ *     returned: write_seq is every TCP byte S ever sent (or queued). R's copied_seq only grows
+ *     towards it, after the bytes are copied to R's application. Equality proves that R's TCP
+ *     receive queue, S's write queue and everything in flight are empty of this direction, so
+ *     the next redirected byte cannot overtake a TCP byte. A read of R that took the TCP path
+ *     and is still copying returns only TCP bytes; the redirected ones wait for the next read.
+ *   - Each byte takes one path (the verdict of its message), so nothing is duplicated; a
+ *     message is never split between the paths.
+ *   - Several threads writing on S: tcp_bpf_send_verdict drops lock_sock(S) while it redirects
+ *     a message. Another writer may then run the program and spill or return; but its message
+ *     and the one being redirected belong to two sendmsg() calls that are both still in
+ *     progress, so TCP promises no order between them either; the bytes of each call keep
+ *     their order (the thread redirecting relocks S before its next message is judged).
+ *   - The two directions are independent: S -> R bytes live only in R's queues.
+ * R's tcp_sock is read through R's psock (recorded when R joined the SOCKHASH), checked to
+ * still be this connection's socket (a closed R's psock memory may be reused): its ports must
+ * be the peer key's.
  */
 // clang-format off
 #include "vmlinux.h"
@@ -361,6 +395,32 @@ static __always_inline __u32 psock_queued_bytes(__u64 psock) {
     return BPF_CORE_READ((struct sk_psock*)psock, msg_tot_len);
 }
 
+/* A spilled direction S -> R may be redirected again (see the top of this file): R's
+ * application has read every byte S ever sent on TCP (S's write_seq == R's copied_seq), and no
+ * other writer of S waits inside a send with a message already judged (sk_write_pending).
+ * r_psock: R's recorded psock; its socket must still be R (ports of the key *r). */
+static __always_inline bool tcp_bytes_all_read(struct sk_msg_md* msg, __u64 r_psock,
+                                               const struct fastpath_key* r) {
+    if (!r_psock) return false;
+    struct bpf_sock* own = CTX_READ(msg->sk);
+    if (!own) return false;
+    struct tcp_sock* s = bpf_skc_to_tcp_sock(own);
+    if (!s) return false;
+    if (s->inet_conn.icsk_inet.sk.sk_write_pending) return false;
+    struct sock* rsk = BPF_CORE_READ((struct sk_psock*)r_psock, sk);
+    if (!rsk) return false;
+    if (BPF_CORE_READ(rsk, __sk_common.skc_num) != r->local_port ||
+        BPF_CORE_READ(rsk, __sk_common.skc_dport) != bpf_htons(r->remote_port))
+        return false;
+    return s->write_seq == BPF_CORE_READ((struct tcp_sock*)rsk, copied_seq);
+}
+
+static __always_inline int pass(__u32 wid, __u32 size) {
+    count(wid, MESHLANE_FP_CNT_PASSED_MSGS, 1);
+    count(wid, MESHLANE_FP_CNT_PASSED_BYTES, size);
+    return SK_PASS;
+}
+
 SEC("sk_msg")
 int fastpath_msg(struct sk_msg_md* msg) {
     struct fastpath_key own = {
@@ -387,23 +447,19 @@ int fastpath_msg(struct sk_msg_md* msg) {
         /* This message goes out on TCP; on_transmit takes the socket out of the SOCKHASH. */
         if (state == MESHLANE_FASTPATH_UNDECIDED) state = MESHLANE_FASTPATH_TCP_ONLY;
     }
-    if (state != MESHLANE_FASTPATH_ACCELERATED) {
-        count(wid, MESHLANE_FP_CNT_PASSED_MSGS, 1);
-        count(wid, MESHLANE_FP_CNT_PASSED_BYTES, size);
-        return SK_PASS;
-    }
-    /* Flow control (MESHLANE_FASTPATH_MAX_QUEUED_BYTES): a receiver this far behind gets the
-     * rest of the connection, both directions, over TCP, whose send buffer makes the sender
-     * wait. Order holds: the receiver reads its psock queue before its TCP receive queue, and
-     * nothing is redirected after the switch. */
+    if (state != MESHLANE_FASTPATH_ACCELERATED) return pass(wid, size);
+    /* Flow control, this direction only (top of this file): spill to TCP while the peer is
+     * more than MESHLANE_FASTPATH_MAX_QUEUED_BYTES behind, back once it read every TCP byte. */
+    __u32* spilled = connecting ? &conn->spilled_from_connecting : &conn->spilled_from_accepting;
     __u64 peer_psock = connecting ? conn->accepting_psock : conn->connecting_psock;
-    if (psock_queued_bytes(peer_psock) > MESHLANE_FASTPATH_MAX_QUEUED_BYTES) {
-        if (__sync_val_compare_and_swap(&conn->state, MESHLANE_FASTPATH_ACCELERATED,
-                                        MESHLANE_FASTPATH_SPILLED) == MESHLANE_FASTPATH_ACCELERATED)
+    if (*spilled) {
+        if (!tcp_bytes_all_read(msg, peer_psock, &peer)) return pass(wid, size);
+        if (__sync_val_compare_and_swap(spilled, 1, 0) == 1)
+            count(wid, MESHLANE_FP_CNT_RETURNED_TO_FAST_PATH, 1);
+    } else if (psock_queued_bytes(peer_psock) > MESHLANE_FASTPATH_MAX_QUEUED_BYTES) {
+        if (__sync_val_compare_and_swap(spilled, 0, 1) == 0)
             count(wid, MESHLANE_FP_CNT_SPILLED_TO_TCP, 1);
-        count(wid, MESHLANE_FP_CNT_PASSED_MSGS, 1);
-        count(wid, MESHLANE_FP_CNT_PASSED_BYTES, size);
-        return SK_PASS;
+        return pass(wid, size);
     }
     if (bpf_msg_redirect_hash(msg, &fastpath_peers, &peer, BPF_F_INGRESS) == SK_PASS) {
         count(wid, MESHLANE_FP_CNT_REDIRECTED_MSGS, 1);

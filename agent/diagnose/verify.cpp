@@ -28,6 +28,7 @@
 
 #include "agent/common/unique_fd.h"
 #include "agent/diagnose/collector.h"
+#include "agent/loader/fastpath_datapath.h"
 #include "agent/workload/listener_adoption.h"
 #include "meshlane/fastpath_abi.h"
 #include "meshlane/redirect_abi.h"
@@ -472,12 +473,7 @@ VerifyCheck check_fast_path(const WorkloadStatus& status, const VerifyOptions& o
     }
     fastpath_conn conn{};
     if (conns.valid() && ::bpf_map_lookup_elem(conns.get(), &app, &conn) == 0) {
-        const char* state = conn.state == MESHLANE_FASTPATH_ACCELERATED ? "accelerated"
-                            : conn.state == MESHLANE_FASTPATH_TCP_ONLY  ? "TCP only"
-                            : conn.state == MESHLANE_FASTPATH_SPILLED
-                                ? "spilled to TCP (receiver fell behind)"
-                                : "undecided";
-        check.evidence.push_back(std::string("connection state: ") + state +
+        check.evidence.push_back("connection state: " + fastpath_conn_state_text(conn) +
                                  " (the probe sent no data)");
     } else {
         check.evidence.push_back("connection not tracked by the fast path");

@@ -57,16 +57,14 @@ enum meshlane_fastpath_conn_state {
     /* the connecting end is in the SOCKHASH, the accepted end is not yet */
     MESHLANE_FASTPATH_UNDECIDED = 0,
     /* the accepted end joined before any byte was sent: every byte of this connection, both
-     * directions, goes through sk_msg redirect; none ever on the TCP path */
+     * directions, goes through sk_msg redirect, except while a direction is spilled to the TCP
+     * path (spilled_from_* below; flow control) */
     MESHLANE_FASTPATH_ACCELERATED = 1,
     /* the connecting end sent first: every byte stays on the TCP path, for the whole
      * connection (mixing the two paths could reorder) */
     MESHLANE_FASTPATH_TCP_ONLY = 2,
-    /* was ACCELERATED until a receiver fell MESHLANE_FASTPATH_MAX_QUEUED_BYTES behind: every
-     * later byte, both directions, on the TCP path. Both ends stay in the SOCKHASH (leaving it
-     * would drop their psock queues with unread bytes); a reader sizing reads with FIONREAD
-     * sees only the psock queue there (docs/fastpath.md) */
-    MESHLANE_FASTPATH_SPILLED = 3,
+    /* 3 was SPILLED (the whole connection on TCP for good after one burst); replaced by the
+     * per-direction spilled_from_* flags of struct fastpath_conn. Not used again. */
 };
 
 /* Value of fastpath_conns (HASH keyed by the connecting end's fastpath_key). */
@@ -78,6 +76,13 @@ struct fastpath_conn {
      * MESHLANE_FASTPATH_MAX_QUEUED_BYTES). 0: not known. */
     __u64 connecting_psock;
     __u64 accepting_psock;
+    /* Flow control of an ACCELERATED connection, one flag per direction, named after the
+     * sending end (MESHLANE_FASTPATH_MAX_QUEUED_BYTES): 1 while that end's messages go on the
+     * TCP path because its peer fell behind, 0 while they are redirected. Set and cleared only
+     * by the sending end's own sk_msg program, by compare-and-swap (docs/fastpath.md "Flow
+     * control: spill to TCP, and back"). */
+    __u32 spilled_from_connecting;
+    __u32 spilled_from_accepting;
 };
 
 /* Per-workload counters: fastpath_counters is a PERCPU_ARRAY indexed by
@@ -86,10 +91,11 @@ struct fastpath_conn {
 
 /* An ingress redirect queues the bytes on the receiver's psock without any flow control: a
  * sender faster than its reader grows that queue until global TCP memory runs out and sendmsg()
- * fails with ENOMEM. Above this many unread bytes on the receiver's psock the connection leaves
- * the fast path for good (order-safe: the receiver drains its psock queue before its TCP
- * receive queue), and TCP's flow control applies again. 4 MiB: above the default TCP receive
- * buffer's autotuning start, below tcp_rmem's 6 MiB maximum. */
+ * fails with ENOMEM. Above this many unread bytes on the receiver's psock that direction of the
+ * connection spills to the TCP path (order-safe: the receiver drains its psock queue before its
+ * TCP receive queue), where TCP's flow control applies; it comes back to the fast path once the
+ * receiver has read every byte sent on TCP (bpf/fastpath_sockmap.bpf.c). 4 MiB: above the
+ * default TCP receive buffer's autotuning start, below tcp_rmem's 6 MiB maximum. */
 #define MESHLANE_FASTPATH_MAX_QUEUED_BYTES (4u << 20)
 enum meshlane_fastpath_counter {
     MESHLANE_FP_CNT_REDIRECTED_MSGS = 0,
@@ -116,9 +122,12 @@ enum meshlane_fastpath_counter {
      * redirected_bytes, counted on the pod's own workload */
     MESHLANE_FP_CNT_PROXY_APP_CONNS_ACCELERATED,
     MESHLANE_FP_CNT_PROXY_APP_REDIRECTED_BYTES,
-    /* accelerated connection moved to TCP for good because its receiver had more than
-     * MESHLANE_FASTPATH_MAX_QUEUED_BYTES unread on its psock (no flow control on that queue) */
+    /* one direction of an accelerated connection moved to the TCP path because its receiver
+     * had more than MESHLANE_FASTPATH_MAX_QUEUED_BYTES unread on its psock (no flow control on
+     * that queue); counted once per spill */
     MESHLANE_FP_CNT_SPILLED_TO_TCP,
+    /* a spilled direction redirected again: its receiver had read every byte sent on TCP */
+    MESHLANE_FP_CNT_RETURNED_TO_FAST_PATH,
     MESHLANE_FP_COUNTER_MAX
 };
 #ifdef __cplusplus

@@ -46,13 +46,20 @@ def decisions(moved):
 
 
 def assert_redirected_until_spill(moved, total, redirected="redirected_bytes", spills=None):
-    """Every byte of the accelerated connection went through the redirect, except after a
-    spill: a receiver more than 4 MiB behind (MESHLANE_FASTPATH_MAX_QUEUED_BYTES) moves the
-    rest of the connection to TCP, where flow control exists. A fast bulk writer into HAProxy
-    spills within the first tens of MiB; the bytes stay intact and in order either way (the
-    caller checked that), which is what these single-stream tests prove for the spill."""
+    """Every byte of the accelerated connection went through the redirect, except while a
+    direction is spilled: a receiver more than 4 MiB behind (MESHLANE_FASTPATH_MAX_QUEUED_BYTES)
+    gets that direction on TCP, where flow control exists, until it has read every TCP byte;
+    then the direction is redirected again (returned_to_fast_path). A fast bulk writer into
+    HAProxy spills within the first tens of MiB and may go back and forth many times; the bytes
+    stay intact and in order throughout (the caller checked that), which is what these
+    single-stream tests prove for the spill and the return. Every byte is counted on exactly
+    one of the two paths."""
     spills = moved if spills is None else spills
+    print(f"spilled_to_tcp {spills['spilled_to_tcp']} returned_to_fast_path "
+          f"{spills['returned_to_fast_path']} redirected_bytes {moved['redirected_bytes']} "
+          f"passed_bytes {moved['passed_bytes']}")
     assert moved[redirected] > 0, moved
+    assert spills["returned_to_fast_path"] <= spills["spilled_to_tcp"], spills
     if spills["spilled_to_tcp"] == 0:
         assert moved[redirected] >= total and moved["passed_bytes"] == 0, moved
     else:
@@ -61,11 +68,13 @@ def assert_redirected_until_spill(moved, total, redirected="redirected_bytes", s
         assert moved["redirected_bytes"] + moved["passed_bytes"] >= 0.999 * total, moved
 
 
-def start_mesh(topo, agent, a_kinds, b_kinds, passthrough=False, server_reader="epoll"):
+def start_mesh(topo, agent, a_kinds, b_kinds, passthrough=False, server_reader="epoll",
+               server_args=(), server=None):
     """A and B enrolled with these fast-path kinds (None: without --fast-path); HAProxy
     sidecars sized for 1000+ concurrent connections; the integrity server as B's app.
     passthrough: B's proxy forwards inbound from 127.0.0.6 (like Envoy) instead of from the pod
-    IP; server_reader: how the server (behind B's inbound hop) reads."""
+    IP; server_reader: how the server (behind B's inbound hop) reads; server_args: more options
+    for it; server: another command line for B's app, listening on INTEGRITY_PORT."""
     agent.enroll_ok(topo.a, fast_path=a_kinds)
     agent.enroll_ok(topo.b, fast_path=b_kinds)
     for pod in topo.pods:
@@ -76,8 +85,10 @@ def start_mesh(topo, agent, a_kinds, b_kinds, passthrough=False, server_reader="
             pod.start_sidecar(kind="haproxy", inbound_bind="dual", maxconn=4096)
     err = open(os.path.join(topo.workdir, "integrity-server.err"), "ab")
     try:
-        server = proc.spawn([integrity_bin(), "server", "--listen", f"0.0.0.0:{INTEGRITY_PORT}",
-                             "--reader", server_reader],
+        command = [str(a) for a in server] if server else [
+            integrity_bin(), "server", "--listen", f"0.0.0.0:{INTEGRITY_PORT}", "--reader",
+            server_reader, *map(str, server_args)]
+        server = proc.spawn(command,
                             netns_path=topo.b.netns_path, cgroup_dir=topo.b.cgroup("app"),
                             uid=APP_UID, gid=APP_GID, groups=[], stdout=err, stderr=err,
                             description="meshlane_integrity server")

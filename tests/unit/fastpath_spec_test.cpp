@@ -90,5 +90,24 @@ TEST(FastpathCounters, EveryCounterHasADistinctName) {
     EXPECT_STREQ(fastpath_counter_name(MESHLANE_FP_COUNTER_MAX), "unknown");
 }
 
+TEST(FastpathConnState, NamesTheSpilledDirection) {
+    fastpath_conn conn{};
+    conn.state = MESHLANE_FASTPATH_ACCELERATED;
+    EXPECT_EQ(fastpath_conn_state_text(conn), "accelerated");
+    conn.spilled_from_accepting = 1;
+    const std::string accepting = fastpath_conn_state_text(conn);
+    EXPECT_EQ(accepting.rfind("accelerated, accepting -> connecting end spilled to TCP", 0), 0u)
+        << accepting;
+    conn.spilled_from_connecting = 1;
+    EXPECT_NE(fastpath_conn_state_text(conn).find("both directions spilled"), std::string::npos);
+    conn = fastpath_conn{};
+    conn.state = MESHLANE_FASTPATH_TCP_ONLY;
+    EXPECT_EQ(fastpath_conn_state_text(conn), "TCP only");
+    conn.state = 3;  // the retired "spilled for good" state
+    EXPECT_EQ(fastpath_conn_state_text(conn), "unknown state 3");
+    for (const fastpath_conn& c : {conn, fastpath_conn{}})
+        EXPECT_EQ(fastpath_conn_state_text(c).find("for good"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace meshlane
