@@ -27,9 +27,6 @@ struct FastpathOptions {
 
 using FastpathCounters = std::array<std::uint64_t, MESHLANE_FP_COUNTER_MAX>;
 const char* fastpath_counter_name(unsigned counter);
-// A fastpath_conns entry in words: its decided state and, when accelerated, which direction
-// (connecting -> accepting end, or back) is spilled to TCP right now.
-std::string fastpath_conn_state_text(const fastpath_conn& conn);
 
 // The fast path's pins inside a workload pin directory and under the pin root.
 inline constexpr const char* kFastpathSockopsPin = "fastpath_sockops";

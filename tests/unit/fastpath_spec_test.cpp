@@ -6,6 +6,7 @@
 #include <set>
 #include <string>
 
+#include "agent/diagnose/fastpath_conn_state.h"
 #include "agent/loader/fastpath_datapath.h"
 #include "agent/workload/workload_spec.h"
 
