@@ -173,7 +173,10 @@ def outbound_hop_tcp_numbers(pod):
     return ends
 
 
-def test_burst_then_calm(topo, agent):
+def start_peer(topo, agent, burst, exchanges):
+    """PEER's server behind B's sidecar, and its client started in A's app cgroup (it waits for
+    go(ctl, "connected")). Returns (server, client, ctl, client output file, A's fast-path
+    counters before the client connected)."""
     peer = os.path.join(topo.workdir, "spill_peer.py")
     with open(peer, "w") as f:
         f.write(PEER)
@@ -181,15 +184,25 @@ def test_burst_then_calm(topo, agent):
     os.makedirs(ctl)
     os.chmod(ctl, 0o777)
     server = start_mesh(topo, agent, True, None,
-                        server=["/usr/bin/python3", peer, "server", INTEGRITY_PORT, BURST,
-                                EXCHANGES])
+                        server=["/usr/bin/python3", peer, "server", INTEGRITY_PORT, burst,
+                                exchanges])
     before = fast_counters(agent, topo.a)
     out = open(os.path.join(topo.workdir, "spill-client.out"), "w+b")
-    client = proc.spawn(["/usr/bin/python3", peer, "client", f"{topo.b.ip4}:{INTEGRITY_PORT}",
-                         str(BURST), str(EXCHANGES), ctl],
-                        netns_path=topo.a.netns_path, cgroup_dir=topo.a.cgroup("app"),
-                        uid=APP_UID, gid=APP_GID, groups=[], stdout=out, stderr=out,
-                        description="spill test client")
+    client = spawn_app(topo, ["/usr/bin/python3", peer, "client",
+                              f"{topo.b.ip4}:{INTEGRITY_PORT}", str(burst), str(exchanges), ctl],
+                       out, "spill test client")
+    return server, client, ctl, out, before
+
+
+def spawn_app(topo, argv, out, description):
+    """A client process as pod A's app (its cgroup, netns, uid/gid), output to the file out."""
+    return proc.spawn(argv, netns_path=topo.a.netns_path, cgroup_dir=topo.a.cgroup("app"),
+                      uid=APP_UID, gid=APP_GID, groups=[], stdout=out, stderr=out,
+                      description=description)
+
+
+def test_burst_then_calm(topo, agent):
+    server, client, ctl, out, before = start_peer(topo, agent, BURST, EXCHANGES)
     try:
         go(ctl, "connected")
         wait_step(ctl, "calm", client)
@@ -230,22 +243,8 @@ def test_redirected_bytes_move_no_tcp_sequence(topo, agent):
     connection show Send-Q (write_seq - snd_una) 0, Recv-Q (rcv_nxt - copied_seq) 0 and no
     byte acked or received on TCP: write_seq, snd_una, rcv_nxt and copied_seq are all still at
     the handshake's values, although the redirect moved bytes both ways."""
-    peer = os.path.join(topo.workdir, "spill_peer.py")
-    with open(peer, "w") as f:
-        f.write(PEER)
-    ctl = os.path.join(topo.workdir, "spill-ctl")
-    os.makedirs(ctl)
-    os.chmod(ctl, 0o777)
     # A burst small enough not to spill: 1 MiB each way.
-    server = start_mesh(topo, agent, True, None,
-                        server=["/usr/bin/python3", peer, "server", INTEGRITY_PORT, 1 << 20, 20])
-    before = fast_counters(agent, topo.a)
-    out = open(os.path.join(topo.workdir, "seq-client.out"), "w+b")
-    client = proc.spawn(["/usr/bin/python3", peer, "client", f"{topo.b.ip4}:{INTEGRITY_PORT}",
-                         str(1 << 20), "20", ctl],
-                        netns_path=topo.a.netns_path, cgroup_dir=topo.a.cgroup("app"),
-                        uid=APP_UID, gid=APP_GID, groups=[], stdout=out, stderr=out,
-                        description="sequence test client")
+    server, client, ctl, out, before = start_peer(topo, agent, 1 << 20, 20)
     try:
         go(ctl, "connected")
         wait_step(ctl, "calm", client)
@@ -378,11 +377,9 @@ def test_half_close_right_after_spilled_burst(topo, agent):
     for round_ in range(3):
         before = fast_counters(agent, topo.a)
         out = open(os.path.join(topo.workdir, f"tail-client-{round_}.out"), "w+b")
-        client = proc.spawn(["/usr/bin/python3", peer, "client",
-                             f"{topo.b.ip4}:{INTEGRITY_PORT}", str(head), str(tail)],
-                            netns_path=topo.a.netns_path, cgroup_dir=topo.a.cgroup("app"),
-                            uid=APP_UID, gid=APP_GID, groups=[], stdout=out, stderr=out,
-                            description="half-close tail client")
+        client = spawn_app(topo, ["/usr/bin/python3", peer, "client",
+                                  f"{topo.b.ip4}:{INTEGRITY_PORT}", str(head), str(tail)],
+                           out, "half-close tail client")
         try:
             util.wait_until(lambda: client.poll() is not None, timeout=60,
                             message="tail client done")
