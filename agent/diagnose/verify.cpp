@@ -29,7 +29,6 @@
 #include "agent/common/unique_fd.h"
 #include "agent/diagnose/collector.h"
 #include "agent/diagnose/fastpath_conn_state.h"
-#include "agent/loader/fastpath_datapath.h"
 #include "agent/workload/listener_adoption.h"
 #include "meshlane/fastpath_abi.h"
 #include "meshlane/redirect_abi.h"
