@@ -1,5 +1,5 @@
 // meshlane_integrity: byte-integrity load generator for the sk_msg fast path (docs/fastpath.md),
-// used by tests/integration/test_fastpath_integrity.py. Every connection carries a
+// used by features/fastpath/tests/test_fastpath_integrity.py. Every connection carries a
 // deterministic pseudo-random stream, checked byte by byte at the far end, so a lost,
 // duplicated or reordered byte is reported with its offset; both directions end in a half-close
 // that must arrive after the last byte.

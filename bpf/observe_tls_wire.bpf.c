@@ -14,7 +14,7 @@
  * stream is not TLS), so a connection costs memory only while it handshakes.
  *
  *   sk_msg (observe_tls_msg), tail-called by the fast path's fastpath_msg
- *                      (bpf/fastpath_sockmap.bpf.c) for each message it redirects: those bytes
+ *                      (features/fastpath/fastpath_sockmap.bpf.c) for each message it redirects: those bytes
  *                      (app <-> proxy, proxy <-> proxy on this node) never reach an skb. The
  *                      same socket state, created by the same egress SYN (an accelerated
  *                      connection's handshake still goes through TCP), so one parse continues

@@ -4,7 +4,7 @@
 #include <iostream>
 
 #include "agent/daemon/uninstall.h"
-#include "api/rest/unix_http_client.h"
+#include "api/client/unix_http_client.h"
 #include "cli/output.h"
 
 namespace meshlane::cli {

@@ -6,8 +6,8 @@
 #include <string>
 
 #include "agent/common/result.h"
-#include "agent/workload/workload_spec.h"
-#include "api/rest/unix_http_client.h"
+#include "agent/model/workload_spec.h"
+#include "api/client/unix_http_client.h"
 
 namespace meshlane::cli {
 

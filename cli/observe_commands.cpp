@@ -6,7 +6,7 @@
 #include <iostream>
 #include <sstream>
 
-#include "api/rest/unix_http_client.h"
+#include "api/client/unix_http_client.h"
 #include "cli/output.h"
 
 namespace meshlane::cli {

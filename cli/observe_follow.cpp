@@ -126,7 +126,7 @@ int run_follow(const GlobalOptions& global, const FollowFlags& flags) {
         }
         return true;
     };
-    // Over the unix socket or --server https://... alike (api/rest/unix_http_client.h).
+    // Over the unix socket or --server https://... alike (api/client/unix_http_client.h).
     auto outcome = rest::http_stream(global, target, on_body);
     if (!outcome) return fail(kExitUnreachable, outcome.error().message);
     if (outcome->interrupted || outcome->stopped_by_reader) return kExitOk;

@@ -36,8 +36,8 @@
 #include <vector>
 
 #include "agent/common/result.h"
-#include "api/rest/unix_http_client.h"
-#include "cni/cni_config.h"
+#include "api/client/unix_http_client.h"
+#include "cni/config/cni_config.h"
 
 namespace meshlane::cni {
 

@@ -24,8 +24,8 @@
 #include "agent/daemon/degraded_registry.h"
 #include "agent/daemon/prerequisites.h"
 #include "agent/events/event_bus.h"
-#include "agent/fastpath/fastpath_selftest.h"
-#include "agent/loader/fastpath_datapath.h"
+#include "features/fastpath/fastpath_selftest.h"
+#include "features/fastpath/fastpath_datapath.h"
 #include "agent/loader/libbpf_log.h"
 #include "agent/loader/mounts.h"
 #include "agent/loader/redirect_datapath.h"
@@ -34,7 +34,7 @@
 #include "agent/workload/workload_manager.h"
 #include "api/grpc/grpc_server.h"
 #include "api/rest/rest_server.h"
-#include "api/rest/tls_config.h"
+#include "api/tls/tls_config.h"
 
 namespace meshlane {
 

@@ -5,7 +5,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "api/rest/tls_config.h"
+#include "api/tls/tls_config.h"
 
 namespace meshlane {
 

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/workload/workload_registry.h"
+#include "agent/model/workload_registry.h"
 
 namespace meshlane {
 

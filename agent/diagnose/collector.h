@@ -14,7 +14,7 @@
 #include "agent/common/in_netns.h"
 #include "agent/common/result.h"
 #include "agent/diagnose/diagnosis.h"
-#include "agent/workload/workload_registry.h"
+#include "agent/model/workload_registry.h"
 
 namespace meshlane::diagnose {
 

@@ -4,7 +4,7 @@
 
 #include "agent/diagnose/collector.h"
 #include "agent/observe/observation_source.h"
-#include "agent/workload/workload_spec.h"
+#include "agent/model/workload_spec.h"
 
 namespace meshlane::diagnose {
 

@@ -15,7 +15,7 @@
 #include "agent/diagnose/diagnosis.h"
 #include "agent/diagnose/verify.h"
 #include "agent/observe/tls_aggregate.h"
-#include "agent/workload/workload_registry.h"
+#include "agent/model/workload_registry.h"
 
 namespace meshlane {
 class ObservationSource;

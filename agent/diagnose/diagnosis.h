@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "agent/observe/observation_source.h"
-#include "agent/workload/workload_spec.h"
+#include "agent/model/workload_spec.h"
 
 namespace meshlane::diagnose {
 

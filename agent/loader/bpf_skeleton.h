@@ -13,19 +13,12 @@
 
 namespace meshlane {
 
-// Ops is a struct with static open/load/destroy wrappers around the generated functions, e.g.
-//   struct RedirectOutboundOps {
-//       using Skeleton = redirect_outbound_bpf;
-//       static Skeleton* open(const bpf_object_open_opts* o) { return
-//       redirect_outbound_bpf__open_opts(o); } static int load(Skeleton* s) { return
-//       redirect_outbound_bpf__load(s); } static void destroy(Skeleton* s) {
-//       redirect_outbound_bpf__destroy(s); }
-//   };
-template <typename Ops>
+// Skeleton is a bpftool-generated skeleton struct (e.g. redirect_outbound_bpf): bpftool emits
+// static open/load/destroy members for C++ (`#ifdef __cplusplus` in every .skel.h), so no
+// per-object glue is written by hand.
+template <typename Skeleton>
 class BpfSkeleton {
   public:
-    using Skeleton = typename Ops::Skeleton;
-
     BpfSkeleton() = default;
     BpfSkeleton(const BpfSkeleton&) = delete;
     BpfSkeleton& operator=(const BpfSkeleton&) = delete;
@@ -41,7 +34,7 @@ class BpfSkeleton {
 
     static Result<BpfSkeleton> open(const bpf_object_open_opts* opts, const std::string& what) {
         errno = 0;
-        Skeleton* skel = Ops::open(opts);
+        Skeleton* skel = Skeleton::open(opts);
         if (!skel) return Error::from_errno(errno ? errno : EINVAL, "open BPF object " + what);
         BpfSkeleton owner;
         owner.skel_ = skel;
@@ -51,7 +44,7 @@ class BpfSkeleton {
     // A rejected program is named in the error, with the tail of its verifier log.
     Status load(const std::string& what) {
         (void)take_program_rejection();
-        int err = Ops::load(skel_);
+        int err = Skeleton::load(skel_);
         if (err) {
             Error error = Error::from_libbpf(err, "load BPF object " + what);
             if (auto rejected = take_program_rejection())
@@ -65,7 +58,7 @@ class BpfSkeleton {
     Skeleton* get() const { return skel_; }
 
     void reset() {
-        if (skel_) Ops::destroy(skel_);
+        if (skel_) Skeleton::destroy(skel_);
         skel_ = nullptr;
     }
 

@@ -24,24 +24,6 @@ namespace meshlane {
 
 namespace {
 
-struct RedirectOutboundOps {
-    using Skeleton = redirect_outbound_bpf;
-    static Skeleton* open(const bpf_object_open_opts* o) {
-        return redirect_outbound_bpf__open_opts(o);
-    }
-    static int load(Skeleton* s) { return redirect_outbound_bpf__load(s); }
-    static void destroy(Skeleton* s) { redirect_outbound_bpf__destroy(s); }
-};
-
-struct RedirectInboundOps {
-    using Skeleton = redirect_inbound_bpf;
-    static Skeleton* open(const bpf_object_open_opts* o) {
-        return redirect_inbound_bpf__open_opts(o);
-    }
-    static int load(Skeleton* s) { return redirect_inbound_bpf__load(s); }
-    static void destroy(Skeleton* s) { redirect_inbound_bpf__destroy(s); }
-};
-
 // redirect_outbound.skel.h names its program struct anonymously; reach it through decltype.
 using OutboundProgs = decltype(redirect_outbound_bpf::progs);
 
@@ -133,7 +115,7 @@ const char* redirect_counter_name(unsigned counter) {
 }
 
 struct RedirectDatapath::Impl {
-    BpfSkeleton<RedirectOutboundOps> outbound;
+    BpfSkeleton<redirect_outbound_bpf> outbound;
     int workload_map = -1;
     int port_rules = -1;
     int cidr_rules = -1;
@@ -178,7 +160,7 @@ Result<std::unique_ptr<RedirectDatapath>> RedirectDatapath::load(const DatapathO
     if (auto made = make_dirs(map_dir); !made) return made.error();
 
     LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = map_dir.c_str());
-    auto outbound = BpfSkeleton<RedirectOutboundOps>::open(&open_opts, "redirect_outbound");
+    auto outbound = BpfSkeleton<redirect_outbound_bpf>::open(&open_opts, "redirect_outbound");
     if (!outbound) return outbound.error();
     size_maps(outbound->get(), options.max_workloads);
     if (auto loaded = outbound->load("redirect_outbound"); !loaded) {
@@ -333,7 +315,7 @@ Status RedirectDatapath::attach(const AttachTarget& target) {
     // One sk_lookup instance per workload: the program type cannot read its netns cookie.
     const std::string map_dir = options_.pin_root + "/maps";
     LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = map_dir.c_str());
-    auto inbound = BpfSkeleton<RedirectInboundOps>::open(&open_opts, "redirect_inbound");
+    auto inbound = BpfSkeleton<redirect_inbound_bpf>::open(&open_opts, "redirect_inbound");
     if (!inbound) return rollback(inbound.error());
     (*inbound)->rodata->workload_id = target.workload_id;
     (*inbound)->rodata->netns_cookie = target.netns_cookie;

@@ -15,9 +15,9 @@
 
 #include "agent/common/result.h"
 #include "agent/common/unique_fd.h"
-#include "agent/workload/pod_identity.h"
-#include "agent/workload/workload_registry.h"
-#include "agent/workload/workload_spec.h"
+#include "agent/model/pod_identity.h"
+#include "agent/model/workload_registry.h"
+#include "agent/model/workload_spec.h"
 #include "meshlane/redirect_abi.h"
 
 namespace meshlane {

@@ -33,22 +33,6 @@ namespace meshlane {
 
 namespace {
 
-struct ObserveConnectOps {
-    using Skeleton = observe_connect_bpf;
-    static Skeleton* open(const bpf_object_open_opts* o) {
-        return observe_connect_bpf__open_opts(o);
-    }
-    static int load(Skeleton* s) { return observe_connect_bpf__load(s); }
-    static void destroy(Skeleton* s) { observe_connect_bpf__destroy(s); }
-};
-
-struct ObserveDropsOps {
-    using Skeleton = observe_drops_bpf;
-    static Skeleton* open(const bpf_object_open_opts* o) { return observe_drops_bpf__open_opts(o); }
-    static int load(Skeleton* s) { return observe_drops_bpf__load(s); }
-    static void destroy(Skeleton* s) { observe_drops_bpf__destroy(s); }
-};
-
 // Every enrol/unenrol/removal already asks for a reconcile (sync_attachments); the periodic
 // one is a safety net. It lists the workloads, which queries the kernel per workload (programs,
 // counters): cost that grows with the workloads, so not every second.
@@ -199,8 +183,8 @@ struct Observer::Impl {
     std::optional<DropReasonNames> reasons;
 
     // Declaration order is teardown order reversed: reader, ring buffer, links, objects.
-    BpfSkeleton<ObserveConnectOps> connect;
-    BpfSkeleton<ObserveDropsOps> drops;
+    BpfSkeleton<observe_connect_bpf> connect;
+    BpfSkeleton<observe_drops_bpf> drops;
     std::vector<LinkPtr> links;
     std::unique_ptr<TlsObserver> tls;  // TLS objects and links (agent/observe/tls_observer.h)
     std::unique_ptr<ring_buffer, RingBufferDeleter> ring;
@@ -274,7 +258,7 @@ struct Observer::Impl {
 
 Status Observer::Impl::load_connect(const std::string& map_dir) {
     LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = map_dir.c_str());
-    auto skel = BpfSkeleton<ObserveConnectOps>::open(&open_opts, "observe_connect");
+    auto skel = BpfSkeleton<observe_connect_bpf>::open(&open_opts, "observe_connect");
     if (!skel) return skel.error();
     // Must match RedirectDatapath's size_maps, or libbpf refuses to reuse the pinned map.
     bpf_map__set_max_entries((*skel)->maps.workload_by_netns, options.max_workloads);
@@ -303,7 +287,7 @@ Status Observer::Impl::load_connect(const std::string& map_dir) {
 
 Status Observer::Impl::load_drops(const std::string& map_dir) {
     LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = map_dir.c_str());
-    auto skel = BpfSkeleton<ObserveDropsOps>::open(&open_opts, "observe_drops");
+    auto skel = BpfSkeleton<observe_drops_bpf>::open(&open_opts, "observe_drops");
     if (!skel) return skel.error();
     bpf_map__set_max_entries((*skel)->maps.workload_by_netns, options.max_workloads);
     (*skel)->rodata->drop_events_per_second = options.drop_events_per_second;

@@ -10,31 +10,13 @@
 
 #include "agent/common/unique_fd.h"
 #include "agent/loader/bpf_skeleton.h"
-#include "agent/loader/fastpath_datapath.h"
+#include "features/fastpath/fastpath_datapath.h"
 #include "observe_tls_libssl.skel.h"
 #include "observe_tls_wire.skel.h"
 
 namespace meshlane {
 
 namespace {
-
-struct TlsWireOps {
-    using Skeleton = observe_tls_wire_bpf;
-    static Skeleton* open(const bpf_object_open_opts* o) {
-        return observe_tls_wire_bpf__open_opts(o);
-    }
-    static int load(Skeleton* s) { return observe_tls_wire_bpf__load(s); }
-    static void destroy(Skeleton* s) { observe_tls_wire_bpf__destroy(s); }
-};
-
-struct TlsLibsslOps {
-    using Skeleton = observe_tls_libssl_bpf;
-    static Skeleton* open(const bpf_object_open_opts* o) {
-        return observe_tls_libssl_bpf__open_opts(o);
-    }
-    static int load(Skeleton* s) { return observe_tls_libssl_bpf__load(s); }
-    static void destroy(Skeleton* s) { observe_tls_libssl_bpf__destroy(s); }
-};
 
 struct LinkDeleter {
     void operator()(bpf_link* link) const { bpf_link__destroy(link); }
@@ -64,8 +46,8 @@ std::string errno_text(int err) { return std::strerror(err); }
 
 struct TlsObserver::Impl {
     TlsObserverOptions options;
-    BpfSkeleton<TlsWireOps> wire;
-    BpfSkeleton<TlsLibsslOps> libssl;
+    BpfSkeleton<observe_tls_wire_bpf> wire;
+    BpfSkeleton<observe_tls_libssl_bpf> libssl;
     std::vector<LinkPtr> uprobe_links;
     struct CgroupLinks {
         std::string path;
@@ -94,7 +76,7 @@ struct TlsObserver::Impl {
 
 Status TlsObserver::Impl::load_wire(bool with_msg) {
     LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = options.map_dir.c_str());
-    auto skel = BpfSkeleton<TlsWireOps>::open(&open_opts, "observe_tls_wire");
+    auto skel = BpfSkeleton<observe_tls_wire_bpf>::open(&open_opts, "observe_tls_wire");
     if (!skel) return skel.error();
     if (!with_msg) bpf_program__set_autoload((*skel)->progs.observe_tls_msg, false);
     bpf_map__set_max_entries((*skel)->maps.workload_by_netns, options.max_workloads);
@@ -147,7 +129,7 @@ Status TlsObserver::Impl::load_libssl() {
     const std::string path = find_libssl(options.libssl_path);
     if (path.empty()) return Error{ENOENT, "no libssl.so.3 found in the usual library paths"};
     LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = options.map_dir.c_str());
-    auto skel = BpfSkeleton<TlsLibsslOps>::open(&open_opts, "observe_tls_libssl");
+    auto skel = BpfSkeleton<observe_tls_libssl_bpf>::open(&open_opts, "observe_tls_libssl");
     if (!skel) return skel.error();
     bpf_map__set_max_entries((*skel)->maps.workload_by_netns, options.max_workloads);
     bpf_map__set_max_entries((*skel)->maps.tls_stats,

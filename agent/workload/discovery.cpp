@@ -15,7 +15,7 @@
 #include <sstream>
 
 #include "agent/common/unique_fd.h"
-#include "cni/cni_config.h"
+#include "cni/config/cni_config.h"
 
 namespace meshlane {
 

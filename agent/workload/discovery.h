@@ -29,9 +29,9 @@
 #include <vector>
 
 #include "agent/common/result.h"
-#include "agent/workload/pod_identity.h"
-#include "agent/workload/workload_registry.h"
-#include "agent/workload/workload_spec.h"
+#include "agent/model/pod_identity.h"
+#include "agent/model/workload_registry.h"
+#include "agent/model/workload_spec.h"
 
 namespace meshlane {
 

@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "agent/events/event_bus.h"
-#include "agent/loader/fastpath_datapath.h"
+#include "features/fastpath/fastpath_datapath.h"
 #include "agent/loader/redirect_datapath.h"
-#include "agent/workload/workload_registry.h"
+#include "agent/model/workload_registry.h"
 
 namespace meshlane {
 

@@ -2,7 +2,7 @@
 // Field names are snake_case and documented in api/openapi.yaml (WorkloadStatus, AgentStatus).
 #include <boost/json.hpp>
 
-#include "agent/workload/workload_registry.h"
+#include "agent/model/workload_registry.h"
 
 namespace meshlane {
 

@@ -10,6 +10,7 @@
 
 #include <atomic>
 
+#include "agent/common/unix_socket_path.h"
 #include "agent/diagnose/diagnose_service.h"
 #include "agent/events/event_bus.h"
 #include "agent/observe/observation_source.h"
@@ -18,7 +19,6 @@
 #include "api/grpc/tcp_auth.h"
 #include "api/grpc/tls_convert.h"
 #include "api/meshlane.grpc.pb.h"
-#include "api/rest/rest_server.h"
 
 namespace meshlane::grpc_api {
 
@@ -265,7 +265,7 @@ GrpcServer::~GrpcServer() { stop(); }
 Status GrpcServer::start() {
     const std::string& path = impl_->options.unix_socket_path;
     if (impl_->server) return Error{EALREADY, "gRPC server already started on " + path};
-    if (auto prepared = rest::prepare_unix_socket_path(path); !prepared)
+    if (auto prepared = prepare_unix_socket_path(path); !prepared)
         return prepared.error().with_context("gRPC");
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -9,8 +9,8 @@
 #include <string>
 
 #include "agent/common/result.h"
-#include "agent/workload/workload_registry.h"
-#include "api/rest/tls_config.h"
+#include "agent/model/workload_registry.h"
+#include "api/tls/tls_config.h"
 
 namespace meshlane::events {
 class EventBus;

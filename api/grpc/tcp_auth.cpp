@@ -4,7 +4,7 @@
 
 #include <array>
 
-#include "api/rest/tls_auth.h"
+#include "api/tls/tls_auth.h"
 
 namespace meshlane::grpc_api {
 

@@ -1,4 +1,4 @@
-// Authorization on the gRPC TCP listener, with the rule REST applies (api/rest/tls_auth.h): the
+// Authorization on the gRPC TCP listener, with the rule REST applies (api/tls/tls_auth.h): the
 // read-only methods below are open to any TLS client; every other method (Enroll, Unenroll,
 // Verify, and whatever is added later until listed here) needs `authorization: Bearer <token>`
 // metadata or a client certificate the handshake verified, else UNAUTHENTICATED. It hangs off the
@@ -10,7 +10,7 @@
 #include <memory>
 #include <string_view>
 
-#include "api/rest/tls_config.h"
+#include "api/tls/tls_config.h"
 
 namespace meshlane::grpc_api {
 

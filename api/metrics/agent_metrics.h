@@ -10,7 +10,7 @@
 #include <string_view>
 
 #include "agent/common/result.h"
-#include "agent/workload/workload_registry.h"
+#include "agent/model/workload_registry.h"
 #include "api/metrics/metrics_writer.h"
 
 namespace meshlane::events {

@@ -6,7 +6,7 @@
 #pragma once
 
 #include "agent/observe/observation_source.h"
-#include "agent/workload/workload_registry.h"
+#include "agent/model/workload_registry.h"
 #include "api/metrics/metrics_writer.h"
 
 namespace meshlane::metrics {

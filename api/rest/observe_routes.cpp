@@ -8,7 +8,7 @@
 #include "agent/observe/observation_source.h"
 #include "agent/observe/observe_json.h"
 #include "agent/observe/tls_json.h"
-#include "agent/workload/workload_spec.h"
+#include "agent/model/workload_spec.h"
 
 namespace meshlane::rest {
 

@@ -19,7 +19,7 @@
 
 #include "agent/common/result.h"
 #include "agent/events/event_bus.h"
-#include "agent/workload/workload_registry.h"
+#include "agent/model/workload_registry.h"
 
 namespace meshlane {
 class ObservationSource;  // agent/observe/observation_source.h

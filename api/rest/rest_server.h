@@ -2,7 +2,7 @@
 // over TLS on a TCP listener (Beast ssl_stream; plain-text TCP does not exist), one C++20
 // coroutine per connection. Requests go to RestRouter; this layer only enforces limits (read
 // timeout, header and body size, connection cap), owns the listening sockets and, on TCP, the
-// authorization of mutating calls (api/rest/tls_auth.h). The session and accept loop are
+// authorization of mutating calls (api/tls/tls_auth.h). The session and accept loop are
 // templates over the stream, so the TCP listener is one more acceptor, not another server.
 //
 // Threading: construct, start() and stop() on the thread that runs the io_context (stop() may
@@ -19,8 +19,8 @@
 #include <string>
 
 #include "agent/common/result.h"
-#include "agent/workload/workload_registry.h"
-#include "api/rest/tls_config.h"
+#include "agent/model/workload_registry.h"
+#include "api/tls/tls_config.h"
 
 namespace meshlane {
 class ObservationSource;  // agent/observe/observation_source.h
@@ -59,10 +59,6 @@ struct RestServerOptions {
     std::optional<Tcp> tcp;
 };
 
-// For any unix-socket server of the agent (REST, gRPC): creates missing parent directories
-// (0755), removes a stale socket file only when it is a socket nobody accepts on, and refuses to
-// replace anything else or a live socket.
-Status prepare_unix_socket_path(const std::string& path);
 
 class RestServer {
   public:

@@ -12,7 +12,7 @@
 #include <string_view>
 
 #include "agent/events/event_bus.h"
-#include "agent/workload/workload_spec.h"
+#include "agent/model/workload_spec.h"
 #include "api/rest/rest_router.h"
 #include "tests/unit/fake_workload_registry.h"
 

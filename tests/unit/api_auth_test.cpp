@@ -21,9 +21,9 @@
 #include "api/grpc/tcp_auth.h"
 #include "api/meshlane.grpc.pb.h"
 #include "api/rest/rest_server.h"
-#include "api/rest/tls_auth.h"
-#include "api/rest/tls_config.h"
-#include "api/rest/unix_http_client.h"
+#include "api/tls/tls_auth.h"
+#include "api/tls/tls_config.h"
+#include "api/client/unix_http_client.h"
 #include "fake_workload_registry.h"
 
 namespace meshlane {

@@ -10,7 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "cni/cni_config.h"
+#include "cni/config/cni_config.h"
 #include "fake_workload_registry.h"
 
 namespace meshlane {

@@ -6,7 +6,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "agent/workload/workload_registry.h"
+#include "agent/model/workload_registry.h"
 
 namespace meshlane::testing {
 

@@ -6,9 +6,9 @@
 #include <set>
 #include <string>
 
-#include "agent/diagnose/fastpath_conn_state.h"
-#include "agent/loader/fastpath_datapath.h"
-#include "agent/workload/workload_spec.h"
+#include "features/fastpath/fastpath_conn_state.h"
+#include "features/fastpath/fastpath_datapath.h"
+#include "agent/model/workload_spec.h"
 
 namespace meshlane {
 namespace {

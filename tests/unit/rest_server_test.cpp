@@ -17,7 +17,7 @@
 #include <future>
 #include <thread>
 
-#include "api/rest/unix_http_client.h"
+#include "api/client/unix_http_client.h"
 #include "fake_workload_registry.h"
 
 namespace meshlane::rest {

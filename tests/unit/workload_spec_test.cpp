@@ -1,5 +1,5 @@
 // WorkloadSpec parsing and validation: every rejected input must name the field at fault.
-#include "agent/workload/workload_spec.h"
+#include "agent/model/workload_spec.h"
 
 #include <gtest/gtest.h>
 

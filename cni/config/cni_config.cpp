@@ -1,4 +1,4 @@
-#include "cni/cni_config.h"
+#include "cni/config/cni_config.h"
 
 #include <algorithm>
 #include <boost/json.hpp>

@@ -1,4 +1,4 @@
-// The sk_msg fast path in the kernel (bpf/fastpath_sockmap.bpf.c, docs/fastpath.md): loads the
+// The sk_msg fast path in the kernel (features/fastpath/fastpath_sockmap.bpf.c, docs/fastpath.md): loads the
 // object once, its maps pinned under <pin_root>/maps next to the redirect datapath's (it shares
 // workload_by_netns), the sk_msg program attached to the SOCKHASH by a link pinned at
 // <pin_root>/fastpath/sk_msg, and per workload a sockops link pinned in the workload's pin
@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "agent/common/result.h"
-#include "meshlane/fastpath_abi.h"
+#include "features/fastpath/fastpath_abi.h"
 
 namespace meshlane {
 

@@ -1,4 +1,4 @@
-#include "api/rest/unix_http_client.h"
+#include "api/client/unix_http_client.h"
 
 #include <fcntl.h>
 #include <openssl/ssl.h>

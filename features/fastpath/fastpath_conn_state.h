@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "meshlane/fastpath_abi.h"
+#include "features/fastpath/fastpath_abi.h"
 
 namespace meshlane {
 

@@ -1,4 +1,4 @@
-#include "api/rest/tls_auth.h"
+#include "api/tls/tls_auth.h"
 
 #include <openssl/crypto.h>
 #include <openssl/sha.h>

@@ -1,4 +1,4 @@
-#include "agent/loader/fastpath_datapath.h"
+#include "features/fastpath/fastpath_datapath.h"
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -17,15 +17,6 @@
 namespace meshlane {
 
 namespace {
-
-struct FastpathOps {
-    using Skeleton = fastpath_sockmap_bpf;
-    static Skeleton* open(const bpf_object_open_opts* o) {
-        return fastpath_sockmap_bpf__open_opts(o);
-    }
-    static int load(Skeleton* s) { return fastpath_sockmap_bpf__load(s); }
-    static void destroy(Skeleton* s) { fastpath_sockmap_bpf__destroy(s); }
-};
 
 constexpr const char* kCounterNames[MESHLANE_FP_COUNTER_MAX] = {
     "redirected_msgs",
@@ -60,7 +51,7 @@ const char* fastpath_counter_name(unsigned counter) {
 }
 
 struct FastpathDatapath::Impl {
-    BpfSkeleton<FastpathOps> skel;
+    BpfSkeleton<fastpath_sockmap_bpf> skel;
     int kinds_map = -1;
     int counters_map = -1;
     int pod_addrs_map = -1;
@@ -75,7 +66,7 @@ Result<std::unique_ptr<FastpathDatapath>> FastpathDatapath::load(const FastpathO
     std::unique_ptr<FastpathDatapath> datapath(new FastpathDatapath(options));
     const std::string map_dir = options.pin_root + "/maps";
     LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = map_dir.c_str());
-    auto skel = BpfSkeleton<FastpathOps>::open(&open_opts, "fastpath_sockmap");
+    auto skel = BpfSkeleton<fastpath_sockmap_bpf>::open(&open_opts, "fastpath_sockmap");
     if (!skel) return skel.error();
     // Same sizes as the redirect objects' view of workload_by_netns, or libbpf refuses the pin.
     bpf_map__set_max_entries((*skel)->maps.workload_by_netns, options.max_workloads);

@@ -1,4 +1,4 @@
-#include "agent/diagnose/fastpath_conn_state.h"
+#include "features/fastpath/fastpath_conn_state.h"
 
 namespace meshlane {
 

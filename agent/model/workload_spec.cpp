@@ -4,7 +4,7 @@
 // cleared), so the same intent always yields an equal WorkloadSpec. The registry decides
 // "unchanged" vs "different settings" with operator==; without a canonical form "80,443" and
 // "443,80" would count as a conflicting re-enrolment.
-#include "agent/workload/workload_spec.h"
+#include "agent/model/workload_spec.h"
 
 #include <arpa/inet.h>
 

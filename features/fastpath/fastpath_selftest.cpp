@@ -1,4 +1,4 @@
-#include "agent/fastpath/fastpath_selftest.h"
+#include "features/fastpath/fastpath_selftest.h"
 
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
@@ -26,20 +26,11 @@
 #include "agent/common/unique_fd.h"
 #include "agent/loader/bpf_skeleton.h"
 #include "fastpath_sockmap.skel.h"
-#include "meshlane/fastpath_abi.h"
+#include "features/fastpath/fastpath_abi.h"
 
 namespace meshlane {
 
 namespace {
-
-struct SelftestOps {
-    using Skeleton = fastpath_sockmap_bpf;
-    static Skeleton* open(const bpf_object_open_opts* o) {
-        return fastpath_sockmap_bpf__open_opts(o);
-    }
-    static int load(Skeleton* s) { return fastpath_sockmap_bpf__load(s); }
-    static void destroy(Skeleton* s) { fastpath_sockmap_bpf__destroy(s); }
-};
 
 constexpr std::uint16_t kPort = 15001;
 constexpr std::size_t kSmall = 1000;
@@ -295,7 +286,7 @@ FastpathSelftestResult run_fastpath_selftest(const FastpathSelftestOptions& opti
     }
     // A private instance: no map is pinned, nothing is shared with the running datapath.
     LIBBPF_OPTS(bpf_object_open_opts, open_opts);
-    auto skel = BpfSkeleton<SelftestOps>::open(&open_opts, "fastpath_sockmap (self-test)");
+    auto skel = BpfSkeleton<fastpath_sockmap_bpf>::open(&open_opts, "fastpath_sockmap (self-test)");
     if (!skel) {
         result.reason = skel.error().message;
         return result;

@@ -1,4 +1,4 @@
-#include "api/rest/tls_config.h"
+#include "api/tls/tls_config.h"
 
 #include <arpa/inet.h>
 #include <openssl/bio.h>

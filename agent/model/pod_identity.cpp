@@ -1,4 +1,4 @@
-#include "agent/workload/pod_identity.h"
+#include "agent/model/pod_identity.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

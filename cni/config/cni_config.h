@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "agent/common/result.h"
-#include "agent/workload/workload_spec.h"
+#include "agent/model/workload_spec.h"
 
 namespace meshlane::cni {
 

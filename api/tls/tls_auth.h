@@ -6,7 +6,7 @@
 
 #include <string_view>
 
-#include "api/rest/tls_config.h"
+#include "api/tls/tls_config.h"
 
 namespace meshlane::tls {
 

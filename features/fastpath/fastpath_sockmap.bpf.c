@@ -36,7 +36,7 @@
  *     only when the psock queue is empty. A spill therefore keeps order: every redirected byte
  *     was queued on the psock before the first TCP byte of the spill was sent.
  *   - Redirected bytes move neither S's write_seq nor R's copied_seq (sk_msg redirect bypasses
- *     TCP sequence space; tests/integration/test_fastpath_spill.py checks this on the running
+ *     TCP sequence space; features/fastpath/tests/test_fastpath_spill.py checks this on the running
  *     kernel), so both count TCP bytes only, in one sequence space. S's program runs under
  *     lock_sock(S), and every earlier SK_PASS of S was pushed into S's write queue before it
  *     returned: write_seq is every TCP byte S ever sent (or queued). R's copied_seq only grows
@@ -62,7 +62,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
-#include "meshlane/fastpath_abi.h"
+#include "features/fastpath/fastpath_abi.h"
 #include "meshlane/redirect_abi.h"
 // clang-format on
 
@@ -75,7 +75,7 @@ char LICENSE[] SEC("license") = "GPL";
 
 #include "workload_map.h"
 
-/* Self-test instance only (agent/fastpath/fastpath_selftest.cpp): every socket of the cgroup is
+/* Self-test instance only (features/fastpath/fastpath_selftest.cpp): every socket of the cgroup is
  * treated as workload 0 with these kinds and this outbound port; workload_by_netns is ignored. */
 const volatile __u32 selftest_kinds = 0;
 const volatile __u16 selftest_outbound_port = 0;
@@ -127,7 +127,7 @@ struct {
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } fastpath_counters SEC(".maps");
 
-/* Observers of redirected messages (include/meshlane/fastpath_abi.h); filled by the agent. */
+/* Observers of redirected messages (features/fastpath/fastpath_abi.h); filled by the agent. */
 struct {
     __uint(type, BPF_MAP_TYPE_PROG_ARRAY);
     __uint(max_entries, MESHLANE_FASTPATH_MSG_OBSERVERS);
