@@ -37,6 +37,21 @@ Status read_annotations(const json::value* value, std::map<std::string, std::str
     return Ok{};
 }
 
+// GC's list of attachments the runtime still knows: [{"containerID": ..., "ifname": ...}].
+Status read_valid_attachments(const json::value* value, std::vector<AttachmentKey>& out) {
+    constexpr const char* kWhat =
+        "cni.dev/valid-attachments: must be an array of {\"containerID\", \"ifname\"} objects";
+    if (value == nullptr || value->is_null()) return Ok{};
+    if (!value->is_array()) return Error::invalid(kWhat);
+    for (const auto& item : value->get_array()) {
+        auto id = string_member(item, "containerID", "");
+        auto ifname = string_member(item, "ifname", "");
+        if (!item.is_object() || !id || !ifname || id->empty()) return Error::invalid(kWhat);
+        out.push_back({*id, *ifname});
+    }
+    return Ok{};
+}
+
 std::string fnv_hex(std::string_view text) {
     std::uint32_t hash = 2166136261u;
     for (unsigned char c : text) hash = (hash ^ c) * 16777619u;
@@ -107,6 +122,15 @@ Result<PluginConfig> parse_config(std::string_view stdin_text) {
             config.exclude_namespaces.emplace_back(item.get_string());
         }
     }
+    auto data_dir = string_member(root, "dataDir", config.data_dir);
+    if (!data_dir) return data_dir.error();
+    if (data_dir->empty() || data_dir->front() != '/')
+        return Error::invalid("dataDir: must be an absolute path");
+    config.data_dir = *data_dir;
+    if (auto valid = read_valid_attachments(member(root, "cni.dev/valid-attachments"),
+                                            config.valid_attachments);
+        !valid)
+        return valid.error();
     if (const auto* v = member(root, "prevResult"); v != nullptr && !v->is_null())
         config.prev_result = *v;
     // Capability args first (the runtime's word), then the "args" convention.

@@ -27,6 +27,13 @@ struct Environment {
     std::string netns;         // CNI_NETNS
     std::string ifname;        // CNI_IFNAME
     std::string args;          // CNI_ARGS
+    std::string path;          // CNI_PATH (only GC requires it; meshlane-cni delegates nothing)
+};
+
+// One entry of "cni.dev/valid-attachments" (GC, CNI 1.1).
+struct AttachmentKey {
+    std::string container_id;
+    std::string ifname;
 };
 
 struct PluginConfig {
@@ -37,6 +44,8 @@ struct PluginConfig {
     std::string cgroup_root;
     std::vector<std::string> exclude_namespaces;
     unsigned timeout_ms = 10000;
+    std::string data_dir = "/var/lib/cni/meshlane";  // see cni/attachment_store.h
+    std::vector<AttachmentKey> valid_attachments;    // GC input
     std::optional<boost::json::value> prev_result;
     std::string cgroup;  // from runtimeConfig / args, empty when not given
     std::map<std::string, std::string> annotations;
