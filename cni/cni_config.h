@@ -42,6 +42,9 @@ struct PluginConfig {
     std::string agent_socket = kDefaultAgentSocket;
     bool fail_open = false;
     std::string cgroup_root;
+    // "/pods/{K8S_POD_NAME}": the pod cgroup from CNI_ARGS keys and {CNI_CONTAINERID}, for
+    // runtimes that pass no cgroupPath (podman: pods created with --cgroup-parent to match).
+    std::string cgroup_template;
     std::vector<std::string> exclude_namespaces;
     unsigned timeout_ms = 10000;
     std::string data_dir = "/var/lib/cni/meshlane";  // see cni/attachment_store.h
@@ -60,6 +63,12 @@ Result<PluginConfig> parse_config(std::string_view stdin_text);
 // form with a hash suffix when it is too long; "cni-<container id prefix>" without pod names.
 std::string workload_name(const std::map<std::string, std::string>& cni_args,
                           const std::string& container_id);
+
+// cgroupTemplate with its {KEY}s replaced by CNI_ARGS values ({CNI_CONTAINERID}: the container
+// ID); errors name a key the runtime did not pass.
+Result<std::string> expand_cgroup_template(std::string_view text,
+                                           const std::map<std::string, std::string>& cni_args,
+                                           const std::string& container_id);
 
 // The enrolment request for this pod (annotations applied). nullopt: the pod is passed through
 // (excluded namespace, or sidecar injection disabled).

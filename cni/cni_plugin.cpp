@@ -140,14 +140,10 @@ Result<std::string> check_header(Command command, std::string_view stdin_text, O
     }
     const std::string version(version_field->get_string());
     auto number = parse_version(version);
-    if (!number) {
-        failed = failure(kLatestVersion, kDecodeFailure,
-                         "cniVersion '" + version + "' is not a version (MAJOR.MINOR.PATCH)");
-        return Error::invalid("");
-    }
-    if (!version_supported(version)) {
+    // Unknown and malformed alike are "incompatible", as the reference skeleton answers.
+    if (!number || !version_supported(version)) {
         failed = failure(kLatestVersion, kIncompatibleVersion, "incompatible CNI versions",
-                         "config is " + version + ", meshlane-cni supports 0.3.0 to 1.1.0");
+                         "config is \"" + version + "\", meshlane-cni supports 0.3.0 to 1.1.0");
         return Error::invalid("");
     }
     // SPEC.md: CHECK came with 0.4.0, STATUS and GC with 1.1.0.

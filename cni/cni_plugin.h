@@ -15,6 +15,7 @@
 //     "agentSocket"  the agent's API socket (default /run/meshlane/api.sock)
 //     "failOpen"     false (default): ADD fails the sandbox when the agent cannot enroll the pod;
 //                    true: the pod starts uncaptured, the failure is only logged
+//     "cgroupTemplate" pod cgroup from CNI_ARGS, e.g. "/pods/{K8S_POD_NAME}" (see below)
 //     "cgroupRoot"   fallback cgroup: <cgroupRoot>/<CNI_CONTAINERID> (see pod cgroup below)
 //     "excludeNamespaces" pods of these Kubernetes namespaces are passed through (kube-system…)
 //     "timeoutMs"    agent request timeout (default 10000)
@@ -23,7 +24,8 @@
 //     "args": {"cni": {"cgroup": ..., "podAnnotations": {...}}}       (the "args" convention)
 //   The pod cgroup, first found wins: runtimeConfig.cgroupPath (the CNI "cgroupPath" capability,
 //   which containerd fills with the sandbox's cgroup parent, i.e. the pod cgroup),
-//   runtimeConfig.cgroup, args.cni.cgroup, then cgroupRoot + "/" + CNI_CONTAINERID.
+//   runtimeConfig.cgroup, args.cni.cgroup, cgroupTemplate expanded ({KEY}: the CNI_ARGS value,
+//   {CNI_CONTAINERID}), then cgroupRoot + "/" + CNI_CONTAINERID.
 //   Istio annotations honoured (same meaning as with istio-cni / istio-iptables):
 //     traffic.sidecar.istio.io/excludeOutboundPorts, excludeInboundPorts, includeInboundPorts,
 //     includeOutboundPorts, includeOutboundIPRanges, excludeOutboundIPRanges;

@@ -84,6 +84,12 @@ struct Harness {
     }
 };
 
+std::int64_t code_of(const Outcome& out) {
+    EXPECT_EQ(out.exit_code, 1) << out.output;
+    if (out.output.empty()) return 0;
+    return json::parse(out.output).at("code").as_int64();
+}
+
 TEST(CniPlugin, ParsesCniArgs) {
     auto args = parse_cni_args("IgnoreUnknown=1;K8S_POD_NAME=web-0;bad;=x;K8S_POD_NAMESPACE=shop");
     EXPECT_EQ(args.at("K8S_POD_NAME"), "web-0");
@@ -155,6 +161,23 @@ TEST(CniPlugin, AnnotationsFromArgsConvention) {
     auto spec = workload_spec_from_json(*h.calls.at(0).body);
     EXPECT_EQ(spec->cgroup_path, "kubepods/pod2");
     EXPECT_EQ(spec->exclude_outbound_ports, (std::vector<std::uint16_t>{1234}));
+}
+
+TEST(CniPlugin, CgroupTemplateNamesThePodCgroupFromCniArgs) {
+    Harness h;
+    auto out = h.run(
+        add_env(), config_text(R"("cgroupTemplate":"/pods/{K8S_POD_NAMESPACE}/{K8S_POD_NAME}",)"));
+    ASSERT_EQ(out.exit_code, 0) << out.output;
+    EXPECT_EQ(workload_spec_from_json(*h.calls.at(0).body)->cgroup_path, "pods/shop/web-0");
+    // The runtime's cgroupPath wins over the template.
+    out = h.run(add_env(), config_text(R"("cgroupTemplate":"/pods/{K8S_POD_NAME}",)"
+                                       R"("runtimeConfig":{"cgroupPath":"/kubepods/p9"},)"));
+    EXPECT_EQ(workload_spec_from_json(*h.calls.at(1).body)->cgroup_path, "kubepods/p9");
+    out = h.run(add_env(), config_text(R"("cgroupTemplate":"/pods/{K8S_POD_UIDX}",)"));
+    EXPECT_EQ(code_of(out), kInvalidConfig);
+    EXPECT_NE(out.output.find("K8S_POD_UIDX"), std::string::npos);
+    EXPECT_EQ(expand_cgroup_template("/c/{CNI_CONTAINERID}", {}, "abc").value(), "/c/abc");
+    EXPECT_FALSE(expand_cgroup_template("/c/{X}/..", {{"X", ".."}}, "a"));
 }
 
 TEST(CniPlugin, BadAnnotationIsAClearError) {
@@ -271,12 +294,6 @@ TEST(CniPlugin, VersionAndUnknownCommand) {
     EXPECT_TRUE(h.calls.empty());
 }
 
-std::int64_t code_of(const Outcome& out) {
-    EXPECT_EQ(out.exit_code, 1) << out.output;
-    if (out.output.empty()) return 0;
-    return json::parse(out.output).at("code").as_int64();
-}
-
 TEST(CniPlugin, EnvironmentErrorsAreCode4AndNameTheVariable) {
     Harness h;
     auto env = add_env();
@@ -311,7 +328,7 @@ TEST(CniPlugin, ConfigErrorsAndVersionGates) {
     EXPECT_EQ(code_of(h.run(env, R"({"cniVersion":"1.0.0","prevResult":{}})")), kInvalidConfig);
     EXPECT_EQ(code_of(h.run(env, R"({"cniVersion":"1.0.0","name":"a/b"})")), kInvalidConfig);
     EXPECT_EQ(code_of(h.run(env, R"({"name":"n","prevResult":{}})")), kIncompatibleVersion);
-    EXPECT_EQ(code_of(h.run(env, R"({"cniVersion":"one","name":"n"})")), kDecodeFailure);
+    EXPECT_EQ(code_of(h.run(env, R"({"cniVersion":"one","name":"n"})")), kIncompatibleVersion);
     EXPECT_EQ(code_of(h.run(env, config_text(R"("failOpen":"yes",)"))), kInvalidConfig);
     // CHECK came with 0.4.0, STATUS and GC with 1.1.0.
     env.command = "CHECK";
