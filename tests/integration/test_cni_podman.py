@@ -31,7 +31,7 @@ def tools():
 
 @pytest.fixture
 def pm(agent):
-    workdir = tempfile.mkdtemp(prefix="meshlane-it-podman-")
+    workdir = tempfile.mkdtemp(prefix="mlpm-")
     token = cleanup.REGISTRY.add(f"rm {workdir}", lambda: cleanup.remove_tree(workdir),
                                  {"kind": "dir", "path": workdir})
     podman = Podman(workdir, agent.api_socket)
@@ -58,8 +58,11 @@ def sidecar_listening(podman, pod):
 
 
 def fetch(podman, client, server_ip):
-    return podman.exec_app(client, "wget", "-q", "-T", "5", "-O", "-",
-                           f"http://{server_ip}:{APP_PORT}/index.html")
+    # busybox nc, not busybox wget: Debian's busybox-static wget segfaults (exit 139) even on
+    # the host, before connecting.
+    request = r"GET /index.html HTTP/1.0\r\n\r\n"
+    return podman.exec_app(client, "sh", "-c",
+                           f"printf '{request}' | nc -w 5 {server_ip} {APP_PORT}")
 
 
 def assert_captured_once(podman, client, server, server_ip):

@@ -55,11 +55,13 @@ class Podman:
         self._register(f"ip link del {self.bridge}", lambda: cleanup.delete_link(self.bridge),
                        "link", name=self.bridge)
         self._register(f"rm cgroups {self.cgroup_parent}", self._remove_cgroups)
-        for d in ("root", "runroot", "tmp", "net.d", "cni-bin", "ipam", "meshlane-cni"):
+        for d in ("root", "rr", "tmp", "net.d", "cni-bin", "ipam", "meshlane-cni"):
             os.makedirs(os.path.join(self.dir, d), exist_ok=True)
         with open(os.path.join(self.dir, "containers.conf"), "w") as f:
             f.write(self._containers_conf())
         for plugin in os.listdir(CNI_BIN_DIR):
+            if plugin == "meshlane-cni":  # an installed one (install-and-run.sh): ours wins
+                continue
             os.symlink(os.path.join(CNI_BIN_DIR, plugin), os.path.join(self.plugin_dir, plugin))
         os.symlink(os.path.realpath(meshlane_cni_bin()),
                    os.path.join(self.plugin_dir, "meshlane-cni"))
@@ -107,8 +109,9 @@ class Podman:
         return {**os.environ, "CONTAINERS_CONF": os.path.join(self.dir, "containers.conf")}
 
     def _storage(self):
+        # podman refuses a runroot longer than 50 characters: keep the work dir short.
         return ["--root", os.path.join(self.dir, "root"),
-                "--runroot", os.path.join(self.dir, "runroot"), "--storage-driver", "vfs"]
+                "--runroot", os.path.join(self.dir, "rr"), "--storage-driver", "vfs"]
 
     def podman(self, *args, check=True, timeout=120):
         cmd = ["podman", *self._storage(), "--cni-config-dir", self.conf_dir, *args]
@@ -120,7 +123,7 @@ class Podman:
 
     # -- images -----------------------------------------------------------------------------------
     def build_images(self):
-        """localhost/mltest-app (busybox: sh, httpd, wget, sleep) and localhost/mltest-sidecar
+        """localhost/mltest-app (busybox: sh, httpd, nc, sleep) and localhost/mltest-sidecar
         (HAProxy 2.6 and its libraries, the test harness's sidecar config)."""
         self._build("localhost/mltest-app:1", self._fill_busybox, ["/bin/sleep", "infinity"])
         self._build("localhost/mltest-sidecar:1", self._fill_haproxy,
@@ -140,7 +143,7 @@ class Podman:
     def _fill_busybox(root):
         os.makedirs(os.path.join(root, "bin"))
         shutil.copy2(BUSYBOX, os.path.join(root, "bin", "busybox"))
-        for applet in ("sh", "sleep", "httpd", "wget", "cat", "ip", "echo"):
+        for applet in ("sh", "sleep", "httpd", "nc", "printf", "cat", "ip", "echo"):
             os.symlink("busybox", os.path.join(root, "bin", applet))
         os.makedirs(os.path.join(root, "www"))
         with open(os.path.join(root, "www", "index.html"), "w") as f:
