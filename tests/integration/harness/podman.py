@@ -26,7 +26,8 @@ def check_tools():
     for tool in ("podman", "buildah", "runc"):
         if not shutil.which(tool):
             return f"{tool} missing: scripts/install-deps.sh installs podman, buildah and runc"
-    if not os.path.exists(BUSYBOX) or "static" not in util.run(["file", "-L", BUSYBOX]).stdout:
+    ldd = util.run(["ldd", BUSYBOX], check=False) if os.path.exists(BUSYBOX) else None
+    if ldd is None or "not a dynamic executable" not in ldd.stdout + ldd.stderr:
         return f"{BUSYBOX} is not Debian's busybox-static (scripts/install-deps.sh)"
     if not os.path.exists("/usr/libexec/podman/catatonit"):
         return "catatonit missing (podman builds its pod infra image from it)"
