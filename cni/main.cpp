@@ -1,6 +1,12 @@
 // meshlane-cni: the process side of cni_plugin.h. Reads the CNI environment and stdin, runs the
 // command, writes the result or error document to stdout and diagnostics to stderr (and to
 // MESHLANE_CNI_LOG when set), exits 0 on success and 1 on a CNI error.
+//
+// Built as a static executable (cni/CMakeLists.txt): a runtime copies it to any node and runs it
+// there, whatever libc or libraries that node has.
+#include <unistd.h>
+
+#include <boost/json/serialize.hpp>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -21,10 +27,11 @@ class SocketAgentClient : public meshlane::cni::AgentClient {
     explicit SocketAgentClient(const meshlane::cni::PluginConfig& config)
         : socket_(config.agent_socket), timeout_(config.timeout_ms) {}
 
-    meshlane::Result<meshlane::rest::HttpReply> request(
-        boost::beast::http::verb method, const std::string& target,
+    meshlane::Result<meshlane::cni::AgentReply> request(
+        meshlane::cni::Method method, const std::string& target,
         const std::optional<boost::json::value>& body) override {
-        return meshlane::rest::http_request(socket_, method, target, body, timeout_);
+        return meshlane::cni::unix_http_request(
+            socket_, method, target, body ? boost::json::serialize(*body) : "", timeout_);
     }
 
   private:
@@ -37,10 +44,12 @@ class SocketAgentClient : public meshlane::cni::AgentClient {
 int main() {
     namespace cni = meshlane::cni;
     cni::Environment env{env_or_empty("CNI_COMMAND"), env_or_empty("CNI_CONTAINERID"),
-                         env_or_empty("CNI_NETNS"), env_or_empty("CNI_IFNAME"),
-                         env_or_empty("CNI_ARGS")};
+                         env_or_empty("CNI_NETNS"),   env_or_empty("CNI_IFNAME"),
+                         env_or_empty("CNI_ARGS"),    env_or_empty("CNI_PATH")};
     std::string input;
-    if (env.command != "VERSION")
+    // Runtimes always pipe a config in; someone probing the binary at a terminal gets an answer
+    // instead of a wait.
+    if (::isatty(STDIN_FILENO) == 0)
         input.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
     auto outcome = cni::run(env, input, [](const cni::PluginConfig& config) {
         return std::make_unique<SocketAgentClient>(config);

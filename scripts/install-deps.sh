@@ -19,6 +19,12 @@ packages=(
   python3-grpcio python3-protobuf python3-yaml
   # test: the chained CNI plugin runs after Debian's bridge + host-local
   containernetworking-plugins
+  # test: install-cni (deploy/kubernetes/install-cni.sh) watches the CNI config dir
+  inotify-tools jq
+  # test (test_cni_podman.py): a real runtime creating pods over the CNI chain. runc, not crun
+  # (crun refuses hybrid cgroup hosts); images built with buildah from scratch out of
+  # busybox-static and haproxy; catatonit is podman's pod infra process.
+  podman buildah runc catatonit busybox-static
   # test (label deploy): `systemd-analyze verify` of deploy/systemd/meshlane.service. Debian 12
   # has it installed already; the package alone does not become init (that is systemd-sysv) and
   # starts nothing where systemd does not run.

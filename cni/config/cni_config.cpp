@@ -37,6 +37,21 @@ Status read_annotations(const json::value* value, std::map<std::string, std::str
     return Ok{};
 }
 
+// GC's list of attachments the runtime still knows: [{"containerID": ..., "ifname": ...}].
+Status read_valid_attachments(const json::value* value, std::vector<AttachmentKey>& out) {
+    constexpr const char* kWhat =
+        "cni.dev/valid-attachments: must be an array of {\"containerID\", \"ifname\"} objects";
+    if (value == nullptr || value->is_null()) return Ok{};
+    if (!value->is_array()) return Error::invalid(kWhat);
+    for (const auto& item : value->get_array()) {
+        auto id = string_member(item, "containerID", "");
+        auto ifname = string_member(item, "ifname", "");
+        if (!item.is_object() || !id || !ifname || id->empty()) return Error::invalid(kWhat);
+        out.push_back({*id, *ifname});
+    }
+    return Ok{};
+}
+
 std::string fnv_hex(std::string_view text) {
     std::uint32_t hash = 2166136261u;
     for (unsigned char c : text) hash = (hash ^ c) * 16777619u;
@@ -90,6 +105,9 @@ Result<PluginConfig> parse_config(std::string_view stdin_text) {
     auto cgroup_root = string_member(root, "cgroupRoot", "");
     if (!cgroup_root) return cgroup_root.error();
     config.cgroup_root = *cgroup_root;
+    auto cgroup_template = string_member(root, "cgroupTemplate", "");
+    if (!cgroup_template) return cgroup_template.error();
+    config.cgroup_template = *cgroup_template;
     if (const auto* v = member(root, "failOpen"); v != nullptr) {
         if (!v->is_bool()) return Error::invalid("failOpen: must be true or false");
         config.fail_open = v->get_bool();
@@ -107,6 +125,15 @@ Result<PluginConfig> parse_config(std::string_view stdin_text) {
             config.exclude_namespaces.emplace_back(item.get_string());
         }
     }
+    auto data_dir = string_member(root, "dataDir", config.data_dir);
+    if (!data_dir) return data_dir.error();
+    if (data_dir->empty() || data_dir->front() != '/')
+        return Error::invalid("dataDir: must be an absolute path");
+    config.data_dir = *data_dir;
+    if (auto valid = read_valid_attachments(member(root, "cni.dev/valid-attachments"),
+                                            config.valid_attachments);
+        !valid)
+        return valid.error();
     if (const auto* v = member(root, "prevResult"); v != nullptr && !v->is_null())
         config.prev_result = *v;
     // Capability args first (the runtime's word), then the "args" convention.
@@ -158,6 +185,32 @@ std::string workload_name(const std::map<std::string, std::string>& cni_args,
     return "cni-" + (id.empty() ? fnv_hex(container_id) : id);
 }
 
+Result<std::string> expand_cgroup_template(std::string_view text,
+                                           const std::map<std::string, std::string>& cni_args,
+                                           const std::string& container_id) {
+    std::string out;
+    while (!text.empty()) {
+        auto open = text.find('{');
+        out += text.substr(0, open);
+        if (open == std::string_view::npos) break;
+        auto close = text.find('}', open);
+        if (close == std::string_view::npos)
+            return Error::invalid("cgroupTemplate: '{' without '}'");
+        const std::string key(text.substr(open + 1, close - open - 1));
+        auto arg = cni_args.find(key);
+        if (key == "CNI_CONTAINERID")
+            out += container_id;
+        else if (arg != cni_args.end() && !arg->second.empty())
+            out += arg->second;
+        else
+            return Error::invalid("cgroupTemplate: CNI_ARGS has no " + key);
+        text.remove_prefix(close + 1);
+    }
+    if (out.find("..") != std::string::npos)
+        return Error::invalid("cgroupTemplate: expands to a path with '..': " + out);
+    return out;
+}
+
 Result<std::optional<WorkloadSpec>> build_spec(const PluginConfig& config, const Environment& env) {
     const auto cni_args = parse_cni_args(env.args);
     if (auto ns = cni_args.find("K8S_POD_NAMESPACE"); ns != cni_args.end()) {
@@ -173,12 +226,17 @@ Result<std::optional<WorkloadSpec>> build_spec(const PluginConfig& config, const
     spec.name = workload_name(cni_args, env.container_id);
     spec.netns_path = env.netns;
     spec.cgroup_path = config.cgroup;
+    if (spec.cgroup_path.empty() && !config.cgroup_template.empty()) {
+        auto expanded = expand_cgroup_template(config.cgroup_template, cni_args, env.container_id);
+        if (!expanded) return expanded.error();
+        spec.cgroup_path = *expanded;
+    }
     if (spec.cgroup_path.empty() && !config.cgroup_root.empty() && !env.container_id.empty())
         spec.cgroup_path = config.cgroup_root + "/" + env.container_id;
     if (spec.cgroup_path.empty())
         return Error::invalid(
             "no pod cgroup: the runtime passed no runtimeConfig.cgroupPath, "
-            "args.cni.cgroup is unset and no cgroupRoot is configured");
+            "args.cni.cgroup is unset and no cgroupTemplate or cgroupRoot is configured");
     // Runtimes name cgroups from the cgroup root ("/kubepods/burstable/pod<uid>"), not by their
     // mount path: such a path goes to the agent relative to its cgroup2 mount.
     std::error_code ec;

@@ -27,6 +27,13 @@ struct Environment {
     std::string netns;         // CNI_NETNS
     std::string ifname;        // CNI_IFNAME
     std::string args;          // CNI_ARGS
+    std::string path;          // CNI_PATH (only GC requires it; meshlane-cni delegates nothing)
+};
+
+// One entry of "cni.dev/valid-attachments" (GC, CNI 1.1).
+struct AttachmentKey {
+    std::string container_id;
+    std::string ifname;
 };
 
 struct PluginConfig {
@@ -35,8 +42,13 @@ struct PluginConfig {
     std::string agent_socket = kDefaultAgentSocket;
     bool fail_open = false;
     std::string cgroup_root;
+    // "/pods/{K8S_POD_NAME}": the pod cgroup from CNI_ARGS keys and {CNI_CONTAINERID}, for
+    // runtimes that pass no cgroupPath (podman: pods created with --cgroup-parent to match).
+    std::string cgroup_template;
     std::vector<std::string> exclude_namespaces;
     unsigned timeout_ms = 10000;
+    std::string data_dir = "/var/lib/cni/meshlane";  // see cni/attachment_store.h
+    std::vector<AttachmentKey> valid_attachments;    // GC input
     std::optional<boost::json::value> prev_result;
     std::string cgroup;  // from runtimeConfig / args, empty when not given
     std::map<std::string, std::string> annotations;
@@ -51,6 +63,12 @@ Result<PluginConfig> parse_config(std::string_view stdin_text);
 // form with a hash suffix when it is too long; "cni-<container id prefix>" without pod names.
 std::string workload_name(const std::map<std::string, std::string>& cni_args,
                           const std::string& container_id);
+
+// cgroupTemplate with its {KEY}s replaced by CNI_ARGS values ({CNI_CONTAINERID}: the container
+// ID); errors name a key the runtime did not pass.
+Result<std::string> expand_cgroup_template(std::string_view text,
+                                           const std::map<std::string, std::string>& cni_args,
+                                           const std::string& container_id);
 
 // The enrolment request for this pod (annotations applied). nullopt: the pod is passed through
 // (excluded namespace, or sidecar injection disabled).

@@ -21,7 +21,25 @@ function modelFor(apiVersion, kind) {
   return exported[kind];
 }
 
-function validateDocument(doc) {
+// kustomization.yaml has no Kubernetes schema: check what kustomize would trip over, i.e. the
+// resources exist and every `images` entry names an image the resources use.
+function validateKustomization(doc, file) {
+  const dir = path.dirname(file);
+  const used = new Set();
+  for (const resource of doc.resources || []) {
+    const full = path.join(dir, resource);
+    if (!fs.existsSync(full)) throw new Error(`resource ${resource} does not exist`);
+    for (const m of fs.readFileSync(full, "utf8").matchAll(/^\s*image:\s*(\S+)/gm))
+      used.add(m[1].replace(/[:@].*$/, ""));
+  }
+  for (const image of doc.images || []) {
+    if (!used.has(image.name)) throw new Error(`images: ${image.name} is used by no resource`);
+  }
+}
+
+function validateDocument(doc, file) {
+  if (doc.apiVersion === "kustomize.config.k8s.io/v1beta1" && doc.kind === "Kustomization")
+    return validateKustomization(doc, file);
   const Model = modelFor(doc.apiVersion, doc.kind);
   new Model(doc).validate(); // throws with every schema violation
 }
@@ -88,7 +106,7 @@ function main(argv) {
     docs.forEach((doc, i) => {
       const where = `${path.relative(dir, file)}[${i}] ${doc.kind}/${doc.metadata && doc.metadata.name}`;
       try {
-        validateDocument(doc);
+        validateDocument(doc, file);
         checkMeshlaneConf(doc, where);
         count++;
         console.log(`ok   ${where}`);

@@ -68,6 +68,7 @@ class CniNetwork:
         if with_meshlane:
             self.plugins.append(
                 {"type": "meshlane-cni", "agentSocket": agent_socket, "failOpen": fail_open,
+                 "dataDir": os.path.join(topo.workdir, "cni-meshlane"),
                  "capabilities": {"cgroupPath": True, "podAnnotations": True}})
         # The bridge plugin creates the bridge on first ADD; make sure it goes away (once).
         if not getattr(topo, "_cni_bridge_cleanup", False):
