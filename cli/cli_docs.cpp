@@ -294,7 +294,9 @@ std::string zsh_action(const std::string& type, const CLI::App& app) {
     }
 }
 
-std::string zsh_option_specs(const std::vector<OptionDoc>& options, const CLI::App& app) {
+// One spec per line; `continued` ends each with " \\" (arguments of one _arguments call).
+std::string zsh_option_specs(const std::vector<OptionDoc>& options, const CLI::App& app,
+                             bool continued) {
     std::string out;
     for (const auto& option : options) {
         const std::string description = zsh_escape(option.description);
@@ -302,7 +304,7 @@ std::string zsh_option_specs(const std::vector<OptionDoc>& options, const CLI::A
             out += "        '" + name + "[" + description + "]";
             if (!option.value.empty())
                 out += ":" + zsh_escape(option.value) + ":" + zsh_action(option.value, app);
-            out += "'\n";
+            out += continued ? "' \\\n" : "'\n";
         }
     }
     return out;
@@ -312,7 +314,7 @@ std::string zsh_positional_specs(const CLI::App& sub, const CLI::App& app) {
     std::string out;
     for (const auto& positional : positionals(sub)) {
         out += "        '" + std::string(positional.required ? "" : ":") + ":" +
-               zsh_escape(positional.name) + ":" + zsh_action(positional.type, app) + "'\n";
+               zsh_escape(positional.name) + ":" + zsh_action(positional.type, app) + "' \\\n";
     }
     return out;
 }
@@ -335,7 +337,7 @@ std::string zsh_completion(const CLI::App& app) {
            "    local curcontext=$curcontext state line ret=1\n"
            "    local -a global_opts commands\n"
            "    global_opts=(\n"
-        << zsh_option_specs(global, app)
+        << zsh_option_specs(global, app, false)
         << "    )\n"
            "    commands=(\n";
     for (const CLI::App* sub : visible_subcommands(app))
@@ -349,7 +351,7 @@ std::string zsh_completion(const CLI::App& app) {
     for (const CLI::App* sub : visible_subcommands(app)) {
         out << "        " << sub->get_name() << ")\n"
             << "            _arguments $global_opts \\\n"
-            << zsh_option_specs(named_options(*sub), app) << zsh_positional_specs(*sub, app)
+            << zsh_option_specs(named_options(*sub), app, true) << zsh_positional_specs(*sub, app)
             << "            && ret=0 ;;\n";
     }
     out << "        esac ;;\n"

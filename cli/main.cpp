@@ -16,6 +16,7 @@
 
 namespace {
 
+namespace cli = meshlane::cli;
 using meshlane::cli::EnrollFlags;
 
 // The transport options, each also from an environment variable (a flag wins over it).
@@ -122,10 +123,7 @@ ConventionCommands add_convention_commands(CLI::App& app) {
     c.version->add_flag("--json", c.version_json, "Print JSON");
     c.completion = app.add_subcommand(
         "completion", "Print the shell completion script: source <(meshlane completion bash)");
-    c.completion->add_option("shell", c.shell, "Shell")
-        ->required()
-        ->check(CLI::IsMember({"bash", "zsh"}))
-        ->type_name("bash|zsh");
+    c.completion->add_option("shell", c.shell, "Shell")->required()->type_name("bash|zsh");
     c.man = app.add_subcommand("man", "Print the man page source (roff)");
     c.man->group("");  // hidden: the build's tool, not a user command
     return c;
@@ -172,12 +170,14 @@ int check_leftovers(const CLI::App& app) {
 
 int run_help(const CLI::App& app, const std::string& topic) {
     if (topic.empty()) {
-        std::cout << app.help();
+        // Not app.help(): with `help` itself parsed, that describes the `help` subcommand.
+        std::cout << app.get_formatter()->make_help(&app, app.get_name(),
+                                                    CLI::AppFormatMode::Normal);
         return cli::kExitOk;
     }
     for (const CLI::App* sub : cli::visible_subcommands(app))
         if (sub->get_name() == topic) {
-            std::cout << sub->help();
+            std::cout << sub->help(app.get_name());
             return cli::kExitOk;
         }
     std::cerr << "meshlane help: unknown command '" << topic << "'";
@@ -195,6 +195,10 @@ std::optional<int> run_convention_command(const CLI::App& app, const ConventionC
         return cli::kExitUsage;
     }
     if (c.help->parsed()) return run_help(app, c.help_topic);
+    if (c.completion->parsed() && c.shell != "bash" && c.shell != "zsh") {
+        std::cerr << "meshlane completion: no completion for '" << c.shell << "' (bash or zsh)\n";
+        return cli::kExitUsage;
+    }
     if (c.completion->parsed()) {
         std::cout << (c.shell == "bash" ? cli::bash_completion(app) : cli::zsh_completion(app));
         return cli::kExitOk;
@@ -213,7 +217,6 @@ std::optional<int> run_convention_command(const CLI::App& app, const ConventionC
 }  // namespace
 
 int main(int argc, char** argv) {
-    namespace cli = meshlane::cli;
     CLI::App app{"eBPF traffic capture for Istio sidecars, instead of iptables", "meshlane"};
     // No subcommand prints the help (exit 2); more than one is a usage error.
     app.require_subcommand(0, 1);
@@ -224,7 +227,6 @@ int main(int argc, char** argv) {
         "Print version, git revision and build flags, and exit");
     cli::GlobalOptions global;
     add_transport_options(app, global);
-    ConventionCommands conventions = add_convention_commands(app);
 
     std::string config;
     auto* agent = app.add_subcommand("agent", "Run the per-node agent (serves the API)");
@@ -291,6 +293,7 @@ int main(int argc, char** argv) {
         view->add_flag("--follow,-f", observe_flags.follow,
                        "Stream new events as they happen (Ctrl-C ends); with --json as NDJSON");
 
+    ConventionCommands conventions = add_convention_commands(app);
     // Unknown words are collected, not thrown, so a typo gets a suggestion (check_leftovers).
     // After the subcommands exist: they inherit the setting, and must not.
     app.allow_extras();
