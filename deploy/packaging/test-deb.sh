@@ -100,9 +100,10 @@ if [[ -d /run/systemd/system ]]; then
 else
   note "systemd is not PID 1 here: the unit is enabled, not started"
 fi
-# gdb finds the split debug info through the build id.
+# gdb finds the split debug info through the build id (the stripped binary alone has no symbol
+# named main).
 if command -v gdb >/dev/null; then
-  gdb -batch -ex 'info line main' /usr/sbin/meshlane 2>&1 | grep -q 'main.cpp' ||
+  gdb -batch -ex 'info line main' /usr/sbin/meshlane 2>&1 | grep -q '^Line .*<main(int, char\*\*)>' ||
     fail "gdb does not find meshlane's debug info"
 fi
 
