@@ -32,7 +32,7 @@ installed_config=$config_dir/meshlane.conf
 for key in AmbientCapabilities CapabilityBoundingSet; do
   caps=" $(sed -n "s/^$key=//p" "$unit") "
   for cap in CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN CAP_PERFMON CAP_SYS_PTRACE CAP_DAC_READ_SEARCH \
-             CAP_SETUID CAP_SETGID; do
+             CAP_SETUID CAP_SETGID CAP_KILL; do
     [[ $caps == *" $cap "* ]] || fail "$key lacks $cap"
   done
 done
