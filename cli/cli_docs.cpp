@@ -398,7 +398,7 @@ std::string man_option(const OptionDoc& option) {
     if (!option.value.empty()) out += " \\fI" + roff_inline(option.value) + "\\fR";
     out += "\n" + roff(option.description);
     if (!option.default_value.empty()) out += roff("(default: " + option.default_value + ")");
-    if (!option.envname.empty()) out += roff("Environment: " + option.envname + ".");
+    if (!option.envname.empty()) out += roff("(environment: " + option.envname + ")");
     return out;
 }
 
