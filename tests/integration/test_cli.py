@@ -157,3 +157,42 @@ def test_man_page_renders_cleanly():
                     "EXIT STATUS", "FILES"):
         assert re.search(rf"^{heading}$", text, re.M), heading
     assert "--exclude-inbound-ports" in text.replace("‐", "-")
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh not installed")
+def test_zsh_completion_completes(tmp_path):
+    (tmp_path / "_meshlane").write_text(run("completion", "zsh").stdout)
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "harness", "scripts",
+                          "zsh-complete.zsh")
+
+    def complete(line):
+        result = subprocess.run(["zsh", "-f", script, str(tmp_path),
+                                 os.path.dirname(meshlane_bin()), line],
+                                capture_output=True, text=True, timeout=30)
+        return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|[\r\x07\x08]", " ", result.stdout)
+
+    assert "meshlane status" in complete("meshlane sta")
+    shown = complete("meshlane enroll web --startup-policy ")
+    assert "passthrough" in shown and "refuse" in shown, shown
+    assert "meshlane help enroll" in complete("meshlane help enr")
+
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SOURCE, ".git")) and
+                    not os.path.isfile(os.path.join(SOURCE, ".git")),
+                    reason="not a git checkout")
+def test_build_info_revision_from_a_tarball_without_git(tmp_path):
+    """`git archive` fills cli/REVISION (export-subst): a build from the tarball, which has no
+    .git, still reports the commit."""
+    archive = subprocess.run(["git", "-C", SOURCE, "archive", "HEAD", "cli/"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive, check=True)
+    out = tmp_path / "build_info.cpp"
+    subprocess.run(["cmake", f"-DSRC={tmp_path}", f"-DOUT={out}", "-DVERSION=0", "-DBUILD_TYPE=x",
+                    "-DCOMPILER=x", "-DFLAGS=x", "-DLIBBPF=x", "-DARCH=x", "-P",
+                    str(tmp_path / "cli" / "build_info.cmake")], check=True)
+    head = subprocess.run(["git", "-C", SOURCE, "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert f'R"x({head[:12]})x"' in out.read_text()
