@@ -155,9 +155,11 @@ int check_leftovers(const CLI::App& app) {
     if (left.empty()) return cli::kExitOk;
     const std::vector<CLI::App*> chosen = app.get_subcommands();
     if (!chosen.empty() || left.front().starts_with("-")) {
-        std::cerr << "meshlane" << (chosen.empty() ? "" : " " + chosen.front()->get_name())
-                  << ": unexpected argument '" << left.front() << "' (meshlane help "
-                  << (chosen.empty() ? "" : chosen.front()->get_name())
+        const std::string command =
+            "meshlane" + (chosen.empty() ? "" : " " + chosen.front()->get_name());
+        std::cerr << command << ": unexpected argument '" << left.front() << "' ("
+                  << (chosen.empty() ? "meshlane help"
+                                     : "meshlane help " + chosen.front()->get_name())
                   << " lists what it takes)\n";
         return cli::kExitUsage;
     }

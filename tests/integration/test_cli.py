@@ -81,6 +81,7 @@ def test_help_lists_commands_and_exit_codes():
     (["help", "enrol"], "did you mean 'enroll'?"),
     (["status", "--bogus"], "meshlane status: unexpected argument '--bogus'"),
     (["status", "extra"], "meshlane status: unexpected argument 'extra'"),
+    (["--bogus"], "meshlane: unexpected argument '--bogus' (meshlane help lists"),
 ])
 def test_unknown_command_or_argument_is_a_usage_error(args, expected):
     result = run(*args)
