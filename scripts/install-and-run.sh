@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# One command on a fresh Debian 12 host, as root: install dependencies, build, install the
-# binary to /usr/local/sbin, and run the agent on its embedded default configuration
-# (state in /run/meshlane, pins under <bpffs>/meshlane, API on /run/meshlane/api.sock).
+# One command on a fresh Debian 12 host, as root: install dependencies, build, install
+# (`cmake --install`: /usr/local/sbin/meshlane, /etc/meshlane/meshlane.conf, the systemd unit,
+# completions, man page, docs), and run the agent (state in /run/meshlane, pins under
+# <bpffs>/meshlane, API on /run/meshlane/api.sock): under systemd where it runs, else in the
+# foreground on the installed configuration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) -eq 0 ]] || { echo "meshlane: run as root (the agent loads BPF programs)" >&2; exit 1; }
 ./scripts/install-deps.sh
 ./scripts/build.sh
-install -m 0755 build/meshlane /usr/local/sbin/meshlane
+cmake --install build
 if [[ -d /run/systemd/system ]]; then
-  install -D -m 0644 deploy/meshlane.conf /etc/meshlane/meshlane.conf
-  install -m 0644 deploy/systemd/meshlane.service /etc/systemd/system/meshlane.service
+  # Earlier versions of this script copied the unit to /etc/systemd/system, which would shadow
+  # the installed one (/usr/local/lib/systemd/system).
+  if grep -qs '^ExecStart=/usr/local/sbin/meshlane ' /etc/systemd/system/meshlane.service; then
+    rm -f /etc/systemd/system/meshlane.service
+  fi
   systemctl daemon-reload
+  # Type=notify: returns once the agent's API answers.
   systemctl enable --now meshlane.service
   systemctl --no-pager status meshlane.service || true
 else
-  exec /usr/local/sbin/meshlane agent
+  exec /usr/local/sbin/meshlane agent --config /etc/meshlane/meshlane.conf
 fi

@@ -29,6 +29,9 @@ packages=(
   # has it installed already; the package alone does not become init (that is systemd-sysv) and
   # starts nothing where systemd does not run.
   systemd
+  # test (label deploy): the .deb round trip (dpkg-shlibdeps for Depends, man -w, gdb reading the
+  # split debug info) and the CLI's completion scripts and man page (zsh -n, groff warnings)
+  dpkg-dev man-db groff-base gdb zsh
 )
 # test (label deploy): manifest validation installs kubernetes-models with npm; keep a Node that
 # is already there (e.g. NodeSource, which bundles npm and conflicts with Debian's npm).

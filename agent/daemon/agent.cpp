@@ -23,6 +23,7 @@
 #include "agent/daemon/config.h"
 #include "agent/daemon/degraded_registry.h"
 #include "agent/daemon/prerequisites.h"
+#include "agent/daemon/sd_notify.h"
 #include "agent/events/event_bus.h"
 #include "features/fastpath/fastpath_selftest.h"
 #include "features/fastpath/fastpath_datapath.h"
@@ -142,6 +143,12 @@ Result<ApiTcpListeners> api_tcp_listeners(const AgentConfig& config) {
             "mutating calls are refused there (401/UNAUTHENTICATED)");
     listeners.tls = std::make_shared<const tls::TlsMaterial>(std::move(*material));
     return listeners;
+}
+
+// Readiness for systemd (Type=notify); a failure is logged, never fatal: the agent serves anyway.
+void notify_systemd(const std::string& state) {
+    if (auto sent = sd_notify(state); !sent)
+        spdlog::warn("systemd notification: {}", sent.error().message);
 }
 
 }  // namespace
@@ -324,6 +331,7 @@ int run_agent(const std::string& config_path) {
     signals.async_wait([&](const boost::system::error_code&, int signal) {
         spdlog::info("signal {}: stopping; the datapath stays pinned and keeps intercepting",
                      signal);
+        notify_systemd("STOPPING=1");
         // Closing the bus ends every event stream first, so neither server waits on one.
         event_bus.close();
         server.stop();
@@ -343,6 +351,9 @@ int run_agent(const std::string& config_path) {
         "meshlane agent {} ready: API on {} (REST) and {} (gRPC), pins under {}, "
         "cgroup2 at {}",
         MESHLANE_VERSION, config->api_socket, config->grpc_socket, pin_root, cgroup2_path);
+    // Both API sockets listen and the datapath is loaded (or reported disabled): a Type=notify
+    // unit's `systemctl start` returns now, and connections queued before io.run() are served.
+    notify_systemd("READY=1\nSTATUS=API on " + config->api_socket);
     io.run();
     return 0;
 }

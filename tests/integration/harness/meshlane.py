@@ -50,6 +50,8 @@ class Agent:
         self.pin_dir_name = f"meshlane-test-{self.id}"
         self.pin_path = os.path.join(util.bpffs_mount(), self.pin_dir_name)
         self.process = None
+        # Prepended to the agent's command line, e.g. setpriv with the unit's capability set.
+        self.launch_prefix = []
         self._tokens = []
 
     def _write_config(self):
@@ -81,7 +83,8 @@ class Agent:
         self.prepare()
         log = open(self.log_path, "ab")
         try:
-            self.process = proc.spawn([self.binary, "agent", "--config", self.config_path],
+            self.process = proc.spawn([*self.launch_prefix, self.binary, "agent", "--config",
+                                       self.config_path],
                                       stdout=log, stderr=log, env=dict(os.environ),
                                       description=f"meshlane agent {self.id}")
         finally:
