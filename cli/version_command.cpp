@@ -5,7 +5,7 @@
 #include <boost/json.hpp>
 #include <iostream>
 
-#include "api/rest/unix_http_client.h"
+#include "api/client/unix_http_client.h"
 #include "cli/build_info.h"
 #include "cli/output.h"
 
