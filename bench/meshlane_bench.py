@@ -260,7 +260,7 @@ def cleanup(run_id, processes_run=None):
         if os.path.exists(cgroup_root):
             log(f"warning: could not remove {cgroup_root}")
     bpffs = mount_of("bpf", "/sys/fs/bpf")
-    for name in os.listdir(bpffs):  # the agent's pins and any prototype's
+    for name in os.listdir(bpffs):  # the agents' pins
         if name == f"meshlane-bench-{run_id}" or name.startswith(f"meshlane-bench-{run_id}-"):
             shutil.rmtree(os.path.join(bpffs, name), ignore_errors=True)
     # Keep the logs of a failed run one level up for diagnosis? No: the results file carries
@@ -368,19 +368,6 @@ class Pair:
                     f"/var/run/netns/{self.ns[pod]}"]
             self.bench.cli(*args, *FAST_PATH_FLAGS.get(self.kind, []), agent=self.agent)
 
-    def attach_prototype(self, obj):
-        """bench/prototypes: load OBJ (a sockops + sk_msg pair around one SOCKHASH), attach the
-        sockops program to both pod cgroups next to meshlane's (multi) and the sk_msg program
-        to the map. Pins under <bpffs>/meshlane-bench-<run>-<config>, removed by cleanup()."""
-        pins = os.path.join(mount_of("bpf", "/sys/fs/bpf"),
-                            f"meshlane-bench-{self.bench.id}-{self.config.replace('_', '-')}")
-        run(["bpftool", "prog", "loadall", obj, pins, "pinmaps", os.path.join(pins, "maps")])
-        for pod in "ab":
-            run(["bpftool", "cgroup", "attach", self.cg[pod], "sock_ops", "pinned",
-                 os.path.join(pins, "fastpath_sockops"), "multi"])
-        run(["bpftool", "prog", "attach", "pinned", os.path.join(pins, "fastpath_msg"),
-             "msg_verdict", "pinned", os.path.join(pins, "maps", "fastpath_peers")])
-
     def start_sidecars(self):
         for pod in self.pods:
             cfg = os.path.join(self.bench.workdir, f"haproxy-{self.config}-{pod}.cfg")
@@ -433,12 +420,10 @@ class Pair:
                     (c, re.search(rf"\n\s*(\d+)\s+\d+\s+REDIRECT.*\n?", section))
                     for c, section in split_chains(text)) if m}
             return {"nat_redirect_packets": out}
-        if self.kind.startswith("meshlane") or self.kind.startswith("proto_"):
+        if self.kind.startswith("meshlane"):
             out = {}
             for pod in self.pods:
                 name = self.workload_name(pod)
-                if self.config.startswith("proto_") and pod == "a":
-                    out["prototype_stats"] = self.sockhash_entries()
                 p = self.bench.cli("workload", name, "--json", check=False, agent=self.agent)
                 try:
                     out[pod] = json.loads(p.stdout)
@@ -447,34 +432,6 @@ class Pair:
             return {"workloads": out}
         return {}
 
-
-    def sockhash_entries(self):
-        pins = os.path.join(mount_of("bpf", "/sys/fs/bpf"),
-                            f"meshlane-bench-{self.bench.id}-{self.config.replace('_', '-')}")
-        path = os.path.join(pins, "maps", "fastpath_stats")
-        if not os.path.exists(path):
-            return None
-        p = run(["bpftool", "-j", "map", "dump", "pinned", path], check=False)
-        try:
-            values = [int.from_bytes(bytes(int(b, 16) for b in e["value"]), "little")
-                      for e in json.loads(p.stdout)]
-        except (ValueError, KeyError, TypeError):
-            return p.stdout.strip()
-        return dict(zip(("sockets_added", "msgs_redirected", "msgs_not_redirected"), values))
-
-
-class OnePod(Pair):
-    """The issue's own starting point: ONE pod (netns), client app -> its own sidecar (outbound
-    capture) -> a server in the same netns, over loopback only. The server's address (`target`,
-    10.233.N.9) is a local route on lo (AnyIP), not an interface address, so both captures treat
-    it as an outbound destination: meshlane's "pod-local" test uses the pod's interface
-    addresses (getifaddrs), and Istio's nat rules never capture app -> own pod over lo (`-o lo
-    ! --uid-owner 1337 -j RETURN`), so the iptables column gets two rules at the head of
-    ISTIO_OUTPUT: the app's connect to the target -> ISTIO_REDIRECT, everything else to it
-    (the proxy's upstream) RETURN. The route's `src` is the pod IP, so the proxy's upstream
-    connection comes from a pod address and sk_lookup leaves it alone (no inbound hop)."""
-    pods = "a"
-    server_pod = "a"
 
     def __init__(self, bench, config, index, kind):
         super().__init__(bench, config, index, kind)
@@ -796,8 +753,7 @@ def fmt(v):
 
 def build_table(med, configs_run):
     """One column per configuration that ran, then value / iptables for every other one."""
-    columns = [c for c in list(CONFIGS) if c in configs_run] + \
-        [c for c in configs_run if c.startswith("proto_")]
+    columns = [c for c in list(CONFIGS) if c in configs_run]
     name = lambda c: COLUMN_NAMES.get(c, c)  # noqa: E731
     versus = [c for c in columns if c != "iptables"] if "iptables" in columns else []
     header = ["metric (median)"] + [name(c) for c in columns] + \
@@ -912,8 +868,6 @@ def main():
     ap.add_argument("--crr-bin", default=f"{REPO}/build-bench/bench/meshlane_crr")
     ap.add_argument("--results-dir", default=os.path.join(BENCH_DIR, "results"))
     ap.add_argument("--run-id", default=None)
-    ap.add_argument("--prototype", action="append", default=[], metavar="NAME=OBJ",
-                    help="extra column: meshlane + a bench/prototypes object (sockops+sk_msg)")
     ap.add_argument("--paced-rates", default=",".join(f"{x:g}" for x in PACED_RATES),
                     help="paced bulk: multiples of iptables' unpaced median ('' skips it)")
     ap.add_argument("--one-pod", default=",".join(ONE_POD_CONFIGS),
@@ -937,14 +891,7 @@ def main():
             sys.exit(f"bench: {binary} not found (build it first; bench/run.sh does)")
 
     wanted = [c for c in args.configs.split(",") if c]
-    prototypes = {}
-    for spec in args.prototype:
-        name, _, obj = spec.partition("=")
-        if not os.path.exists(obj):
-            sys.exit(f"bench: prototype object {obj} not found (bench/prototypes/build.sh)")
-        prototypes[f"proto_{name}"] = obj
-        wanted.append(f"proto_{name}")
-    unknown = [c for c in wanted if c not in CONFIGS and not c.startswith("proto_")]
+    unknown = [c for c in wanted if c not in CONFIGS]
     if unknown:
         sys.exit(f"bench: unknown configuration(s) {unknown}; known: {', '.join(CONFIGS)}")
     fast = {c: fast_path_supported(args.meshlane_bin, c) for c in FAST_PATH_FLAGS}
@@ -993,8 +940,7 @@ def main():
         pairs = {c: Pair(bench, c, i + 1) for i, c in enumerate(configs)}
         pairs.update({c: OnePod(bench, c, i + 1, kind) for i, (c, kind) in
                       enumerate(one_pod.items())})
-        if any(p.kind.startswith("meshlane") and p.kind != NOOBS_CONFIG or
-               p.kind.startswith("proto_") for p in pairs.values()):
+        if any(p.kind.startswith("meshlane") and p.kind != NOOBS_CONFIG for p in pairs.values()):
             bench.start_agent()
         if NOOBS_CONFIG in configs:
             bench.start_agent("agent-noobs", observe=False)
@@ -1002,10 +948,8 @@ def main():
             pair.create()
             if pair.kind == "iptables":
                 pair.apply_iptables()
-            elif pair.kind.startswith("meshlane") or pair.kind.startswith("proto_"):
+            elif pair.kind.startswith("meshlane"):
                 pair.enroll()  # before the sidecars, as Istio
-                if c.startswith("proto_"):
-                    pair.attach_prototype(prototypes[c])
             if pair.kind != "direct":
                 pair.start_sidecars()
             pair.start_servers()
