@@ -18,8 +18,8 @@ import time
 from harness import proc, util
 from harness.sidecar import OUTBOUND_PORT
 from harness.topology import APP_GID, APP_UID
-from test_fastpath_integrity import (INTEGRITY_PORT, assert_intact, delta, fast_counters,
-                                     run_client, start_mesh)
+from test_fastpath_integrity import (INTEGRITY_PORT, app_sockets_accelerated,  # noqa: F401
+                                     assert_intact, delta, fast_counters, run_client, start_mesh)
 
 BURST = 64 << 20
 EXCHANGES = 200
