@@ -14,6 +14,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstring>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -133,6 +134,36 @@ pid_t thread_id() { return static_cast<pid_t>(::syscall(SYS_gettid)); }
 
 void ignore_signal(int) {}
 
+// Waits until thread `tid` of this process sleeps in the kernel's wait_woken (tcp_bpf_recvmsg
+// and tcp_recvmsg both sleep there): a wake-up sent earlier would find no sleeper, and a
+// missed hazard would switch app sockets on where they are not safe. Falls back to "sleeping
+// for 100 ms" where wchan is not readable. False after 3 s.
+bool wait_blocked(pid_t tid) {
+    const std::string task = "/proc/self/task/" + std::to_string(tid);
+    int sleeping_ms = 0;
+    for (int waited = 0; waited < 3000; ++waited) {
+        char buf[64] = {};
+        if (UniqueFd f(::open((task + "/wchan").c_str(), O_RDONLY | O_CLOEXEC)); f.valid()) {
+            ssize_t n = ::read(f.get(), buf, sizeof(buf) - 1);
+            if (n > 0 && std::string(buf, static_cast<std::size_t>(n)) == "wait_woken") return true;
+            if (n > 1 && buf[0] != '0') {  // readable, sleeping elsewhere (not in recv yet)
+                sleep_ms(1);
+                continue;
+            }
+        }
+        char stat[512] = {};
+        if (UniqueFd f(::open((task + "/stat").c_str(), O_RDONLY | O_CLOEXEC)); f.valid()) {
+            ssize_t n = ::read(f.get(), stat, sizeof(stat) - 1);
+            const char* close = n > 0 ? std::strrchr(stat, ')') : nullptr;
+            sleeping_ms =
+                close != nullptr && close[1] == ' ' && close[2] == 'S' ? sleeping_ms + 1 : 0;
+            if (sleeping_ms >= 100) return true;
+        }
+        sleep_ms(1);
+    }
+    return false;
+}
+
 // A reader blocked in recv() while something that is not data wakes it (wake()); the server
 // then replies kSmall bytes and closes.
 std::string blocked_reader_woken(int listener, std::uint16_t port, const auto& wake,
@@ -146,7 +177,13 @@ std::string blocked_reader_woken(int listener, std::uint16_t port, const auto& w
         ok = read_to_eof(p.client.get(), 2, kSmall, false, eagain);
     });
     while (tid == 0) sleep_ms(1);
-    sleep_ms(50);  // the reader sleeps in recv() now
+    if (!wait_blocked(tid.load())) {
+        wake(p.client.get(), tid.load());
+        (void)send_all(p.server.get(), 2, kSmall);
+        p.server.reset();
+        reader.join();
+        return std::string("the reader never blocked in recv() (") + what + ")";
+    }
     wake(p.client.get(), tid.load());
     sleep_ms(50);
     bool sent = send_all(p.server.get(), 2, kSmall);
