@@ -377,3 +377,6 @@ def test_selftest_reports_the_hazard(agent):
     for hop in ("app_proxy_outbound", "app_proxy_inbound"):
         assert hops[hop] == {"hop": hop, "accelerated": False,
                              "reason": "blocking_reader_eagain"}, status
+    text = agent.cli_ok("status").stdout
+    assert "app_proxy_outbound: not accelerated (blocking_reader_eagain)" in text, text
+    assert "proxy_proxy: accelerated" in text, text
