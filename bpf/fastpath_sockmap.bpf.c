@@ -55,6 +55,11 @@
  * R's tcp_sock is read through R's psock (recorded when R joined the SOCKHASH), checked to
  * still be this connection's socket (a closed R's psock memory may be reused): its ports must
  * be the peer key's.
+ *
+ * Blocking readers (reader_policy): a socket with a psock is read by tcp_bpf_recvmsg, which on
+ * the kernels the agent's self-test flags returns -EAGAIN to a blocking recv() woken with both
+ * queues empty (its own FIN's ACK, a signal). There only the proxies' own sockets may join
+ * (may_be_read_blocking); app <-> proxy pairs stay on TCP (docs/fastpath.md "Blocking readers").
  */
 // clang-format off
 #include "vmlinux.h"
