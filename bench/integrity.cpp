@@ -26,8 +26,8 @@
 //
 // Flow-control cycles (the fast path's spill to TCP and return, docs/fastpath.md): --burst makes
 // every writer stop for --quiet-ms after each B bytes of its stream and before its half-close
-// (a half-close right behind a spilled burst can cost HAProxy the stream's tail: see
-// docs/fastpath.md, "Flow control"), --read-pause-every makes
+// (HAProxy 2.6 can lose a stream's tail when both ends half-close while data still flows both
+// ways, with iptables as well: docs/fastpath.md, "Flow control"), --read-pause-every makes
 // every reader stop reading for --read-pause-ms after each B bytes read. A reader's own pause is
 // not counted as a stall (its gap clock restarts when it resumes); a writer's quiet time is.
 //

@@ -37,8 +37,16 @@ CONFIGS = ("direct", "iptables", "meshlane", "meshlane_noobs", "meshlane_fast",
 # What `meshlane enroll` gets per fast-path configuration (docs/fastpath.md).
 FAST_PATH_FLAGS = {"meshlane_fast": ["--fast-path"],
                    "meshlane_fast_pp": ["--fast-path=app-proxy,proxy-proxy"]}
-COLUMN_NAMES = {"meshlane_fast": "fast", "meshlane_fast_pp": "fast+pp",
-                "meshlane_noobs": "obs off"}
+# "meshlane" is the default configuration: what `meshlane enroll` does without flags (no fast
+# path) under the agent's default config (observers on).
+COLUMN_NAMES = {"meshlane": "meshlane (default)", "meshlane_fast": "fast",
+                "meshlane_fast_pp": "fast+pp", "meshlane_noobs": "obs off"}
+# The sidecar's settings (--haproxy): "single" is one thread and no logging (the proxy's own
+# cost stays small, so capture and hop differences show); "threaded-log" is nbthread = the
+# machine's cores with a log line per connection, as a production sidecar would run, so the
+# ratios are not a property of one proxy setup only.
+HAPROXY_PROFILES = ("single", "threaded-log")
+HAPROXY_PROFILE = "single"
 # "obs off": the same datapath under a second agent with `observe = false` (no connect/drop
 # tracepoints, no TLS wire/libssl observers), so the datapath's own cost is visible next to the
 # product default. Only these loads, to keep the run bounded.
@@ -276,11 +284,17 @@ def haproxy_config():
     """The same sidecar for iptables and meshlane. Inbound is split v4 (0.0.0.0:15006, where
     HAProxy 2.6 asks SO_ORIGINAL_DST, needed with REDIRECT) and forwards from 127.0.0.6 like
     Envoy, so Istio's `-o lo --uid-owner 1337 ! -d 127.0.0.1 -j ISTIO_IN_REDIRECT` rule does not
-    loop. No per-connection logging: it would dominate the connection-rate numbers."""
+    loop. Profile "single" (HAPROXY_PROFILE): one thread, no per-connection logging (it would
+    dominate the connection-rate numbers); "threaded-log": nbthread = cores, one tcplog line
+    per connection to stdout (a file in the run's workdir)."""
+    threaded = HAPROXY_PROFILE == "threaded-log"
+    glob = ["global", "    maxconn 8000", f"    nbthread {os.cpu_count() if threaded else 1}"]
+    if threaded:
+        glob.append("    log stdout format raw local0 info")
     return "\n".join([
-        "global", "    maxconn 8000", "    nbthread 1",
+        *glob,
         "defaults", "    mode tcp", "    timeout connect 3s", "    timeout client 30s",
-        "    timeout server 30s",
+        "    timeout server 30s", *(["    log global", "    option tcplog"] if threaded else []),
         "frontend outbound", f"    bind 127.0.0.1:{OUTBOUND_PORT}",
         "    default_backend outbound_dst",
         "backend outbound_dst", "    server s 0.0.0.0:0",
@@ -873,6 +887,9 @@ def main():
     ap.add_argument("--one-pod", default=",".join(ONE_POD_CONFIGS),
                     help="columns of the one-pod bulk topology, among "
                          f"{','.join(ONE_POD_CONFIGS)} and --configs ('' skips it)")
+    ap.add_argument("--haproxy", choices=HAPROXY_PROFILES, default="single",
+                    help="sidecar settings: single (1 thread, no logging) or threaded-log "
+                         "(nbthread = cores, a log line per connection)")
     ap.add_argument("--cleanup-only", action="store_true",
                     help="remove what run --run-id left behind, then exit")
     args = ap.parse_args()
@@ -883,6 +900,8 @@ def main():
     if args.cleanup_only:
         cleanup(run_id)
         return 0
+    global HAPROXY_PROFILE
+    HAPROXY_PROFILE = args.haproxy
     rounds = args.rounds or (2 if args.quick else 5)
     seconds = args.seconds or (1.0 if args.quick else 2.0)
     iperf_seconds = max(1, int(round(seconds)))
@@ -1027,7 +1046,7 @@ def main():
     rev_text = rev + ("-dirty" if dirty else "")
     loadavg_after = open("/proc/loadavg").read().split()[:3]
     title = (f"meshlane bench {started:%Y-%m-%d %H:%M} rev {rev_text} kernel {kernel}, "
-             f"{os.cpu_count()} CPUs, {rounds} rounds x {seconds:g} s"
+             f"{os.cpu_count()} CPUs, {rounds} rounds x {seconds:g} s, HAProxy {HAPROXY_PROFILE}"
              f"{' (quick)' if args.quick else ''}, load average {' '.join(loadavg_before)} "
              f"before, {' '.join(loadavg_after)} after")
     notes = [f"sockperf ping-pong --full-rtt, message sizes {RR_SIZES} (sockperf's TCP min/max "
@@ -1092,7 +1111,7 @@ def main():
     with open(stem + ".json", "w") as f:
         json.dump({"title": title, "revision": rev_text, "kernel": kernel,
                    "cpus": os.cpu_count(), "date": started.isoformat(timespec="seconds"),
-                   "rounds": rounds, "seconds": seconds, "quick": args.quick,
+                   "rounds": rounds, "seconds": seconds, "quick": args.quick, "haproxy": HAPROXY_PROFILE,
                    "configs": configs, "one_pod_configs": one_pod, "fast_path_supported": fast,
                    "paced_rates": paced_rates, "paced_bulk": paced,
                    "background_busy_percent": [background_before, background_after],

@@ -3,6 +3,7 @@
 # same HAProxy sidecars, same tools, in namespaces created for this run and removed afterwards.
 #   bench/run.sh [--quick] [--rounds N] [--seconds S] [--configs direct,iptables,meshlane,...]
 #                [--paced-rates 1,1.25,...] [--one-pod direct,iptables,meshlane,meshlane_fast]
+#                [--haproxy single|threaded-log]   (threaded-log: nbthread = cores, tcplog per connection)
 # Root only. Writes bench/results/<date>-<rev>.md/.json. Not a test: never gate CI on it.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

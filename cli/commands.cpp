@@ -333,10 +333,20 @@ int run_status(const GlobalOptions& global, bool json) {
               << "bpffs pins:     " << field_text(s, "bpffs_pin_dir") << '\n'
               << "cgroup2 mount:  " << field_text(s, "cgroup2_mount") << '\n'
               << "State dir:      " << field_text(s, "state_dir") << '\n';
-    if (const auto* fast = field(s, "fast_path"); fast != nullptr && fast->is_object())
+    if (const auto* fast = field(s, "fast_path"); fast != nullptr && fast->is_object()) {
         std::cout << "Fast path:      "
                   << (field_text(*fast, "available") == "true" ? "available" : "OFF node-wide")
                   << " (" << field_text(*fast, "reason") << ")\n";
+        if (const auto* hops = field(*fast, "hops"); hops != nullptr && hops->is_array())
+            for (const auto& hop : hops->get_array()) {
+                if (!hop.is_object()) continue;
+                const bool on = field_text(hop, "accelerated") == "true";
+                std::cout << "  " << field_text(hop, "hop") << ": "
+                          << (on ? "accelerated"
+                                 : "not accelerated (" + field_text(hop, "reason") + ")")
+                          << '\n';
+            }
+    }
     const auto* features = field(s, "features");
     if (features != nullptr && features->is_object() && !features->get_object().empty()) {
         std::cout << "Kernel features:\n";

@@ -93,7 +93,8 @@ void add_enroll_options(CLI::App& enroll, EnrollFlags& f) {
                     "own proxy, outbound and inbound; the default when no KINDS are given) "
                     "and/or proxy-proxy (with other pods of this "
                     "node that enable it too), comma-separated. Off node-wide when the agent's "
-                    "kernel self-test failed")
+                    "kernel self-test failed; app-proxy stays off where a blocking recv() on an "
+                    "accelerated socket can get EAGAIN (see meshlane status)")
         ->expected(0, 1)
         ->default_str("app-proxy")
         ->type_name("[KINDS]");

@@ -227,21 +227,35 @@ int run_agent(const std::string& config_path) {
     if (!datapath || !features[kFeatureFastPath].enabled) {
         manager_options.fast_path_reason =
             datapath ? features[kFeatureFastPath].reason : "the redirect datapath is disabled";
-    } else if (auto loaded = FastpathDatapath::load({pin_root, config->max_workloads}); loaded) {
-        fastpath = std::move(*loaded);
+    } else {
+        // The self-test first: it decides which sockets the datapath may accelerate
+        // (reader_policy is a load-time constant of the object).
         auto selftest = run_fastpath_selftest(
             {.cgroup2_mount = *cgroup2, .force_fail = fastpath_selftest_forced_to_fail()});
-        manager_options.fast_path_available = selftest.passed;
-        manager_options.fast_path_reason =
-            (selftest.passed ? "kernel self-test " : "kernel self-test failed: ") + selftest.reason;
-        if (selftest.passed)
+        manager_options.fast_path_blocking_reader_hazard = selftest.blocking_reader_hazard;
+        std::uint32_t policy = selftest.passed ? selftest.reader_policy : 0u;
+        if (fastpath_reader_policy_forced_any() && policy != 0) {
+            policy = MESHLANE_FASTPATH_POLICY_ANY_SOCKET;
+            selftest.reason +=
+                "; app sockets accelerated anyway: forced by "
+                "MESHLANE_FASTPATH_READER_POLICY=any-socket";
+        }
+        manager_options.fast_path_reader_policy = policy;
+        auto loaded = FastpathDatapath::load({pin_root, config->max_workloads, policy});
+        if (loaded) {
+            fastpath = std::move(*loaded);
+            manager_options.fast_path_available = selftest.passed;
+            manager_options.fast_path_reason =
+                (selftest.passed ? "kernel self-test " : "kernel self-test failed: ") +
+                selftest.reason;
+        } else {
+            manager_options.fast_path_reason = "not loaded: " + loaded.error().message;
+        }
+        if (manager_options.fast_path_available)
             spdlog::info("fast path: {}", manager_options.fast_path_reason);
         else
             spdlog::warn("fast path: acceleration off node-wide: {}",
                          manager_options.fast_path_reason);
-    } else {
-        manager_options.fast_path_reason = "not loaded: " + loaded.error().message;
-        spdlog::warn("fast path: acceleration off node-wide: {}", manager_options.fast_path_reason);
     }
     manager_options.fastpath = fastpath.get();
     if (!manager_options.fast_path_available)

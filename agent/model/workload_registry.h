@@ -62,6 +62,23 @@ struct FeatureState {
     std::string reason;      // why it is off; empty when on
 };
 
+// The fast path's hops on this node: whether each may be accelerated, and why not.
+enum class FastPathHop { kAppProxyOutbound, kAppProxyInbound, kProxyProxy };
+enum class FastPathOffReason {
+    kNone,
+    kUnavailable,  // not loaded, or the kernel self-test failed: fast_path_reason says which
+    // blocking recv() on an accelerated socket gets EAGAIN on this kernel (self-test), and an
+    // app's socket may be read blocking: only proxy sockets are accelerated
+    kBlockingReaderEagain,
+};
+struct FastPathHopState {
+    FastPathHop hop = FastPathHop::kAppProxyOutbound;
+    bool accelerated = false;  // for workloads that enable its kind
+    FastPathOffReason reason = FastPathOffReason::kNone;
+};
+const char* fast_path_hop_name(FastPathHop hop);
+const char* fast_path_off_reason_name(FastPathOffReason reason);
+
 struct AgentStatus {
     std::string version;
     std::string kernel;
@@ -75,6 +92,8 @@ struct AgentStatus {
     // Node-wide sk_msg fast path: loaded and the kernel self-test passed; reason either way.
     bool fast_path_available = false;
     std::string fast_path_reason;
+    bool fast_path_blocking_reader_hazard = false;  // found by the self-test on this kernel
+    std::vector<FastPathHopState> fast_path_hops;   // one per FastPathHop
 };
 
 class WorkloadRegistry {

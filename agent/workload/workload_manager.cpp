@@ -295,6 +295,17 @@ AgentStatus WorkloadManager::status() {
     if (options_.feature_states != nullptr) s.feature_states = *options_.feature_states;
     s.fast_path_available = options_.fast_path_available;
     s.fast_path_reason = options_.fast_path_reason;
+    s.fast_path_blocking_reader_hazard = options_.fast_path_blocking_reader_hazard;
+    for (FastPathHop hop : {FastPathHop::kAppProxyOutbound, FastPathHop::kAppProxyInbound,
+                            FastPathHop::kProxyProxy}) {
+        FastPathHopState state{hop, options_.fast_path_available, FastPathOffReason::kNone};
+        if (!options_.fast_path_available)
+            state.reason = FastPathOffReason::kUnavailable;
+        else if (options_.fast_path_reader_policy == MESHLANE_FASTPATH_POLICY_PROXY_SOCKETS_ONLY &&
+                 hop != FastPathHop::kProxyProxy)
+            state = {hop, false, FastPathOffReason::kBlockingReaderEagain};
+        s.fast_path_hops.push_back(state);
+    }
     return s;
 }
 

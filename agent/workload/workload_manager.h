@@ -31,6 +31,11 @@ struct ManagerOptions {
     FastpathDatapath* fastpath = nullptr;
     bool fast_path_available = false;
     std::string fast_path_reason;
+    // The self-test found EAGAIN for blocking readers: the datapath accelerates proxy sockets
+    // only (MESHLANE_FASTPATH_POLICY_PROXY_SOCKETS_ONLY), so no app <-> proxy hop.
+    bool fast_path_blocking_reader_hazard = false;
+    // enum meshlane_fastpath_policy the datapath was loaded with.
+    std::uint32_t fast_path_reader_policy = 0;
     // Called after every enrol/unenrol, outside the manager's lock, before the call returns:
     // the agent uses it to bring per-pod attachments owned by other parts (the TLS wire
     // observer's cgroup_skb programs) in line, so unenrol leaves nothing attached. May be empty.

@@ -22,6 +22,30 @@ json::object to_json(const AttachedProgram& program) {
 
 }  // namespace
 
+const char* fast_path_hop_name(FastPathHop hop) {
+    switch (hop) {
+        case FastPathHop::kAppProxyOutbound:
+            return "app_proxy_outbound";
+        case FastPathHop::kAppProxyInbound:
+            return "app_proxy_inbound";
+        case FastPathHop::kProxyProxy:
+            return "proxy_proxy";
+    }
+    return "unknown";
+}
+
+const char* fast_path_off_reason_name(FastPathOffReason reason) {
+    switch (reason) {
+        case FastPathOffReason::kNone:
+            return "";
+        case FastPathOffReason::kUnavailable:
+            return "unavailable";
+        case FastPathOffReason::kBlockingReaderEagain:
+            return "blocking_reader_eagain";
+    }
+    return "unknown";
+}
+
 json::object to_json(const WorkloadStatus& status) {
     json::object object;
     // The name is repeated at the top so list consumers need not dig into "spec".
@@ -67,8 +91,15 @@ json::object to_json(const AgentStatus& status) {
         feature_states[name] = {
             {"enabled", state.enabled}, {"essential", state.essential}, {"reason", state.reason}};
     object["feature_states"] = std::move(feature_states);
+    json::array hops;
+    for (const auto& hop : status.fast_path_hops)
+        hops.push_back(json::object{{"hop", fast_path_hop_name(hop.hop)},
+                                    {"accelerated", hop.accelerated},
+                                    {"reason", fast_path_off_reason_name(hop.reason)}});
     object["fast_path"] = {{"available", status.fast_path_available},
-                           {"reason", status.fast_path_reason}};
+                           {"reason", status.fast_path_reason},
+                           {"blocking_reader_hazard", status.fast_path_blocking_reader_hazard},
+                           {"hops", std::move(hops)}};
     return object;
 }
 

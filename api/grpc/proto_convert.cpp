@@ -148,6 +148,18 @@ void to_proto(const AgentStatus& status, v1::StatusResponse& out) {
     }
     out.mutable_fast_path()->set_available(status.fast_path_available);
     out.mutable_fast_path()->set_reason(status.fast_path_reason);
+    out.mutable_fast_path()->set_blocking_reader_hazard(status.fast_path_blocking_reader_hazard);
+    for (const auto& hop : status.fast_path_hops) {
+        auto* h = out.mutable_fast_path()->add_hops();
+        h->set_hop(hop.hop == FastPathHop::kAppProxyOutbound  ? v1::FAST_PATH_HOP_APP_PROXY_OUTBOUND
+                   : hop.hop == FastPathHop::kAppProxyInbound ? v1::FAST_PATH_HOP_APP_PROXY_INBOUND
+                                                              : v1::FAST_PATH_HOP_PROXY_PROXY);
+        h->set_accelerated(hop.accelerated);
+        h->set_reason(hop.reason == FastPathOffReason::kNone ? v1::FAST_PATH_OFF_REASON_NONE
+                      : hop.reason == FastPathOffReason::kUnavailable
+                          ? v1::FAST_PATH_OFF_REASON_UNAVAILABLE
+                          : v1::FAST_PATH_OFF_REASON_BLOCKING_READER_EAGAIN);
+    }
 }
 
 void to_proto(const ObserverHealth& h, v1::ObserverHealth& out) {

@@ -85,6 +85,22 @@ struct fastpath_conn {
     __u32 spilled_from_accepting;
 };
 
+/* How the fast path chooses the sockets it may put in the SOCKHASH (a load-time constant of
+ * fastpath_sockmap, set by the agent from its kernel self-test).
+ * A socket with a psock is read by tcp_bpf_recvmsg, which on the kernels the self-test flags
+ * returns -EAGAIN to a *blocking* recv() woken while both of its queues are empty (the ACK of its
+ * own FIN, a signal, a reset, send-buffer space): docs/fastpath.md, "Blocking readers". */
+enum meshlane_fastpath_policy {
+    /* every socket of an enabled kind may join (kernels without the hazard) */
+    MESHLANE_FASTPATH_POLICY_ANY_SOCKET = 0,
+    /* both ends must be the proxies' own sockets (socket uid == the workload's proxy uid; an
+     * accepted socket carries its listener's uid), and the connecting end's file must be
+     * O_NONBLOCK when it joins: event-loop proxies never block in recv(). App sockets never
+     * join: their blocking mode is theirs to change at any time (fcntl), and a socket cannot
+     * leave the SOCKHASH race-free while its peer may redirect into it. */
+    MESHLANE_FASTPATH_POLICY_PROXY_SOCKETS_ONLY = 1,
+};
+
 /* Per-workload counters: fastpath_counters is a PERCPU_ARRAY indexed by
  * workload_id * MESHLANE_FASTPATH_COUNTER_STRIDE + counter. Names in agent/loader must match. */
 #define MESHLANE_FASTPATH_COUNTER_STRIDE 16
@@ -128,6 +144,9 @@ enum meshlane_fastpath_counter {
     MESHLANE_FP_CNT_SPILLED_TO_TCP,
     /* a spilled direction redirected again: its receiver had read every byte sent on TCP */
     MESHLANE_FP_CNT_RETURNED_TO_FAST_PATH,
+    /* not eligible under MESHLANE_FASTPATH_POLICY_PROXY_SOCKETS_ONLY: an end that may be read
+     * by a blocking recv() (not a proxy socket, or a connecting end without O_NONBLOCK) */
+    MESHLANE_FP_CNT_NOT_ELIGIBLE_BLOCKING_READER,
     MESHLANE_FP_COUNTER_MAX
 };
 #ifdef __cplusplus

@@ -34,6 +34,7 @@ constexpr const char* kCounterNames[MESHLANE_FP_COUNTER_MAX] = {
     "proxy_app_redirected_bytes",
     "spilled_to_tcp",
     "returned_to_fast_path",
+    "not_eligible_blocking_reader",
 };
 constexpr bool every_counter_named() {
     for (const char* name : kCounterNames)
@@ -73,6 +74,7 @@ Result<std::unique_ptr<FastpathDatapath>> FastpathDatapath::load(const FastpathO
     bpf_map__set_max_entries((*skel)->maps.fastpath_workload_kinds, options.max_workloads);
     bpf_map__set_max_entries((*skel)->maps.fastpath_counters,
                              options.max_workloads * MESHLANE_FASTPATH_COUNTER_STRIDE);
+    (*skel)->rodata->reader_policy = options.reader_policy;
     if (auto loaded = skel->load("fastpath_sockmap"); !loaded) return loaded.error();
     Impl& impl = *datapath->impl_;
     impl.skel = std::move(*skel);

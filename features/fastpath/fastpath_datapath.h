@@ -23,6 +23,9 @@ namespace meshlane {
 struct FastpathOptions {
     std::string pin_root;  // <bpffs>/<pin_dir>, the same as the redirect datapath's
     std::uint32_t max_workloads = MESHLANE_MAX_WORKLOADS_DEFAULT;
+    // enum meshlane_fastpath_policy: which sockets may join the SOCKHASH (from the kernel
+    // self-test: PROXY_SOCKETS_ONLY where blocking readers can get EAGAIN).
+    std::uint32_t reader_policy = MESHLANE_FASTPATH_POLICY_ANY_SOCKET;
 };
 
 using FastpathCounters = std::array<std::uint64_t, MESHLANE_FP_COUNTER_MAX>;
@@ -58,6 +61,7 @@ class FastpathDatapath {
     // Kinds 0, pod addresses removed and counters zeroed.
     Status clear_workload(std::uint32_t workload_id);
     FastpathCounters counters(std::uint32_t workload_id) const;
+    std::uint32_t reader_policy() const { return options_.reader_policy; }
 
   private:
     struct Impl;

@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "agent/common/unique_fd.h"
+#include "features/fastpath/fastpath_selftest_readers.h"
 #include "agent/loader/bpf_skeleton.h"
 #include "fastpath_sockmap.skel.h"
 #include "features/fastpath/fastpath_abi.h"
@@ -187,15 +189,43 @@ std::string tcp_only_check(int foreign_listener, int bound_ms) {
                          "not accelerated, reply to an app that wrote first");
 }
 
-// Runs in the forked child, in its own netns, joining the self-test cgroup; "" on success.
-std::string child_exchange(const std::string& cgroup_dir, int bound_ms) {
+// Enters a private netns with lo up and joins the self-test cgroup. The foreign listener is
+// created before joining (its accepted sockets stay outside the cgroup).
+std::string enter_sandbox(const std::string& cgroup_dir, UniqueFd* foreign) {
     if (::unshare(CLONE_NEWNET) != 0) return errno_text("unshare(CLONE_NEWNET)");
     if (auto up = bring_loopback_up(); !up.empty()) return up;
-    UniqueFd foreign;
-    if (auto r = listen_outbound(foreign); !r.empty()) return r;
+    if (foreign != nullptr)
+        if (auto r = listen_outbound(*foreign); !r.empty()) return r;
     UniqueFd procs(::open((cgroup_dir + "/cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC));
     if (!procs.valid() || ::write(procs.get(), "0", 1) != 1)
         return errno_text("join the self-test cgroup");
+    return "";
+}
+
+// "e0 e1 ...": the EAGAIN count of each reader pattern, for the parent.
+std::string encode(const ReaderPatternResults& results) {
+    std::string out;
+    for (auto n : results.eagain) out += std::to_string(n) + " ";
+    return out;
+}
+
+ReaderPatternResults decode(const std::string& text) {
+    ReaderPatternResults results;
+    std::size_t pos = 0;
+    for (auto& n : results.eagain) {
+        std::size_t end = text.find(' ', pos);
+        if (end == std::string::npos) break;
+        n = static_cast<std::uint32_t>(
+            std::strtoul(text.substr(pos, end - pos).c_str(), nullptr, 10));
+        pos = end + 1;
+    }
+    return results;
+}
+
+// Any socket may join: the basic checks. "" on success.
+std::string child_exchange(const std::string& cgroup_dir, int bound_ms, std::string&) {
+    UniqueFd foreign;
+    if (auto r = enter_sandbox(cgroup_dir, &foreign); !r.empty()) return r;
     if (auto r = tcp_only_check(foreign.get(), bound_ms); !r.empty()) return r;
     foreign.reset();
     UniqueFd listener;
@@ -216,8 +246,25 @@ std::string child_exchange(const std::string& cgroup_dir, int bound_ms) {
     return bulk_check(client.get(), server.get(), bound_ms);
 }
 
-// Runs the exchange in a child placed in cgroup_dir; returns its verdict ("" = passed).
-std::string run_child(const std::string& cgroup_dir, int bound_ms) {
+// The blocking-reader patterns; their EAGAIN counts are the payload. Run once with any socket
+// accelerated (the hazard probe) and, where the kernel has the hazard, once more under
+// MESHLANE_FASTPATH_POLICY_PROXY_SOCKETS_ONLY, where they must see none.
+std::string child_readers(const std::string& cgroup_dir, int, std::string& payload) {
+    if (auto r = enter_sandbox(cgroup_dir, nullptr); !r.empty()) return r;
+    UniqueFd listener;
+    if (auto r = listen_outbound(listener); !r.empty()) return r;
+    ReaderPatternResults results;
+    if (auto r = run_reader_patterns(listener.get(), kPort, results); !r.empty()) return r;
+    payload = encode(results);
+    return "";
+}
+
+using ChildFn = std::string (*)(const std::string&, int, std::string&);
+
+// Runs `child` in a forked child placed in cgroup_dir; returns its verdict ("" = passed) and
+// its payload.
+std::string run_child(ChildFn child, const std::string& cgroup_dir, int bound_ms,
+                      std::string& payload) {
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) return errno_text("pipe");
     UniqueFd read_end(fds[0]), write_end(fds[1]);
@@ -225,15 +272,16 @@ std::string run_child(const std::string& cgroup_dir, int bound_ms) {
     if (pid < 0) return errno_text("fork");
     if (pid == 0) {
         read_end.reset();
-        std::string verdict = child_exchange(cgroup_dir, bound_ms);
-        if (verdict.empty()) verdict = "ok";
+        std::string out;
+        std::string verdict = child(cgroup_dir, bound_ms, out);
+        if (verdict.empty()) verdict = "ok\n" + out;
         (void)!::write(write_end.get(), verdict.data(), verdict.size());
         ::_exit(0);
     }
     write_end.reset();
     std::string verdict;
     pollfd pfd{read_end.get(), POLLIN, 0};
-    const int deadline_ms = 20 * bound_ms + 5000;
+    const int deadline_ms = 20 * bound_ms + 15000;
     bool timed_out = false;
     while (true) {
         int n = ::poll(&pfd, 1, deadline_ms);
@@ -253,7 +301,9 @@ std::string run_child(const std::string& cgroup_dir, int bound_ms) {
     }
     if (timed_out) return "the self-test exchange hung for " + std::to_string(deadline_ms) + " ms";
     if (verdict.empty()) return "the self-test child died without a verdict";
-    return verdict == "ok" ? "" : verdict;
+    if (verdict.rfind("ok\n", 0) != 0) return verdict;
+    payload = verdict.substr(3);
+    return "";
 }
 
 constexpr const char* kCgroupPrefix = "meshlane-fastpath-selftest-";
@@ -271,11 +321,121 @@ void remove_stale_cgroups(const std::string& cgroup2_mount) {
     }
 }
 
+// One private, unpinned instance of fastpath_sockmap with this reader policy, attached to a
+// temporary cgroup in which `child` runs. Counters: the instance's, summed over CPUs.
+struct InstanceRun {
+    std::string verdict;  // "" = the child passed
+    std::string payload;
+    std::array<std::uint64_t, MESHLANE_FP_COUNTER_MAX> counters{};
+};
+
+InstanceRun run_instance(const FastpathSelftestOptions& options, std::uint32_t policy,
+                         ChildFn child) {
+    InstanceRun run;
+    LIBBPF_OPTS(bpf_object_open_opts, open_opts);
+    auto skel = BpfSkeleton<fastpath_sockmap_bpf>::open(&open_opts, "fastpath_sockmap (self-test)");
+    if (!skel) {
+        run.verdict = skel.error().message;
+        return run;
+    }
+    bpf_map* map = nullptr;
+    bpf_object__for_each_map(map, (*skel)->obj) {
+        if (bpf_map__set_pin_path(map, nullptr) != 0) {
+            run.verdict = "unpin the self-test maps";
+            return run;
+        }
+    }
+    (*skel)->rodata->selftest_kinds = MESHLANE_FASTPATH_APP_PROXY;
+    (*skel)->rodata->selftest_outbound_port = kPort;
+    // The child's sockets are root's: under the policy they count as the proxy's, so only the
+    // O_NONBLOCK check of the connecting end keeps the blocking clients out.
+    (*skel)->rodata->selftest_proxy_uid = 0;
+    (*skel)->rodata->reader_policy = policy;
+    bpf_map__set_max_entries((*skel)->maps.workload_by_netns, 1);
+    bpf_map__set_max_entries((*skel)->maps.fastpath_workload_kinds, 1);
+    bpf_map__set_max_entries((*skel)->maps.fastpath_counters, MESHLANE_FASTPATH_COUNTER_STRIDE);
+    if (auto loaded = skel->load("fastpath_sockmap (self-test)"); !loaded) {
+        run.verdict = loaded.error().message;
+        return run;
+    }
+    auto* s = skel->get();
+    // Not a link: the attachment dies with the self-test's map.
+    if (bpf_prog_attach(bpf_program__fd(s->progs.fastpath_msg), bpf_map__fd(s->maps.fastpath_peers),
+                        BPF_SK_MSG_VERDICT, 0) != 0) {
+        run.verdict = errno_text("attach fastpath_msg to the self-test SOCKHASH");
+        return run;
+    }
+    remove_stale_cgroups(options.cgroup2_mount);
+    const std::string cgroup_dir =
+        options.cgroup2_mount + "/" + kCgroupPrefix + std::to_string(::getpid());
+    if (::mkdir(cgroup_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+        run.verdict = errno_text(("create cgroup " + cgroup_dir).c_str());
+        return run;
+    }
+    {
+        UniqueFd cgroup(::open(cgroup_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+        UniqueFd link;
+        if (!cgroup.valid())
+            run.verdict = errno_text(("open cgroup " + cgroup_dir).c_str());
+        else
+            link.reset(bpf_link_create(bpf_program__fd(s->progs.fastpath_sockops), cgroup.get(),
+                                       BPF_CGROUP_SOCK_OPS, nullptr));
+        if (run.verdict.empty() && !link.valid())
+            run.verdict = errno_text("attach fastpath_sockops to the self-test cgroup");
+        if (run.verdict.empty())
+            run.verdict =
+                run_child(child, cgroup_dir, static_cast<int>(options.epoll_bound_ms), run.payload);
+    }
+    ::rmdir(cgroup_dir.c_str());
+    std::vector<std::uint64_t> per_cpu(
+        static_cast<std::size_t>(std::max(1, libbpf_num_possible_cpus())));
+    for (std::uint32_t c = 0; c < MESHLANE_FP_COUNTER_MAX; ++c)
+        if (bpf_map_lookup_elem(bpf_map__fd(s->maps.fastpath_counters), &c, per_cpu.data()) == 0)
+            for (auto v : per_cpu) run.counters[c] += v;
+    return run;
+}
+
+// The basic checks' counters: the accelerated exchange took the redirect, and the
+// not-accelerated connection left the SOCKHASH at its first write. "" when they did.
+std::string check_redirected(const InstanceRun& run, std::uint64_t& redirected) {
+    redirected = run.counters[MESHLANE_FP_CNT_REDIRECTED_BYTES];
+    const std::uint64_t expected = kSmall + kReply + kBulk;
+    if (run.counters[MESHLANE_FP_CNT_CONNS_ACCELERATED] < 1 || redirected < expected)
+        return "the exchange did not take the sk_msg redirect (" + std::to_string(redirected) +
+               " of " + std::to_string(expected) + " bytes redirected)";
+    // The not-accelerated connection: its first write, and only that one, went through sk_msg.
+    if (const auto passed = run.counters[MESHLANE_FP_CNT_PASSED_MSGS]; passed != 1)
+        return "the not-accelerated connection sent " + std::to_string(passed) +
+               " messages through sk_msg, expected 1 (it must leave the SOCKHASH)";
+    return "";
+}
+
+// Phase 2: under the policy the blocking clients must stay off the fast path and see no
+// EAGAIN; the event-loop client must still be accelerated.
+std::string check_guarded(const InstanceRun& run) {
+    if (!run.verdict.empty()) return run.verdict;
+    ReaderPatternResults results = decode(run.payload);
+    if (results.total_eagain() != 0)
+        return "blocking readers still got EAGAIN with only proxy sockets accelerated (" +
+               results.text() + ")";
+    const std::uint64_t kept_out = run.counters[MESHLANE_FP_CNT_NOT_ELIGIBLE_BLOCKING_READER];
+    if (kept_out < 5)
+        return "only " + std::to_string(kept_out) + " of 5 blocking clients kept off the fast path";
+    if (run.counters[MESHLANE_FP_CNT_CONNS_ACCELERATED] < 1)
+        return "the event-loop client was not accelerated with only proxy sockets";
+    return "";
+}
+
 }  // namespace
 
 bool fastpath_selftest_forced_to_fail() {
     const char* knob = std::getenv("MESHLANE_FASTPATH_SELFTEST");
     return knob != nullptr && std::string(knob) == "fail";
+}
+
+bool fastpath_reader_policy_forced_any() {
+    const char* knob = std::getenv("MESHLANE_FASTPATH_READER_POLICY");
+    return knob != nullptr && std::string(knob) == "any-socket";
 }
 
 FastpathSelftestResult run_fastpath_selftest(const FastpathSelftestOptions& options) {
@@ -284,90 +444,49 @@ FastpathSelftestResult run_fastpath_selftest(const FastpathSelftestOptions& opti
         result.reason = "forced by MESHLANE_FASTPATH_SELFTEST=fail";
         return result;
     }
-    // A private instance: no map is pinned, nothing is shared with the running datapath.
-    LIBBPF_OPTS(bpf_object_open_opts, open_opts);
-    auto skel = BpfSkeleton<fastpath_sockmap_bpf>::open(&open_opts, "fastpath_sockmap (self-test)");
-    if (!skel) {
-        result.reason = skel.error().message;
+    InstanceRun open = run_instance(options, MESHLANE_FASTPATH_POLICY_ANY_SOCKET, child_exchange);
+    if (!open.verdict.empty()) {
+        result.reason = open.verdict;
         return result;
     }
-    bpf_map* map = nullptr;
-    bpf_object__for_each_map(map, (*skel)->obj) {
-        if (bpf_map__set_pin_path(map, nullptr) != 0) {
-            result.reason = "unpin the self-test maps";
-            return result;
-        }
-    }
-    (*skel)->rodata->selftest_kinds = MESHLANE_FASTPATH_APP_PROXY;
-    (*skel)->rodata->selftest_outbound_port = kPort;
-    bpf_map__set_max_entries((*skel)->maps.workload_by_netns, 1);
-    bpf_map__set_max_entries((*skel)->maps.fastpath_workload_kinds, 1);
-    bpf_map__set_max_entries((*skel)->maps.fastpath_counters, MESHLANE_FASTPATH_COUNTER_STRIDE);
-    if (auto loaded = skel->load("fastpath_sockmap (self-test)"); !loaded) {
-        result.reason = loaded.error().message;
+    if (auto r = check_redirected(open, result.redirected_bytes); !r.empty()) {
+        result.reason = r;
         return result;
     }
-    auto* s = skel->get();
-    // Not a link: the attachment dies with the self-test's map.
-    if (bpf_prog_attach(bpf_program__fd(s->progs.fastpath_msg), bpf_map__fd(s->maps.fastpath_peers),
-                        BPF_SK_MSG_VERDICT, 0) != 0) {
-        result.reason = errno_text("attach fastpath_msg to the self-test SOCKHASH");
+    InstanceRun probe = run_instance(options, MESHLANE_FASTPATH_POLICY_ANY_SOCKET, child_readers);
+    if (!probe.verdict.empty()) {
+        result.reason = "blocking-reader patterns: " + probe.verdict;
         return result;
     }
-    remove_stale_cgroups(options.cgroup2_mount);
-    const std::string cgroup_dir =
-        options.cgroup2_mount + "/" + kCgroupPrefix + std::to_string(::getpid());
-    if (::mkdir(cgroup_dir.c_str(), 0700) != 0 && errno != EEXIST) {
-        result.reason = errno_text(("create cgroup " + cgroup_dir).c_str());
+    if (probe.counters[MESHLANE_FP_CNT_CONNS_ACCELERATED] < 6) {
+        result.reason = "the blocking-reader patterns were not accelerated (" +
+                        std::to_string(probe.counters[MESHLANE_FP_CNT_CONNS_ACCELERATED]) +
+                        " of 6 connections)";
         return result;
     }
-    std::string verdict;
-    {
-        UniqueFd cgroup(::open(cgroup_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-        UniqueFd link;
-        if (!cgroup.valid())
-            verdict = errno_text(("open cgroup " + cgroup_dir).c_str());
-        else
-            link.reset(bpf_link_create(bpf_program__fd(s->progs.fastpath_sockops), cgroup.get(),
-                                       BPF_CGROUP_SOCK_OPS, nullptr));
-        if (verdict.empty() && !link.valid())
-            verdict = errno_text("attach fastpath_sockops to the self-test cgroup");
-        if (verdict.empty())
-            verdict = run_child(cgroup_dir, static_cast<int>(options.epoll_bound_ms));
-    }
-    ::rmdir(cgroup_dir.c_str());
-    if (!verdict.empty()) {
-        result.reason = verdict;
+    result.probe = decode(probe.payload);
+    result.blocking_reader_hazard = result.probe.total_eagain() != 0;
+    std::string passed = "passed: " + std::to_string(result.redirected_bytes) +
+                         " bytes redirected intact; FIONREAD exact (accelerated, and app wrote "
+                         "first); epoll woke within " +
+                         std::to_string(options.epoll_bound_ms) + " ms; half-close in order";
+    if (!result.blocking_reader_hazard) {
+        result.passed = true;
+        result.reader_policy = MESHLANE_FASTPATH_POLICY_ANY_SOCKET;
+        result.reason = passed + "; blocking readers never got EAGAIN";
         return result;
     }
-    std::vector<std::uint64_t> per_cpu(
-        static_cast<std::size_t>(std::max(1, libbpf_num_possible_cpus())));
-    auto total = [&](std::uint32_t counter) {
-        std::uint64_t sum = 0;
-        if (bpf_map_lookup_elem(bpf_map__fd(s->maps.fastpath_counters), &counter, per_cpu.data()) ==
-            0)
-            for (auto v : per_cpu) sum += v;
-        return sum;
-    };
-    result.redirected_bytes = total(MESHLANE_FP_CNT_REDIRECTED_BYTES);
-    const std::uint64_t expected = kSmall + kReply + kBulk;
-    if (total(MESHLANE_FP_CNT_CONNS_ACCELERATED) != 1 || result.redirected_bytes < expected) {
-        result.reason = "the exchange did not take the sk_msg redirect (" +
-                        std::to_string(result.redirected_bytes) + " of " +
-                        std::to_string(expected) + " bytes redirected)";
-        return result;
-    }
-    // The not-accelerated connection: its first write, and only that one, went through sk_msg.
-    if (const auto passed = total(MESHLANE_FP_CNT_PASSED_MSGS); passed != 1) {
-        result.reason = "the not-accelerated connection sent " + std::to_string(passed) +
-                        " messages through sk_msg, expected 1 (it must leave the SOCKHASH)";
+    if (auto r = check_guarded(
+            run_instance(options, MESHLANE_FASTPATH_POLICY_PROXY_SOCKETS_ONLY, child_readers));
+        !r.empty()) {
+        result.reason = r;
         return result;
     }
     result.passed = true;
-    result.reason = "passed: " + std::to_string(result.redirected_bytes) +
-                    " bytes redirected intact; FIONREAD exact (accelerated, and app wrote first); "
-                    "epoll woke within " +
-                    std::to_string(options.epoll_bound_ms) + " ms; half-close in order";
+    result.reader_policy = MESHLANE_FASTPATH_POLICY_PROXY_SOCKETS_ONLY;
+    result.reason = passed + "; blocking recv() got EAGAIN on accelerated sockets (" +
+                    result.probe.text() +
+                    "): only proxy sockets are accelerated, and with that 0 EAGAIN";
     return result;
 }
 

@@ -10,10 +10,17 @@
 // not-accelerated connection (the app writes before any proxy socket joined) must leave the
 // SOCKHASH at that write: on 6.18 FIONREAD of a socket with a psock counts only the psock queue,
 // so the TCP-borne reply would read as 0 pending otherwise.
+// Then the blocking-reader patterns (fastpath_selftest_readers.h) run on accelerated
+// connections: where a blocking recv() gets EAGAIN (the kernel's hazard, docs/fastpath.md
+// "Blocking readers"), they run again under MESHLANE_FASTPATH_POLICY_PROXY_SOCKETS_ONLY and must
+// see none; the agent then loads the datapath with that policy.
 #pragma once
 
 #include <cstdint>
 #include <string>
+
+#include "features/fastpath/fastpath_selftest_readers.h"
+#include "features/fastpath/fastpath_abi.h"
 
 namespace meshlane {
 
@@ -28,11 +35,21 @@ struct FastpathSelftestResult {
     bool passed = false;
     std::string reason;  // why it failed, or what passed
     std::uint64_t redirected_bytes = 0;
+    // Blocking recv() on an accelerated socket got EAGAIN in at least one reader pattern
+    // (fastpath_selftest_readers.h): then only proxy sockets may be accelerated.
+    bool blocking_reader_hazard = false;
+    ReaderPatternResults probe;  // EAGAIN per pattern with every socket accelerated
+    // enum meshlane_fastpath_policy the datapath must be loaded with (valid when passed)
+    std::uint32_t reader_policy = MESHLANE_FASTPATH_POLICY_ANY_SOCKET;
 };
 
 FastpathSelftestResult run_fastpath_selftest(const FastpathSelftestOptions& options);
 
 // The environment knob: MESHLANE_FASTPATH_SELFTEST=fail forces a failure.
 bool fastpath_selftest_forced_to_fail();
+// MESHLANE_FASTPATH_READER_POLICY=any-socket: accelerate app sockets even where the self-test
+// found the blocking-reader hazard (tests of the redirect itself, whose readers use epoll or
+// select; never for workloads with blocking readers).
+bool fastpath_reader_policy_forced_any();
 
 }  // namespace meshlane

@@ -55,6 +55,11 @@
  * R's tcp_sock is read through R's psock (recorded when R joined the SOCKHASH), checked to
  * still be this connection's socket (a closed R's psock memory may be reused): its ports must
  * be the peer key's.
+ *
+ * Blocking readers (reader_policy): a socket with a psock is read by tcp_bpf_recvmsg, which on
+ * the kernels the agent's self-test flags returns -EAGAIN to a blocking recv() woken with both
+ * queues empty (its own FIN's ACK, a signal). There only the proxies' own sockets may join
+ * (may_be_read_blocking); app <-> proxy pairs stay on TCP (docs/fastpath.md "Blocking readers").
  */
 // clang-format off
 #include "vmlinux.h"
@@ -79,6 +84,13 @@ char LICENSE[] SEC("license") = "GPL";
  * treated as workload 0 with these kinds and this outbound port; workload_by_netns is ignored. */
 const volatile __u32 selftest_kinds = 0;
 const volatile __u16 selftest_outbound_port = 0;
+const volatile __u32 selftest_proxy_uid = 0;
+
+/* enum meshlane_fastpath_policy, set by the agent before load from its kernel self-test: which
+ * sockets may join the SOCKHASH (features/fastpath/fastpath_abi.h, docs/fastpath.md "Blocking
+ * readers"). */
+const volatile __u32 reader_policy = MESHLANE_FASTPATH_POLICY_ANY_SOCKET;
+#define O_NONBLOCK_FLAG 04000 /* O_NONBLOCK, asm-generic/fcntl.h */
 
 /* Sizes are placeholders: the agent sets max_entries from max_workloads before load. */
 struct {
@@ -160,12 +172,20 @@ static __always_inline void peer_of(const struct fastpath_key* own, struct fastp
     peer->reserved = 0;
 }
 
-/* The workload's id and outbound port, when pairs of this kind may be accelerated in it. */
-static __always_inline bool kind_enabled(struct bpf_sock_ops* ctx, __u32 kind, __u32* workload_id,
-                                         __u16* outbound_port) {
+/* What kind_enabled reports about the socket's workload. */
+struct fastpath_workload {
+    __u32 id;
+    __u32 proxy_uid;
+    __u16 outbound_port;
+};
+
+/* The socket's workload, when pairs of this kind may be accelerated in it. */
+static __always_inline bool kind_enabled(struct bpf_sock_ops* ctx, __u32 kind,
+                                         struct fastpath_workload* w) {
     if (selftest_kinds) {
-        *workload_id = 0;
-        *outbound_port = selftest_outbound_port;
+        w->id = 0;
+        w->outbound_port = selftest_outbound_port;
+        w->proxy_uid = selftest_proxy_uid;
         return selftest_kinds & kind;
     }
     __u64 netns = bpf_get_netns_cookie(ctx);
@@ -174,9 +194,32 @@ static __always_inline bool kind_enabled(struct bpf_sock_ops* ctx, __u32 kind, _
     __u32 id = cfg->workload_id;
     const __u32* kinds = bpf_map_lookup_elem(&fastpath_workload_kinds, &id);
     if (!kinds || !(*kinds & kind)) return false;
-    *workload_id = id;
-    *outbound_port = cfg->outbound_port;
+    w->id = id;
+    w->outbound_port = cfg->outbound_port;
+    w->proxy_uid = cfg->proxy_uid;
     return true;
+}
+
+/* MESHLANE_FASTPATH_POLICY_PROXY_SOCKETS_ONLY: may this socket join? It must be the proxy's own
+ * (its uid is the workload's proxy uid; an accepted socket carries its listener's), and, when
+ * it has a file already (the connecting end: connect() was called on it), that file must be
+ * O_NONBLOCK. An accepted socket gets its file only in accept(); its listener's uid is what
+ * proves it is the proxy's (event-loop proxies read non-blocking: HAProxy accepts with
+ * SOCK_NONBLOCK). Everything else might be read by a blocking recv(), which tcp_bpf_recvmsg can
+ * fail with EAGAIN (docs/fastpath.md "Blocking readers"). */
+static __always_inline bool may_be_read_blocking(struct bpf_sock_ops* ctx,
+                                                 const struct fastpath_workload* w) {
+    if (reader_policy != MESHLANE_FASTPATH_POLICY_PROXY_SOCKETS_ONLY) return false;
+    struct bpf_sock* sk = CTX_READ(ctx->sk);
+    if (!sk) return true;
+    struct tcp_sock* tp = bpf_skc_to_tcp_sock(sk);
+    if (!tp) return true;
+    if (BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_uid.val) != w->proxy_uid) return true;
+    struct socket* sock = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.sk_socket);
+    if (!sock) return false; /* accepted, not accept()ed yet: the listener's uid decided */
+    struct file* file = BPF_CORE_READ(sock, file);
+    if (!file) return false;
+    return !(BPF_CORE_READ(file, f_flags) & O_NONBLOCK_FLAG);
 }
 
 static __always_inline bool is_loopback(__u32 ip4 /* network order */) {
@@ -261,15 +304,21 @@ static __always_inline __u64 psock_of(struct bpf_sock_ops* ctx) {
  * accepting end leaves: no byte was sent, and the accepting end cannot exist yet. */
 static __always_inline void on_connected(struct bpf_sock_ops* ctx) {
     struct fastpath_key key;
-    __u32 wid;
-    __u16 outbound_port;
+    struct fastpath_workload w;
     __u32 pair = read_key(ctx, &key);
-    if (!pair || !kind_enabled(ctx, kind_of_pair(pair), &wid, &outbound_port)) return;
-    if (pair == PAIR_OUTBOUND && key.remote_port != outbound_port) return;
+    if (!pair || !kind_enabled(ctx, kind_of_pair(pair), &w)) return;
+    __u32 wid = w.id;
+    if (pair == PAIR_OUTBOUND && key.remote_port != w.outbound_port) return;
     /* inbound: the connecting end is the one with the passthrough source */
     if (pair == PAIR_INBOUND && key.remote_ip4 == bpf_htonl(PASSTHROUGH_V4)) return;
     if (pair == PAIR_PROXY_PROXY && !bpf_map_lookup_elem(&fastpath_pod_addrs, &key.remote_ip4))
         return; /* not a pod of this node with proxy <-> proxy */
+    /* The inbound pair's accepting end is the app: never a proxy socket. */
+    if (may_be_read_blocking(ctx, &w) ||
+        (reader_policy == MESHLANE_FASTPATH_POLICY_PROXY_SOCKETS_ONLY && pair == PAIR_INBOUND)) {
+        count(wid, MESHLANE_FP_CNT_NOT_ELIGIBLE_BLOCKING_READER, 1);
+        return;
+    }
     struct fastpath_conn conn = {.state = MESHLANE_FASTPATH_UNDECIDED, .workload_id = wid};
     if (bpf_map_update_elem(&fastpath_conns, &key, &conn, BPF_ANY) != 0) {
         count(wid, MESHLANE_FP_CNT_NOT_ELIGIBLE_INSERT_FAILED, 1);
@@ -325,11 +374,11 @@ static __always_inline void give_up(struct fastpath_conn* conn, const struct fas
  * return it: it has sent nothing. */
 static __always_inline void on_accepted(struct bpf_sock_ops* ctx) {
     struct fastpath_key key, peer;
-    __u32 wid;
-    __u16 outbound_port;
+    struct fastpath_workload w;
     __u32 pair = read_key(ctx, &key);
-    if (!pair || !kind_enabled(ctx, kind_of_pair(pair), &wid, &outbound_port)) return;
-    if (pair == PAIR_OUTBOUND && key.local_port != outbound_port) return;
+    if (!pair || !kind_enabled(ctx, kind_of_pair(pair), &w)) return;
+    __u32 wid = w.id;
+    if (pair == PAIR_OUTBOUND && key.local_port != w.outbound_port) return;
     if (pair == PAIR_INBOUND && key.local_ip4 == bpf_htonl(PASSTHROUGH_V4)) return;
     peer_of(&key, &peer);
     struct fastpath_conn* conn = bpf_map_lookup_elem(&fastpath_conns, &peer);
@@ -342,6 +391,10 @@ static __always_inline void on_accepted(struct bpf_sock_ops* ctx) {
     wid = conn->workload_id;
     if (conn->state != MESHLANE_FASTPATH_UNDECIDED) {
         give_up(conn, &peer, wid, MESHLANE_FP_CNT_NOT_ELIGIBLE_SENT_FIRST);
+        return;
+    }
+    if (may_be_read_blocking(ctx, &w)) {
+        give_up(conn, &peer, wid, MESHLANE_FP_CNT_NOT_ELIGIBLE_BLOCKING_READER);
         return;
     }
     if (bpf_sock_hash_update(ctx, &fastpath_peers, &key, BPF_ANY) != 0) {

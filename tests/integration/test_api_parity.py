@@ -67,8 +67,14 @@ def test_rest_and_grpc_status_agree(topo, agent, client):
     assert dict(grpc_status.features) == rest["features"]
     assert {name: {"enabled": s.enabled, "essential": s.essential, "reason": s.reason}
             for name, s in grpc_status.feature_states.items()} == rest["feature_states"]
+    hop_names = {1: "app_proxy_outbound", 2: "app_proxy_inbound", 3: "proxy_proxy"}
+    reason_names = {0: "", 1: "unavailable", 2: "blocking_reader_eagain"}
     assert {"available": grpc_status.fast_path.available,
-            "reason": grpc_status.fast_path.reason} == rest["fast_path"]
+            "reason": grpc_status.fast_path.reason,
+            "blocking_reader_hazard": grpc_status.fast_path.blocking_reader_hazard,
+            "hops": [{"hop": hop_names[h.hop], "accelerated": h.accelerated,
+                      "reason": reason_names[h.reason]}
+                     for h in grpc_status.fast_path.hops]} == rest["fast_path"]
 
     observer, g = rest["observer"], grpc_status.observer
     for key in ("connect_tracking", "drop_tracking", "tls_wire_tracking", "tls_libssl_tracking",

@@ -6,9 +6,11 @@
 #include <set>
 #include <string>
 
+#include "agent/model/workload_registry.h"
+#include "agent/model/workload_spec.h"
 #include "features/fastpath/fastpath_conn_state.h"
 #include "features/fastpath/fastpath_datapath.h"
-#include "agent/model/workload_spec.h"
+#include "features/fastpath/fastpath_selftest_readers.h"
 
 namespace meshlane {
 namespace {
@@ -108,6 +110,39 @@ TEST(FastpathConnState, NamesTheSpilledDirection) {
     EXPECT_EQ(fastpath_conn_state_text(conn), "unknown state 3");
     for (const fastpath_conn& c : {conn, fastpath_conn{}})
         EXPECT_EQ(fastpath_conn_state_text(c).find("for good"), std::string::npos);
+}
+
+// Status names what is accelerated and why not, typed (docs/fastpath.md "Blocking readers").
+TEST(FastpathStatus, HopsAndReasonsRenderTyped) {
+    AgentStatus status;
+    status.fast_path_available = true;
+    status.fast_path_blocking_reader_hazard = true;
+    status.fast_path_hops = {
+        {FastPathHop::kAppProxyOutbound, false, FastPathOffReason::kBlockingReaderEagain},
+        {FastPathHop::kAppProxyInbound, false, FastPathOffReason::kBlockingReaderEagain},
+        {FastPathHop::kProxyProxy, true, FastPathOffReason::kNone}};
+    const json::object fast = to_json(status).at("fast_path").as_object();
+    EXPECT_EQ(fast.at("blocking_reader_hazard"), json::value(true));
+    const json::array& hops = fast.at("hops").as_array();
+    ASSERT_EQ(hops.size(), 3u);
+    EXPECT_EQ(hops[0].at("hop"), json::value("app_proxy_outbound"));
+    EXPECT_EQ(hops[0].at("reason"), json::value("blocking_reader_eagain"));
+    EXPECT_EQ(hops[1].at("hop"), json::value("app_proxy_inbound"));
+    EXPECT_EQ(hops[2].at("hop"), json::value("proxy_proxy"));
+    EXPECT_EQ(hops[2].at("accelerated"), json::value(true));
+    EXPECT_EQ(hops[2].at("reason"), json::value(""));
+    EXPECT_STREQ(fast_path_off_reason_name(FastPathOffReason::kUnavailable), "unavailable");
+}
+
+TEST(FastpathStatus, BlockingReaderCounterAndPatternText) {
+    EXPECT_STREQ(fastpath_counter_name(MESHLANE_FP_CNT_NOT_ELIGIBLE_BLOCKING_READER),
+                 "not_eligible_blocking_reader");
+    ReaderPatternResults results;
+    EXPECT_EQ(results.text(), "none");
+    results.eagain[static_cast<unsigned>(ReaderPattern::kOwnFinAck)] = 2;
+    results.eagain[static_cast<unsigned>(ReaderPattern::kHalfClose)] = 1;
+    EXPECT_EQ(results.total_eagain(), 3u);
+    EXPECT_EQ(results.text(), "own_fin_ack 2, half_close 1");
 }
 
 }  // namespace

@@ -21,6 +21,16 @@ GIB = 1 << 30
 STALL_BOUND_MS = 1000
 
 
+@pytest.fixture(autouse=True)
+def app_sockets_accelerated(monkeypatch):
+    """These tests exercise the redirect on the app <-> proxy hops, whose readers use epoll or
+    select() (never a bare blocking recv()). On a kernel where a blocking recv() on an
+    accelerated socket can get EAGAIN the agent accelerates proxy sockets only
+    (docs/fastpath.md "Blocking readers"); this knob keeps app sockets accelerated for them.
+    features/fastpath/tests/test_fastpath_blocking.py covers the default."""
+    monkeypatch.setenv("MESHLANE_FASTPATH_READER_POLICY", "any-socket")
+
+
 def integrity_bin():
     default = os.path.join(os.path.dirname(meshlane_bin()), "bench", "meshlane_integrity")
     path = os.environ.get("MESHLANE_INTEGRITY_BIN", default)

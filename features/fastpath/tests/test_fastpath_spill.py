@@ -18,8 +18,8 @@ import time
 from harness import proc, util
 from harness.sidecar import OUTBOUND_PORT
 from harness.topology import APP_GID, APP_UID
-from test_fastpath_integrity import (INTEGRITY_PORT, assert_intact, delta, fast_counters,
-                                     run_client, start_mesh)
+from test_fastpath_integrity import (INTEGRITY_PORT, app_sockets_accelerated,  # noqa: F401
+                                     assert_intact, delta, fast_counters, run_client, start_mesh)
 
 BURST = 64 << 20
 EXCHANGES = 200
@@ -267,9 +267,12 @@ def test_redirected_bytes_move_no_tcp_sequence(topo, agent):
 
 def test_spill_return_cycles(topo, agent):
     """Long-lived connections, both directions, random write sizes, half-closes: the writers
-    send in bursts with quiet time between (and before the half-close: a half-close right
-    behind a spilled burst can cost HAProxy the stream's tail, docs/fastpath.md "Flow
-    control"), the readers pause now and then, so the directions spill and return many times.
+    send in bursts with quiet time between (and before the half-close), the readers pause now
+    and then, so the directions spill and return many times. Each end half-closes only after
+    the other direction finished (meshlane_integrity's server answers after the client's EOF):
+    HAProxy 2.6 truncates streams whose two ends half-close while data still flows both ways,
+    with iptables as much as with meshlane (18 vs 15 of 72 connections, issue 16;
+    docs/fastpath.md "Flow control"), so no test here is built on that pattern.
     Every byte checked; no stall >= 1 s outside the readers' own pauses."""
     pause = ["--burst", 8 << 20, "--quiet-ms", 300, "--read-pause-every", 4 << 20,
              "--read-pause-ms", 250]
@@ -349,7 +352,8 @@ else:
         except BlockingIOError:
             # A blocking recv on a socket with a psock returns EAGAIN when a wake-up finds
             # both its queues empty (tcp_bpf_recvmsg; e.g. the ACK of our own FIN):
-            # docs/fastpath.md "Flow control". Counted, then waited out.
+            # docs/fastpath.md "Blocking readers". Counted, then waited out. (This test
+            # accelerates app sockets on purpose: app_sockets_accelerated.)
             spurious += 1
             continue
         if not b:
@@ -367,7 +371,7 @@ def test_half_close_right_after_spilled_burst(topo, agent):
     psock is short while RDHUP is up, the pattern HAProxy's raw_sock_to_buf takes for the end
     of a stream. HAProxy 2.6 still forwards every byte here (the server counts them), three
     rounds. The client waits with select() before each recv: a blocking recv on a socket with
-    a psock can return EAGAIN (docs/fastpath.md, "Flow control")."""
+    a psock can return EAGAIN (docs/fastpath.md, "Blocking readers")."""
     peer = os.path.join(topo.workdir, "tail_peer.py")
     with open(peer, "w") as f:
         f.write(TAIL_PEER)

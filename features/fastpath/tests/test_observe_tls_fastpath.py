@@ -24,6 +24,7 @@ from harness.tls import openssl_client as tls_openssl_client
 from harness.topology import APP_PORT
 from test_observe_tls import (DELAY_MS, TLS_PORT, assert_upstream_mtls_handshake,
                               assert_within_delay_window)
+from test_fastpath_integrity import app_sockets_accelerated  # noqa: F401 (autouse)
 
 CLIENTS = [("openssl", "1.3"), ("openssl", "1.2"), ("gnutls", "1.3"), ("gnutls", "1.2")]
 
