@@ -32,7 +32,7 @@ MESHLANE_DIFF_LEGACY=1 maps uid/gid lists to their first element and drops --ip-
 measure a binary that predates those flags. MESHLANE_DIFF_REPORT=FILE writes per-golden counts."""
 import json
 import os
-import threading
+import time
 
 import pytest
 
@@ -195,52 +195,108 @@ def agent():
                 json.dump(SUMMARY, f, indent=1, sort_keys=True)
 
 
-def build_worlds(name, agent):
-    """The Istio pod and the meshlane pod, rules/enrolment first (the init container's order),
-    then the probe listeners."""
-    v4_rules, v6_rules = diff.parse_golden(golden_text(name))
-    istio, mesh = diff.World("i"), diff.World("m")
-    worlds = [istio, mesh]
+class Case:
+    """One golden: the Istio pod and the meshlane pod, and the outcomes of the probe runs."""
+
+    def __init__(self, name):
+        self.name = name
+        self.istio, self.mesh = diff.World("i"), diff.World("m")
+        self.tokens = []
+        self.probes = {"out": outbound_probes(name) + dns_probes(name),
+                       "in": inbound_probes(INBOUND_PORTS),
+                       "deliberate": inbound_probes(DELIBERATE_INBOUND)}
+        self.outcomes = None
+        self.server_errors = ""
+
+    def create(self, agent):
+        """Rules / enrolment first (the init container's order); listeners come later."""
+        v4_rules, v6_rules = diff.parse_golden(golden_text(self.name))
+
+        def enroll():
+            self.mesh.create()
+            flags = cli_flags(meshlane_flags(self.name))
+            result = agent.cli("enroll", self.mesh.pod, "--cgroup", self.mesh.cgroup,
+                               "--netns", self.mesh.pod_path, *flags)
+            assert result.returncode == 0, f"enroll {flags}: {result.stderr}"
+            self.tokens.append(cleanup.REGISTRY.add(f"unenroll {self.mesh.pod}",
+                                                    lambda: agent.unenroll(self.mesh.pod)))
+        diff.parallel(lambda: self.istio.create().restore(v4_rules, v6_rules), enroll)
+
+    def spawn(self):
+        uid, gid = ids(self.name, "proxy_uid")[0], ids(self.name, "proxy_gid")[0]
+        for world in (self.istio, self.mesh):
+            world.spawn_servers(uid, gid)
+
+    def wait(self):
+        for world in (self.istio, self.mesh):
+            world.wait_servers()
+
+    def start(self):
+        inbound = self.probes["in"] + self.probes["deliberate"]
+        return [self.istio.start_probes(self.probes["out"]),
+                self.mesh.start_probes(self.probes["out"]),
+                self.istio.start_probes(inbound, from_peer=True),
+                self.mesh.start_probes(inbound, from_peer=True)]
+
+    def finish(self, runs):
+        i_out, m_out, i_in, m_in = [diff.World.finish_probes(run) for run in runs]
+        self.outcomes = {"istio": {**i_out, **i_in}, "meshlane": {**m_out, **m_in}}
+        self.server_errors = self.istio.server_errors() + self.mesh.server_errors()
+
+    def destroy(self):
+        for token in reversed(self.tokens):  # unenroll before the netns and cgroup go
+            cleanup.REGISTRY.undo(token)
+        self.tokens = []
+        diff.parallel(self.istio.destroy, self.mesh.destroy)
+
+
+# Goldens run in batches: all pods of a batch are built, probed and removed together, so the
+# waits (process start-up, program attachment) overlap; a batch is 2 pods + 2 peers per golden.
+BATCH = 5
+BATCHES = {}
+
+
+def run_batch(names, agent):
+    cases = [Case(name) for name in names]
+    phases = SUMMARY.setdefault("_phase_seconds", [])
+    mark = time.monotonic()
+
+    def phase(label):
+        nonlocal mark
+        now = time.monotonic()
+        phases.append((label, round(now - mark, 2)))
+        mark = now
     try:
-        istio.create()
-        mesh.create()
-        istio.restore(v4_rules, v6_rules)
-        flags = cli_flags(meshlane_flags(name))
-        result = agent.cli("enroll", mesh.pod, "--cgroup", mesh.cgroup, "--netns", mesh.pod_path,
-                           *flags)
-        assert result.returncode == 0, f"enroll {flags}: {result.stderr}"
-        worlds.append(cleanup.REGISTRY.add(f"unenroll {mesh.pod}",
-                                           lambda: agent.unenroll(mesh.pod)))
-        uids, gids = ids(name, "proxy_uid"), ids(name, "proxy_gid")
-        for world in (istio, mesh):
-            world.start_servers(uids[0], gids[0])
-        return worlds
-    except BaseException:
-        teardown(worlds)
-        raise
+        diff.parallel(*[lambda c=c: c.create(agent) for c in cases])
+        phase("create+enroll")
+        for case in cases:  # children join their netns in preexec_fn: main thread only
+            case.spawn()
+        for case in cases:
+            case.wait()
+        phase("listeners")
+        runs = [case.start() for case in cases]
+        for case, run in zip(cases, runs):
+            case.finish(run)
+        phase("probes")
+    finally:
+        diff.parallel(*[case.destroy for case in cases])
+        phase("destroy")
+    return {case.name: case for case in cases}
 
 
-def teardown(worlds):
-    for item in reversed(worlds):
-        if isinstance(item, diff.World):
-            item.destroy()
-        else:
-            cleanup.REGISTRY.undo(item)
-
-
-def run_both(istio, mesh, probes, from_peer=False):
-    results = {}
-
-    def run(key, world):
-        results[key] = world.probe(probes, from_peer=from_peer)
-    threads = [threading.Thread(target=run, args=(k, w)) for k, w in (("i", istio), ("m", mesh))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if set(results) != {"i", "m"}:
-        raise RuntimeError("a probe run failed (see stderr)")
-    return results["i"], results["m"]
+def case_for(name, agent):
+    names = sorted(GOLDENS)
+    index = names.index(name) // BATCH
+    if index not in BATCHES:
+        started = time.monotonic()
+        try:
+            BATCHES[index] = run_batch(names[index * BATCH:(index + 1) * BATCH], agent)
+        except Exception as e:  # every golden of the batch reports it
+            BATCHES[index] = e
+        SUMMARY.setdefault("_batch_seconds", []).append(round(time.monotonic() - started, 1))
+    if isinstance(BATCHES[index], Exception):
+        raise BATCHES[index]
+    return BATCHES[index][name]
 
 
 def mismatches(probes, istio, mesh):
@@ -250,26 +306,19 @@ def mismatches(probes, istio, mesh):
 
 @pytest.mark.parametrize("name", sorted(GOLDENS))
 def test_same_outcomes_as_istio(agent, name):
-    worlds = build_worlds(name, agent)
-    istio, mesh = worlds[0], worlds[1]
-    try:
-        out = outbound_probes(name) + dns_probes(name)
-        inb = inbound_probes(INBOUND_PORTS)
-        deliberate = inbound_probes(DELIBERATE_INBOUND)
-        i_out, m_out = run_both(istio, mesh, out)
-        i_in, m_in = run_both(istio, mesh, inb + deliberate, from_peer=True)
-    finally:
-        teardown(worlds)
-    diffs = mismatches(out, i_out, m_out) + mismatches(inb, i_in, m_in)
+    case = case_for(name, agent)
+    assert not case.server_errors, case.server_errors
+    istio, mesh = case.outcomes["istio"], case.outcomes["meshlane"]
+    compared = case.probes["out"] + case.probes["in"]
+    diffs = mismatches(compared, istio, mesh)
+    SUMMARY[name] = {"probes": len(compared), "mismatches": len(diffs), "diffs": diffs,
+                     "deliberate": {p["id"]: [istio[p["id"]].get("by"), mesh[p["id"]].get("by")]
+                                    for p in case.probes["deliberate"]}}
     # Deliberate: meshlane always lets these reach their own listener directly.
-    for probe in deliberate:
-        port = probe["port"]
-        assert m_in[probe["id"]]["by"] == f"proxy:{port}", (probe["id"], m_in[probe["id"]])
-    SUMMARY[name] = {"probes": len(out) + len(inb), "mismatches": len(diffs),
-                     "deliberate": {p["id"]: {"istio": i_in[p["id"]]["by"] if "by" in i_in[
-                         p["id"]] else i_in[p["id"]], "meshlane": m_in[p["id"]]["by"]}
-                         for p in deliberate}}
-    assert not diffs, (f"{len(diffs)} of {len(out) + len(inb)} probes differ "
+    for probe in case.probes["deliberate"]:
+        assert mesh[probe["id"]].get("by") == f"proxy:{probe['port']}", \
+            (probe["id"], mesh[probe["id"]])
+    assert not diffs, (f"{len(diffs)} of {len(compared)} probes differ "
                        f"({name}: istio-iptables {GOLDENS[name]['istio']}; meshlane "
                        f"{cli_flags(meshlane_flags(name))}):\n" +
                        "\n".join(f"  {pid}: istio {i} / meshlane {m}" for pid, i, m in diffs))

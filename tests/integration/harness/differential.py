@@ -8,6 +8,9 @@ addresses: each lives in its own namespaces, so outcomes compare verbatim. Probe
 harness/scripts/probe_server.py (one JSON line per connection: who answered, original dst)."""
 import json
 import os
+import select
+import subprocess
+import threading
 
 from . import cleanup, proc, util
 
@@ -26,28 +29,6 @@ PROBE_SERVER = os.path.join(util.SCRIPTS_DIR, "probe_server.py")
 PROBE_CLIENT = os.path.join(util.SCRIPTS_DIR, "probe_client.py")
 
 
-def _listen_args(ports):
-    args = []
-    for port in ports:
-        args += ["--listen", f"0.0.0.0:{port}", "--listen", f"[::]:{port}"]
-    return args
-
-
-def _listening(pid, ports):
-    found = set()
-    for table in ("tcp", "tcp6"):
-        try:
-            with open(f"/proc/{pid}/net/{table}") as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    if fields[3] == "0A":
-                        found.add(int(fields[1].rsplit(":", 1)[1], 16))
-        except (OSError, StopIteration):
-            return False
-    return all(p in found for p in ports)
-
-
 class World:
     def __init__(self, tag):
         self.id = util.unique_id()
@@ -56,6 +37,7 @@ class World:
         self.pod_path = f"/var/run/netns/{self.pod}"
         self.peer_path = f"/var/run/netns/{self.peer}"
         self.cgroup = os.path.join(util.cgroup2_mount(), f"mld-{self.id}-{tag}")
+        self.workdir = f"/tmp/meshlane-it-mld-{self.id}-{tag}"  # probe servers' stderr
         self.processes = []
         self._tokens = []
 
@@ -66,6 +48,9 @@ class World:
         util.run(["ip", "-n", ns, *args])
 
     def create(self):
+        os.makedirs(self.workdir)
+        self._register(f"rm {self.workdir}", lambda: cleanup.remove_tree(self.workdir),
+                       {"kind": "dir", "path": self.workdir})
         os.mkdir(self.cgroup)
         self._register(f"rmdir {self.cgroup}", lambda: cleanup.remove_cgroup_tree(self.cgroup),
                        {"kind": "cgroup", "path": self.cgroup})
@@ -99,45 +84,85 @@ class World:
             if rules:
                 util.run(["ip", "netns", "exec", self.pod, tool], input=rules)
 
-    def start_servers(self, proxy_uid, proxy_gid):
-        """Probe listeners: the proxy's ports as the proxy uid/gid in the sidecar cgroup, the
-        app's ports as the app in the app cgroup, the remote ports in the peer."""
-        specs = ((self.pod_path, "sidecar", proxy_uid, proxy_gid, "proxy", PROXY_PORTS),
-                 (self.pod_path, "app", APP_UID, APP_GID, "app", APP_PORTS),
-                 (self.peer_path, None, None, None, "remote", REMOTE_PORTS))
-        started = []
-        for netns, cgroup, uid, gid, label, ports in specs:
-            process = proc.spawn([util.PYTHON, PROBE_SERVER, "--label", label,
-                                  *_listen_args(ports)],
-                                 netns_path=netns,
-                                 cgroup_dir=os.path.join(self.cgroup, cgroup) if cgroup else None,
-                                 uid=uid, gid=gid, groups=[] if uid is not None else None,
-                                 description=f"probe server {label} in {self.pod}")
-            self.processes.append(process)
-            started.append((process, ports, label))
-        for process, ports, label in started:
-            util.wait_until(lambda: process.poll() is not None or _listening(process.pid, ports),
-                            timeout=10, message=f"{label} probe server in {self.pod}")
-            if process.poll() is not None:
-                raise RuntimeError(f"{label} probe server exited {process.returncode}")
+    def spawn_servers(self, proxy_uid, proxy_gid):
+        """Probe listeners, one process forking three groups: the proxy's ports as the proxy
+        uid/gid in the sidecar cgroup, the app's ports as the app in the app cgroup, the remote
+        ports in the peer. Call from the main thread: children started from other threads were
+        seen landing in the wrong netns. wait_servers() waits until all listen."""
+        groups = [("proxy", proxy_uid, proxy_gid, os.path.join(self.cgroup, "sidecar"), "-",
+                   PROXY_PORTS),
+                  ("app", APP_UID, APP_GID, os.path.join(self.cgroup, "app"), "-", APP_PORTS),
+                  ("remote", "-", "-", "-", self.peer_path, REMOTE_PORTS)]
+        args = [util.PYTHON, PROBE_SERVER]
+        for label, uid, gid, cgroup, netns, ports in groups:
+            args += ["--group", f"{label},{uid},{gid},{cgroup},{netns},"
+                                f"{':'.join(map(str, ports))}"]
+        with open(os.path.join(self.workdir, "servers.err"), "ab") as err:
+            self._server = proc.spawn(args, netns_path=self.pod_path, stdout=subprocess.PIPE,
+                                      stderr=err, description=f"probe servers of {self.pod}")
+        self.processes.append(self._server)
 
-    def probe(self, probes, from_peer=False):
-        """Runs probes from the pod's app cgroup (or the peer); returns {id: outcome}."""
-        if not probes:
-            return {}
-        result = proc.run_in([util.PYTHON, PROBE_CLIENT],
-                             netns_path=self.peer_path if from_peer else self.pod_path,
-                             cgroup_dir=None if from_peer else os.path.join(self.cgroup, "app"),
-                             input=json.dumps(probes), timeout=120)
-        if result.returncode != 0:
-            raise RuntimeError(f"probe client: exit {result.returncode}: {result.stderr}")
-        return json.loads(result.stdout)
+    def wait_servers(self, timeout=20):
+        ready, _, _ = select.select([self._server.stdout], [], [], timeout)
+        line = self._server.stdout.readline() if ready else b""
+        if line.strip() != b"ready":
+            raise RuntimeError(f"probe servers of {self.pod} not ready: {line!r} "
+                               f"{self.server_errors()}")
+
+    def start_probes(self, probes, from_peer=False):
+        """Starts probe_client.py in the pod's app cgroup (or in the peer); finish_probes()
+        returns {id: outcome}. Runs overlap as processes, without threads."""
+        process = subprocess.Popen(
+            [util.PYTHON, PROBE_CLIENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=proc.pod_env(), cwd="/",
+            preexec_fn=proc._child_setup(
+                self.peer_path if from_peer else self.pod_path,
+                None if from_peer else os.path.join(self.cgroup, "app"), None, None, None))
+        return process, json.dumps(probes)
+
+    @staticmethod
+    def finish_probes(started):
+        process, text = started
+        out, err = process.communicate(text, timeout=120)
+        if process.returncode != 0:
+            raise RuntimeError(f"probe client: exit {process.returncode}: {err}")
+        return json.loads(out)
+
+    def server_errors(self):
+        """The probe servers' stderr, for failure messages."""
+        text = ""
+        for name in sorted(os.listdir(self.workdir)) if os.path.isdir(self.workdir) else []:
+            with open(os.path.join(self.workdir, name), errors="replace") as f:
+                body = f.read()
+            if body:
+                text += f"--- {self.pod} {name} ---\n{body[-2000:]}\n"
+        return text
 
     def destroy(self):
         for process in self.processes:
             proc.stop(process)
         while self._tokens:
             cleanup.REGISTRY.undo(self._tokens.pop())
+
+
+def parallel(*calls):
+    """Runs the callables in threads; returns their results in order, raises the first error.
+    The work is waiting on processes (ip, python, iptables-restore), so threads overlap it."""
+    results, errors = [None] * len(calls), []
+
+    def run(i, call):
+        try:
+            results[i] = call()
+        except BaseException as e:  # re-raised in the caller's thread
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 def parse_golden(text):

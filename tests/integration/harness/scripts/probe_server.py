@@ -5,12 +5,21 @@ The original destination is what Envoy's original_dst listener filter reads: SO_
 (IPv4) or IP6T_SO_ORIGINAL_DST (IPv6) when the kernel (conntrack) or meshlane answers, otherwise
 the accepted socket's local address (getsockname).
 
-usage: probe_server.py --label NAME --listen 0.0.0.0:8080 --listen [::]:8080 ..."""
+usage: probe_server.py --label NAME --listen 0.0.0.0:8080 --listen [::]:8080 ...
+   or: probe_server.py --group LABEL,UID,GID,CGROUP_DIR|-,NETNS_PATH|-,PORT:PORT:... ...
+The --group form (started as root) forks one child per group, which joins the cgroup and the
+network namespace given ("-": stay), drops to uid/gid and serves its ports on 0.0.0.0 and [::];
+it prints "ready" once every child listens. One interpreter start instead of one per group.
+Children die with the parent (PR_SET_PDEATHSIG)."""
 import argparse
+import ctypes
 import json
+import os
 import selectors
+import signal
 import socket
 import struct
+import sys
 
 SO_ORIGINAL_DST = 80  # also IP6T_SO_ORIGINAL_DST
 
@@ -35,13 +44,9 @@ def original_dst(conn, family):
         return f"{host}:{local[1]}", "getsockname"
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--label", required=True)
-    parser.add_argument("--listen", action="append", required=True)
-    args = parser.parse_args()
+def serve(label, listen):
     selector = selectors.DefaultSelector()
-    for text in args.listen:
+    for text in listen:
         host, port = parse_listen(text)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -51,6 +56,7 @@ def main():
         sock.bind((host, port))
         sock.listen(128)
         selector.register(sock, selectors.EVENT_READ, (family, port))
+    yield  # listening
     while True:
         for key, _ in selector.select():
             family, port = key.data
@@ -61,11 +67,74 @@ def main():
             with conn:
                 try:
                     dst, how = original_dst(conn, family)
-                    line = {"by": f"{args.label}:{port}", "dst": dst, "how": how,
-                            "src": peer[0]}
+                    line = {"by": f"{label}:{port}", "dst": dst, "how": how, "src": peer[0]}
                     conn.sendall((json.dumps(line) + "\n").encode())
                 except OSError:
                     pass  # the client gave up (timeout) or reset: its outcome says so
+
+
+def run_group(spec, ready_fd):
+    """Child: cgroup, netns, ids, then serve (never returns)."""
+    label, uid, gid, cgroup, netns, ports = spec.split(",")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if cgroup != "-":
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    if netns != "-":
+        fd = os.open(netns, os.O_RDONLY)
+        if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), f"setns {netns}")
+        os.close(fd)
+    if uid != "-":
+        os.setgroups([])
+        os.setgid(int(gid))
+        os.setuid(int(uid))
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # credential changes clear it
+    listen = []
+    for port in ports.split(":"):
+        listen += [f"0.0.0.0:{port}", f"[::]:{port}"]
+    server = serve(label, listen)
+    next(server)
+    os.write(ready_fd, b"r")
+    os.close(ready_fd)
+    next(server)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--label")
+    parser.add_argument("--listen", action="append", default=[])
+    parser.add_argument("--group", action="append", default=[])
+    args = parser.parse_args()
+    if not args.group:
+        server = serve(args.label, args.listen)
+        next(server)
+        next(server)
+        return
+    read_end, write_end = os.pipe()
+    children = []
+    for spec in args.group:
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            try:
+                run_group(spec, write_end)
+            except BaseException as e:
+                sys.stderr.write(f"probe server group {spec}: {e!r}\n")
+            os._exit(1)
+        children.append(pid)
+    os.close(write_end)
+    got = b""
+    while len(got) < len(children):
+        chunk = os.read(read_end, 64)
+        if not chunk:
+            sys.exit(f"a probe server group failed before listening ({len(got)} ready)")
+        got += chunk
+    print("ready", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    pid, status = os.wait()  # a child dying is an error the harness sees as an exit
+    sys.exit(f"probe server child {pid} ended with status {status}")
 
 
 if __name__ == "__main__":
