@@ -21,6 +21,7 @@ Left out (no meshlane equivalent; docs/istio-mapping.md says why):
   outbound-owner-groups, outbound-owner-groups-exclude,
   ipv6-dns-outbound-owner-groups, ...-groups-exclude            --capture/--exclude-owner-groups
   outbound-owner-users*, ipv6-dns-outbound-owner-users*         owner users (PR, not in a release)
+  logging (older releases only)                                 --iptables-trace-logging (TRACE)
 ipv6-ipnets and ipv6-uid-gid also set -k eth0,eth1: those rules name interfaces the probe pods do
 not have (theirs is `vpod`), so they match nothing here; everything else in them is covered.
 
