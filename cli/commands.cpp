@@ -187,8 +187,7 @@ Status apply_capture_scope(const EnrollFlags& flags, WorkloadSpec& spec) {
             apply_ids(flags.proxy_gids, "--proxy-gid", spec.proxy_gid, spec.additional_proxy_gids);
         !s)
         return s;
-    if (auto s = parse_ip_families(flags.ip_families, spec); !s)
-        return s.error().with_context("--ip-families");
+    if (auto s = parse_ip_families(flags.ip_families, spec); !s) return s;
     auto lo = Cidr::parse(flags.host_loopback_cidr);
     if (!lo) return lo.error().with_context("--host-loopback-cidr");
     spec.host_loopback_cidr = *lo;

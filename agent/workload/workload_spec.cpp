@@ -223,7 +223,7 @@ Status parse_ip_families(std::string_view text, WorkloadSpec& spec) {
         else if (token == "ipv6")
             v6 = true;
         else
-            return Error::invalid("ip_families: " + quoted(token) +
+            return Error::invalid("--ip-families: " + quoted(token) +
                                   " is not ipv4 or ipv6 (comma-separated)");
     }
     spec.capture_ipv4 = v4;
@@ -476,7 +476,7 @@ Status validate_capture_scope(const WorkloadSpec& spec) {
                               " is not inside 127.0.0.0/8");
     if (!spec.capture_ipv4 && !spec.capture_ipv6)
         return Error::invalid(
-            "ip_families: neither ipv4 nor ipv6 would be captured (unenroll instead)");
+            "capture_ipv4, capture_ipv6: neither family would be captured (unenroll instead)");
     return Ok{};
 }
 
