@@ -50,6 +50,15 @@ struct {
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } cidr_rules SEC(".maps");
 
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, MESHLANE_MAX_PROXY_IDS);
+    __type(key, struct proxy_id_key);
+    __type(value, __u8);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} proxy_ids SEC(".maps");
+
 /* Socket-local storage: freed by the kernel with the socket, so an answer can never outlive the
  * connection it belongs to. */
 struct {
@@ -187,6 +196,20 @@ static __always_inline bool cidr_match(__u32 workload_id, __u32 kind, const __u8
 static __always_inline bool port_rule(__u32 workload_id, __u8 kind, __u16 port) {
     struct port_rule_key key = {.workload_id = workload_id, .port = port, .kind = kind};
     return bpf_map_lookup_elem(&port_rules, &key) != NULL;
+}
+
+/* Is id one of the workload's proxy uids (kind MESHLANE_PROXY_ID_UID) or gids? The first is in
+ * the config; the map is asked only when the workload lists more. */
+static __always_inline bool is_proxy_id(const struct workload_config* cfg, __u32 kind, __u32 id) {
+    if (id == (kind == MESHLANE_PROXY_ID_UID ? cfg->proxy_uid : cfg->proxy_gid)) return true;
+    if (!(cfg->flags & MESHLANE_WL_MORE_PROXY_IDS)) return false;
+    struct proxy_id_key key = {.workload_id = cfg->workload_id, .kind = kind, .id = id};
+    return bpf_map_lookup_elem(&proxy_ids, &key) != NULL;
+}
+
+/* Does the workload capture this family? IPv4 includes v4-mapped IPv6 (IPv4 on the wire). */
+static __always_inline bool family_captured(const struct workload_config* cfg, bool v4) {
+    return !(cfg->flags & (v4 ? MESHLANE_WL_NO_CAPTURE_V4 : MESHLANE_WL_NO_CAPTURE_V6));
 }
 
 /* "Leaves through lo": an address of this pod (loopback, unspecified, or a pod address). */

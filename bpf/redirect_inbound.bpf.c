@@ -44,6 +44,7 @@ int redirect_sk_lookup(struct bpf_sk_lookup* ctx) {
         addr_from_v6(src, w0, w1, w2, w3);
 
     struct inbound_facts facts = {
+        .family_not_captured = !family_captured(cfg, family == AF_INET),
         .dst_is_inbound_listener = port == cfg->inbound_port,
         .dst_port_excluded = port == MESHLANE_INBOUND_TUNNEL_PORT ||
                              port_rule(wid, MESHLANE_PORT_EXCLUDE_INBOUND, port),

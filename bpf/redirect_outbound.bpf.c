@@ -20,10 +20,18 @@ static __always_inline const struct workload_config* workload_of(void* ctx) {
     return bpf_map_lookup_elem(&workload_by_netns, &netns);
 }
 
-static __always_inline bool socket_bound_to_passthrough(struct bpf_sock* sk) {
+static __always_inline bool source_is_passthrough(struct bpf_sock* sk, const __u8 dst[16]) {
     __u8 src[16];
     sock_src_addr(sk, src);
-    return addr_is_inbound_passthrough(src);
+    return outbound_source_is_passthrough(src, dst);
+}
+
+/* ISTIO_OUTPUT's "localhost": 127.0.0.1/32 or --host-loopback-cidr, and ::1. */
+static __always_inline bool dst_is_host_loopback(const struct workload_config* cfg,
+                                                 const __u8 dst[16]) {
+    if ((cfg->flags & MESHLANE_WL_CUSTOM_HOST_LOOPBACK) && addr_is_v4_mapped(dst))
+        return cidr_match(cfg->workload_id, MESHLANE_CIDR_HOST_LOOPBACK, dst);
+    return addr_is_localhost(dst);
 }
 
 /* Is anything listening on the proxy's outbound port in this netns? A socket lookup, so the
@@ -60,17 +68,24 @@ static __always_inline __u16 decide_outbound(struct bpf_sock_addr* ctx,
      * the proxy's own upstream connects (decided by the owner rules) skip the CIDR and include
      * lookups (docs/fastpath.md, "Where the time goes"). */
     struct outbound_facts facts = {
-        .dst_port_excluded = port_rule(wid, MESHLANE_PORT_EXCLUDE_OUTBOUND, dst_port),
-        .uid_is_proxy = (__u32)uid_gid == cfg->proxy_uid,
-        .gid_is_proxy = (__u32)(uid_gid >> 32) == cfg->proxy_gid,
+        .family_not_captured = !family_captured(cfg, addr_is_v4_mapped(dst)),
         .proxy_self_to_inbound = !!(cfg->flags & MESHLANE_WL_PROXY_SELF_TO_INBOUND),
+        .include_has_loopback = !!(cfg->flags & MESHLANE_WL_INCLUDE_HAS_LOOPBACK),
     };
-    if (!facts.dst_port_excluded) {
+    if (!facts.family_not_captured)
+        facts.dst_port_excluded = port_rule(wid, MESHLANE_PORT_EXCLUDE_OUTBOUND, dst_port);
+    if (!facts.family_not_captured && !facts.dst_port_excluded) {
+        __u32 uid = (__u32)uid_gid, gid = (__u32)(uid_gid >> 32);
+        facts.uid_is_first_proxy = uid == cfg->proxy_uid;
+        facts.uid_is_proxy = is_proxy_id(cfg, MESHLANE_PROXY_ID_UID, uid);
+        facts.gid_is_proxy = is_proxy_id(cfg, MESHLANE_PROXY_ID_GID, gid);
         facts.dst_is_local = addr_is_pod_local(wid, dst);
         if (facts.dst_is_local) {
-            facts.bound_to_passthrough = socket_bound_to_passthrough(sk);
-            facts.dst_is_localhost = addr_is_localhost(dst);
-        } else if (!facts.uid_is_proxy && !facts.gid_is_proxy) {
+            facts.bound_to_passthrough = source_is_passthrough(sk, dst);
+            facts.dst_is_localhost = dst_is_host_loopback(cfg, dst);
+            facts.dst_port_is_tunnel = dst_port == MESHLANE_INBOUND_TUNNEL_PORT;
+        }
+        if (outbound_needs_tail(&facts)) {
             facts.dst_cidr_excluded = cidr_match(wid, MESHLANE_CIDR_EXCLUDE, dst);
             if (!facts.dst_cidr_excluded)
                 facts.dst_port_included = port_rule(wid, MESHLANE_PORT_INCLUDE_OUTBOUND, dst_port);
@@ -112,6 +127,7 @@ int redirect_connect4(struct bpf_sock_addr* ctx) {
     if (!cfg) return 1;
     __u8 dst[16];
     addr_from_v4(dst, ctx->user_ip4);
+    outbound_dst_as_netfilter_sees(dst);
     __u16 port = decide_outbound(ctx, cfg, dst, bpf_ntohs((__u16)ctx->user_port), AF_INET);
     if (port) {
         ctx->user_ip4 = bpf_htonl(0x7f000001);
@@ -127,6 +143,7 @@ int redirect_connect6(struct bpf_sock_addr* ctx) {
     if (!cfg) return 1;
     __u8 dst[16];
     addr_from_v6(dst, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]);
+    outbound_dst_as_netfilter_sees(dst);
     bool mapped = addr_is_v4_mapped(dst);
     __u16 port = decide_outbound(ctx, cfg, dst, bpf_ntohs((__u16)ctx->user_port),
                                  mapped ? AF_INET : AF_INET6);
@@ -320,7 +337,9 @@ static __always_inline void on_listen(struct bpf_sock_ops* ctx) {
     const struct workload_config* cfg = workload_of(ctx);
     if (!cfg || (__u16)ctx->local_port != cfg->inbound_port) return;
     __u64 uid_gid = bpf_get_current_uid_gid();
-    if ((__u32)uid_gid != cfg->proxy_uid && (__u32)(uid_gid >> 32) != cfg->proxy_gid) return;
+    if (!is_proxy_id(cfg, MESHLANE_PROXY_ID_UID, (__u32)uid_gid) &&
+        !is_proxy_id(cfg, MESHLANE_PROXY_ID_GID, (__u32)(uid_gid >> 32)))
+        return;
     __u32 wid = cfg->workload_id;
     if (ctx->family != AF_INET6) {
         register_listener(ctx, wid, MESHLANE_LISTENER_SLOT_V4);

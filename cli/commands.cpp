@@ -140,6 +140,11 @@ void print_workload(const json::value& workload) {
               << field_text(spec, "proxy_gid") << ", outbound port "
               << field_text(spec, "outbound_port") << ", inbound port "
               << field_text(spec, "inbound_port") << '\n'
+              << "More proxy ids:     uids " << list_text(spec, "additional_proxy_uids")
+              << ", gids " << list_text(spec, "additional_proxy_gids") << '\n'
+              << "Families captured:  IPv4 " << field_text(spec, "capture_ipv4") << ", IPv6 "
+              << field_text(spec, "capture_ipv6") << "; localhost "
+              << field_text(spec, "host_loopback_cidr") << '\n'
               << "Inbound listener:   " << listener_text(workload) << '\n'
               << "Include CIDRs:      " << list_text(spec, "include_cidrs") << '\n'
               << "Exclude CIDRs:      " << list_text(spec, "exclude_cidrs") << '\n'
@@ -162,7 +167,35 @@ Status assign(Result<Parsed> parsed, Parsed& out) {
     return Ok{};
 }
 
+// "3,4" -> first = 3, more = {4}.
+Status apply_ids(const std::string& text, const char* flag, std::uint32_t& first,
+                 std::vector<std::uint32_t>& more) {
+    auto ids = parse_id_list(text, flag);
+    if (!ids) return ids.error();
+    first = ids->front();
+    more.assign(ids->begin() + 1, ids->end());
+    return Ok{};
+}
+
+// --proxy-uid/--proxy-gid lists, --ip-families, --host-loopback-cidr.
+Status apply_capture_scope(const EnrollFlags& flags, WorkloadSpec& spec) {
+    if (auto s =
+            apply_ids(flags.proxy_uids, "--proxy-uid", spec.proxy_uid, spec.additional_proxy_uids);
+        !s)
+        return s;
+    if (auto s =
+            apply_ids(flags.proxy_gids, "--proxy-gid", spec.proxy_gid, spec.additional_proxy_gids);
+        !s)
+        return s;
+    if (auto s = parse_ip_families(flags.ip_families, spec); !s) return s;
+    auto lo = Cidr::parse(flags.host_loopback_cidr);
+    if (!lo) return lo.error().with_context("--host-loopback-cidr");
+    spec.host_loopback_cidr = *lo;
+    return Ok{};
+}
+
 Status apply_lists(const EnrollFlags& flags, WorkloadSpec& spec) {
+    if (auto s = apply_capture_scope(flags, spec); !s) return s;
     auto s = assign(parse_port_list(flags.exclude_outbound_ports, "--exclude-outbound-ports"),
                     spec.exclude_outbound_ports);
     if (s)

@@ -30,6 +30,10 @@ struct GlobalOptions : rest::ClientOptions {
 // help text shows them; lists stay text until build_spec() parses them.
 struct EnrollFlags {
     WorkloadSpec spec;
+    std::string proxy_uids = "1337";  // istio -u: one or more, comma-separated
+    std::string proxy_gids = "1337";  // istio -g
+    std::string ip_families = "ipv4,ipv6";
+    std::string host_loopback_cidr = "127.0.0.1/32";
     std::string exclude_outbound_ports;
     std::string exclude_inbound_ports;
     std::string include_cidrs = "*";

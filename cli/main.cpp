@@ -58,9 +58,20 @@ void add_enroll_options(CLI::App& enroll, EnrollFlags& f) {
     enroll.add_option("--netns", spec.netns_path, "Pod netns (/var/run/netns/X, /proc/PID/ns/net)")
         ->required()
         ->type_name("PATH");
-    enroll.add_option("--proxy-uid", spec.proxy_uid, "uid of the proxy (istio -u)")
+    enroll
+        .add_option("--proxy-uid", f.proxy_uids, "uid(s) of the proxy, comma-separated (istio -u)")
         ->capture_default_str();
-    enroll.add_option("--proxy-gid", spec.proxy_gid, "gid of the proxy (istio -g)")
+    enroll
+        .add_option("--proxy-gid", f.proxy_gids, "gid(s) of the proxy, comma-separated (istio -g)")
+        ->capture_default_str();
+    enroll
+        .add_option("--ip-families", f.ip_families,
+                    "Families captured: ipv4, ipv6 or both (istio: IPv6 only with ip6tables)")
+        ->capture_default_str();
+    enroll
+        .add_option("--host-loopback-cidr", f.host_loopback_cidr,
+                    "IPv4 localhost never captured, inside 127.0.0.0/8 "
+                    "(istio --host-ipv4-loopback-cidr)")
         ->capture_default_str();
     enroll.add_option("--outbound-port", spec.outbound_port, "Proxy outbound listener (istio -p)")
         ->capture_default_str();

@@ -72,6 +72,8 @@ constexpr const char* kCounterNames[MESHLANE_REDIRECT_COUNTER_MAX] = {
     "proxy_listener_registered",
     "getpeername_rewritten",
     "outbound_startup_passthrough",
+    "outbound_pass_family_not_captured",
+    "inbound_pass_family_not_captured",
 };
 
 // The names mirror enum meshlane_redirect_counter; a counter added there without a name here
@@ -119,6 +121,7 @@ struct RedirectDatapath::Impl {
     int workload_map = -1;
     int port_rules = -1;
     int cidr_rules = -1;
+    int proxy_ids = -1;
     int listener_map = -1;
     int counters_map = -1;
     int possible_cpus = 1;
@@ -176,6 +179,7 @@ Result<std::unique_ptr<RedirectDatapath>> RedirectDatapath::load(const DatapathO
     impl.workload_map = bpf_map__fd(skel->maps.workload_by_netns);
     impl.port_rules = bpf_map__fd(skel->maps.port_rules);
     impl.cidr_rules = bpf_map__fd(skel->maps.cidr_rules);
+    impl.proxy_ids = bpf_map__fd(skel->maps.proxy_ids);
     impl.listener_map = bpf_map__fd(skel->maps.inbound_listener);
     impl.counters_map = bpf_map__fd(skel->maps.redirect_counters);
     impl.possible_cpus = libbpf_num_possible_cpus();
@@ -236,6 +240,13 @@ void add_pod_addresses(std::vector<cidr_rule_key>& keys, std::uint32_t id,
         keys.push_back(cidr_key(id, address.addr, address.is_v4, 128, MESHLANE_CIDR_POD_LOCAL));
 }
 
+std::vector<proxy_id_key> proxy_id_keys(std::uint32_t id, const WorkloadSpec& spec) {
+    std::vector<proxy_id_key> keys;
+    for (auto uid : spec.additional_proxy_uids) keys.push_back({id, MESHLANE_PROXY_ID_UID, uid});
+    for (auto gid : spec.additional_proxy_gids) keys.push_back({id, MESHLANE_PROXY_ID_GID, gid});
+    return keys;
+}
+
 bool is_pod_local(const cidr_rule_key& key) {
     return (ntohl(key.kind) >> 8) == MESHLANE_CIDR_POD_LOCAL;
 }
@@ -279,7 +290,17 @@ Status RedirectDatapath::write_rules(std::uint32_t id, const WorkloadSpec& spec,
         for (const auto& cidr : spec.include_cidrs)
             cidrs.push_back(cidr_key(id, cidr.addr, cidr.is_v4, cidr.mapped_prefix_len(),
                                      MESHLANE_CIDR_INCLUDE));
+    if (spec.host_loopback_cidr != Cidr::localhost_v4()) {
+        const Cidr& lo = spec.host_loopback_cidr;
+        cidrs.push_back(
+            cidr_key(id, lo.addr, lo.is_v4, lo.mapped_prefix_len(), MESHLANE_CIDR_HOST_LOOPBACK));
+    }
     add_pod_addresses(cidrs, id, pod_addresses);
+    if (auto put = replace_entries<proxy_id_key>(
+            impl_->proxy_ids, proxy_id_keys(id, spec),
+            [id](const proxy_id_key& key) { return key.workload_id == id; }, "proxy id");
+        !put)
+        return put;
     if (auto put = replace_entries<port_rule_key>(
             impl_->port_rules, ports,
             [id](const port_rule_key& key) { return key.workload_id == id; }, "port rule");
@@ -361,6 +382,11 @@ Status RedirectDatapath::detach(const std::string& name) {
 }
 
 Status RedirectDatapath::clear_workload(std::uint32_t id) {
+    if (auto cleared = replace_entries<proxy_id_key>(
+            impl_->proxy_ids, {}, [id](const proxy_id_key& key) { return key.workload_id == id; },
+            "proxy id");
+        !cleared)
+        return cleared;
     if (auto cleared = replace_entries<port_rule_key>(
             impl_->port_rules, {}, [id](const port_rule_key& key) { return key.workload_id == id; },
             "port rule");

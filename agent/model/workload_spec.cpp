@@ -185,6 +185,58 @@ Result<StartupPolicy> parse_startup_policy(std::string_view text) {
 // Lists
 // ---------------------------------------------------------------------------------------------
 
+bool Cidr::is_loopback() const {
+    if (is_v4) return addr[12] == 127;
+    const std::array<std::uint8_t, 16> v6_loopback{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    return addr == v6_loopback;
+}
+
+Cidr Cidr::localhost_v4() {
+    Cidr cidr;
+    cidr.addr = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1};
+    cidr.prefix_len = 32;
+    cidr.is_v4 = true;
+    return cidr;
+}
+
+Result<std::vector<std::uint32_t>> parse_id_list(std::string_view text, std::string_view field) {
+    std::vector<std::uint32_t> ids;
+    for (const auto token : split_commas(text)) {
+        const auto value = parse_decimal(token);
+        if (!value || *value > std::numeric_limits<std::uint32_t>::max())
+            return Error::invalid(std::string(field) + ": " + quoted(token) +
+                                  " is not a uid/gid (0..4294967294)");
+        const auto id = static_cast<std::uint32_t>(*value);
+        if (std::find(ids.begin(), ids.end(), id) != ids.end())
+            return Error::invalid(std::string(field) + ": " + std::to_string(id) +
+                                  " is listed twice");
+        ids.push_back(id);
+    }
+    return ids;
+}
+
+Status parse_ip_families(std::string_view text, WorkloadSpec& spec) {
+    bool v4 = false, v6 = false;
+    for (const auto token : split_commas(text)) {
+        if (token == "ipv4")
+            v4 = true;
+        else if (token == "ipv6")
+            v6 = true;
+        else
+            return Error::invalid("--ip-families: " + quoted(token) +
+                                  " is not ipv4 or ipv6 (comma-separated)");
+    }
+    spec.capture_ipv4 = v4;
+    spec.capture_ipv6 = v6;
+    return Ok{};
+}
+
+std::string format_ip_families(const WorkloadSpec& spec) {
+    if (spec.capture_ipv4 && spec.capture_ipv6) return "ipv4,ipv6";
+    if (spec.capture_ipv4) return "ipv4";
+    return spec.capture_ipv6 ? "ipv6" : "";
+}
+
 Result<std::vector<std::uint16_t>> parse_port_list(std::string_view text, std::string_view field) {
     std::vector<std::uint16_t> ports;
     if (trim(text).empty()) return ports;
@@ -398,14 +450,51 @@ Status validate_cidrs(const WorkloadSpec& spec) {
     return Ok{};
 }
 
+constexpr std::size_t kMaxAdditionalProxyIds = 64;
+
+Status validate_proxy_ids(std::uint32_t first, const std::vector<std::uint32_t>& more,
+                          std::string_view field, std::string_view more_field) {
+    if (auto s = validate_id(first, field); !s) return s;
+    if (more.size() > kMaxAdditionalProxyIds)
+        return Error::invalid(std::string(more_field) + ": at most " +
+                              std::to_string(kMaxAdditionalProxyIds) + " ids");
+    for (std::size_t i = 0; i < more.size(); ++i) {
+        if (auto s = validate_id(more[i], more_field); !s) return s;
+        if (more[i] == first || std::find(more.begin(), more.begin() + i, more[i]) !=
+                                    more.begin() + static_cast<std::ptrdiff_t>(i))
+            return Error::invalid(std::string(more_field) + ": " + std::to_string(more[i]) +
+                                  " is listed twice");
+    }
+    return Ok{};
+}
+
+// Istio's rule: HostIPv4LoopbackCidr must lie inside 127.0.0.0/8.
+Status validate_capture_scope(const WorkloadSpec& spec) {
+    const Cidr& lo = spec.host_loopback_cidr;
+    if (!lo.is_v4 || !lo.is_loopback() || lo.prefix_len < 8)
+        return Error::invalid("host_loopback_cidr: " + lo.to_string() +
+                              " is not inside 127.0.0.0/8");
+    if (!spec.capture_ipv4 && !spec.capture_ipv6)
+        return Error::invalid(
+            "capture_ipv4, capture_ipv6: neither family would be captured (unenroll instead)");
+    return Ok{};
+}
+
 }  // namespace
 
 Status validate(const WorkloadSpec& spec) {
     if (auto s = validate_name(spec.name); !s) return s;
     if (auto s = validate_path(spec.cgroup_path, "cgroup", false); !s) return s;
     if (auto s = validate_path(spec.netns_path, "netns", true); !s) return s;
-    if (auto s = validate_id(spec.proxy_uid, "proxy_uid"); !s) return s;
-    if (auto s = validate_id(spec.proxy_gid, "proxy_gid"); !s) return s;
+    if (auto s = validate_proxy_ids(spec.proxy_uid, spec.additional_proxy_uids, "proxy_uid",
+                                    "additional_proxy_uids");
+        !s)
+        return s;
+    if (auto s = validate_proxy_ids(spec.proxy_gid, spec.additional_proxy_gids, "proxy_gid",
+                                    "additional_proxy_gids");
+        !s)
+        return s;
+    if (auto s = validate_capture_scope(spec); !s) return s;
     if (auto s = validate_ports(spec); !s) return s;
     return validate_cidrs(spec);
 }
@@ -420,6 +509,11 @@ std::vector<std::string> differing_fields(const WorkloadSpec& a, const WorkloadS
     check(a.netns_path != b.netns_path, "netns");
     check(a.proxy_uid != b.proxy_uid, "proxy_uid");
     check(a.proxy_gid != b.proxy_gid, "proxy_gid");
+    check(a.additional_proxy_uids != b.additional_proxy_uids, "additional_proxy_uids");
+    check(a.additional_proxy_gids != b.additional_proxy_gids, "additional_proxy_gids");
+    check(a.capture_ipv4 != b.capture_ipv4, "capture_ipv4");
+    check(a.capture_ipv6 != b.capture_ipv6, "capture_ipv6");
+    check(a.host_loopback_cidr != b.host_loopback_cidr, "host_loopback_cidr");
     check(a.outbound_port != b.outbound_port, "outbound_port");
     check(a.inbound_port != b.inbound_port, "inbound_port");
     check(a.exclude_outbound_ports != b.exclude_outbound_ports, "exclude_outbound_ports");
@@ -571,6 +665,20 @@ Status ports_field(const json::value& v, std::vector<std::uint16_t>& out, std::s
     return Ok{};
 }
 
+Status ids_field(const json::value& v, std::vector<std::uint32_t>& out, std::string_view field) {
+    if (!v.is_array()) return wrong_type(field, "an array of uids/gids");
+    std::vector<std::uint32_t> ids;
+    for (std::size_t i = 0; i < v.get_array().size(); ++i) {
+        const std::string element = std::string(field) + "[" + std::to_string(i) + "]";
+        auto id = integer_from_json(v.get_array()[i], element, 0,
+                                    std::numeric_limits<std::uint32_t>::max());
+        if (!id) return id.error();
+        ids.push_back(static_cast<std::uint32_t>(*id));
+    }
+    out = std::move(ids);
+    return Ok{};
+}
+
 Status bool_field(const json::value& v, bool& out, std::string_view field) {
     if (!v.is_bool()) return wrong_type(field, "true or false");
     out = v.get_bool();
@@ -598,6 +706,26 @@ constexpr FieldEntry kFields[] = {
                      WorkloadSpec& s) { return integer_field(v, s.proxy_uid, "proxy_uid", 0); }},
     {"proxy_gid", [](const json::value& v,
                      WorkloadSpec& s) { return integer_field(v, s.proxy_gid, "proxy_gid", 0); }},
+    {"additional_proxy_uids",
+     [](const json::value& v, WorkloadSpec& s) {
+         return ids_field(v, s.additional_proxy_uids, "additional_proxy_uids");
+     }},
+    {"additional_proxy_gids",
+     [](const json::value& v, WorkloadSpec& s) {
+         return ids_field(v, s.additional_proxy_gids, "additional_proxy_gids");
+     }},
+    {"capture_ipv4", [](const json::value& v,
+                        WorkloadSpec& s) { return bool_field(v, s.capture_ipv4, "capture_ipv4"); }},
+    {"capture_ipv6", [](const json::value& v,
+                        WorkloadSpec& s) { return bool_field(v, s.capture_ipv6, "capture_ipv6"); }},
+    {"host_loopback_cidr",
+     [](const json::value& v, WorkloadSpec& s) -> Status {
+         if (!v.is_string()) return wrong_type("host_loopback_cidr", "a CIDR string");
+         auto cidr = Cidr::parse(v.get_string());
+         if (!cidr) return cidr.error().with_context("host_loopback_cidr");
+         s.host_loopback_cidr = *cidr;
+         return Ok{};
+     }},
     {"outbound_port",
      [](const json::value& v, WorkloadSpec& s) {
          return integer_field(v, s.outbound_port, "outbound_port", 1);
@@ -677,6 +805,14 @@ json::object to_json(const WorkloadSpec& spec) {
     object["netns"] = spec.netns_path;
     object["proxy_uid"] = spec.proxy_uid;
     object["proxy_gid"] = spec.proxy_gid;
+    json::array uids, gids;
+    for (auto id : spec.additional_proxy_uids) uids.emplace_back(id);
+    for (auto id : spec.additional_proxy_gids) gids.emplace_back(id);
+    object["additional_proxy_uids"] = std::move(uids);
+    object["additional_proxy_gids"] = std::move(gids);
+    object["capture_ipv4"] = spec.capture_ipv4;
+    object["capture_ipv6"] = spec.capture_ipv6;
+    object["host_loopback_cidr"] = spec.host_loopback_cidr.to_string();
     object["outbound_port"] = spec.outbound_port;
     object["inbound_port"] = spec.inbound_port;
     object["exclude_outbound_ports"] = ports_to_json(spec.exclude_outbound_ports);

@@ -26,6 +26,10 @@ struct Cidr {
     // Prefix length counted over the 16-byte v4-mapped form.
     std::uint8_t mapped_prefix_len() const { return is_v4 ? prefix_len + 96 : prefix_len; }
     bool operator==(const Cidr&) const = default;
+    // Is the address (as held: host bits cleared) a loopback one: 127.0.0.0/8 or ::1?
+    bool is_loopback() const;
+    // 127.0.0.1/32: the "localhost" of istio-iptables' rules unless --host-ipv4-loopback-cidr.
+    static Cidr localhost_v4();
 };
 
 enum class StartupPolicy {
@@ -41,6 +45,15 @@ struct WorkloadSpec {
     std::string netns_path;   // /var/run/netns/X or /proc/PID/ns/net
     std::uint32_t proxy_uid = 1337;
     std::uint32_t proxy_gid = 1337;
+    // istio -u 3,4 / -g 1,2: the proxy ids after the first (proxy_uid / proxy_gid). ISTIO_OUTPUT
+    // returns all of them; on lo only the first uid's rules are reached (docs/istio-mapping.md).
+    std::vector<std::uint32_t> additional_proxy_uids;
+    std::vector<std::uint32_t> additional_proxy_gids;
+    // Families captured at all (istio-iptables without ip6tables rules leaves IPv6 alone).
+    bool capture_ipv4 = true;
+    bool capture_ipv6 = true;
+    // istio --host-ipv4-loopback-cidr: the IPv4 "localhost" the ISTIO_OUTPUT rules never capture.
+    Cidr host_loopback_cidr = Cidr::localhost_v4();
     std::uint16_t outbound_port = 15001;
     std::uint16_t inbound_port = 15006;
     std::vector<std::uint16_t> exclude_outbound_ports;  // istio -o
@@ -61,6 +74,13 @@ struct WorkloadSpec {
 
     bool operator==(const WorkloadSpec&) const = default;
 };
+
+// Comma-separated uids or gids, e.g. "3,4" (istio -u / -g): at least one, order kept (the first
+// one is special on lo), no duplicates. Names `field` in errors.
+Result<std::vector<std::uint32_t>> parse_id_list(std::string_view text, std::string_view field);
+// "ipv4", "ipv6" or "ipv4,ipv6" -> spec.capture_ipv4 / capture_ipv6.
+Status parse_ip_families(std::string_view text, WorkloadSpec& spec);
+std::string format_ip_families(const WorkloadSpec& spec);
 
 // Comma-separated ports, e.g. "80,443". Empty string -> empty list. Names `field` in errors.
 Result<std::vector<std::uint16_t>> parse_port_list(std::string_view text, std::string_view field);

@@ -73,6 +73,15 @@ workload_config WorkloadManager::config_of(const Record& record) {
     if (spec.proxy_self_to_inbound) config.flags |= MESHLANE_WL_PROXY_SELF_TO_INBOUND;
     if (spec.startup_policy == StartupPolicy::kPassthrough)
         config.flags |= MESHLANE_WL_STARTUP_PASSTHROUGH;
+    // istio-iptables' HasLoopBackIP: any include CIDR written with a loopback address.
+    for (const auto& cidr : spec.include_cidrs)
+        if (cidr.is_loopback()) config.flags |= MESHLANE_WL_INCLUDE_HAS_LOOPBACK;
+    if (!spec.additional_proxy_uids.empty() || !spec.additional_proxy_gids.empty())
+        config.flags |= MESHLANE_WL_MORE_PROXY_IDS;
+    if (!spec.capture_ipv4) config.flags |= MESHLANE_WL_NO_CAPTURE_V4;
+    if (!spec.capture_ipv6) config.flags |= MESHLANE_WL_NO_CAPTURE_V6;
+    if (spec.host_loopback_cidr != Cidr::localhost_v4())
+        config.flags |= MESHLANE_WL_CUSTOM_HOST_LOOPBACK;
     return config;
 }
 

@@ -78,6 +78,11 @@ Result<WorkloadSpec> spec_from_proto(const v1::WorkloadSpec& proto) {
     if (proto.has_fast_path()) object["fast_path"] = proto.fast_path();
     if (proto.has_fast_path_proxy_proxy())
         object["fast_path_proxy_proxy"] = proto.fast_path_proxy_proxy();
+    object["additional_proxy_uids"] = to_array(proto.additional_proxy_uids());
+    object["additional_proxy_gids"] = to_array(proto.additional_proxy_gids());
+    if (proto.has_capture_ipv4()) object["capture_ipv4"] = proto.capture_ipv4();
+    if (proto.has_capture_ipv6()) object["capture_ipv6"] = proto.capture_ipv6();
+    if (proto.has_host_loopback_cidr()) object["host_loopback_cidr"] = proto.host_loopback_cidr();
     auto spec = workload_spec_from_json(object);
     if (!spec) return spec.error();
     if (auto valid = validate(*spec); !valid) return valid.error();
@@ -104,6 +109,11 @@ void to_proto(const WorkloadSpec& spec, v1::WorkloadSpec& out) {
     out.set_startup_policy(std::string(to_string(spec.startup_policy)));
     out.set_fast_path(spec.fast_path);
     out.set_fast_path_proxy_proxy(spec.fast_path_proxy_proxy);
+    for (auto id : spec.additional_proxy_uids) out.add_additional_proxy_uids(id);
+    for (auto id : spec.additional_proxy_gids) out.add_additional_proxy_gids(id);
+    out.set_capture_ipv4(spec.capture_ipv4);
+    out.set_capture_ipv6(spec.capture_ipv6);
+    out.set_host_loopback_cidr(spec.host_loopback_cidr.to_string());
 }
 
 void to_proto(const WorkloadStatus& status, v1::Workload& out) {

@@ -43,6 +43,20 @@ enum meshlane_workload_flag {
     /* Startup policy: before the proxy's inbound listener exists, let inbound connections go
      * straight to the app instead of refusing them. */
     MESHLANE_WL_STARTUP_PASSTHROUGH = 1u << 3,
+    /* The include CIDRs hold a loopback range (istio-iptables' HasLoopBackIP): Istio then drops
+     * its "-o lo ! --uid-owner/--gid-owner -j RETURN" rules, so the app's traffic over lo goes on
+     * to the CIDR and port rules, and every listed proxy uid/gid reaches the ISTIO_IN_REDIRECT
+     * rule. Derived from include_cidrs by the agent. */
+    MESHLANE_WL_INCLUDE_HAS_LOOPBACK = 1u << 4,
+    /* More proxy uids/gids than workload_config's first one are listed in proxy_ids. */
+    MESHLANE_WL_MORE_PROXY_IDS = 1u << 5,
+    /* Leave IPv4 / IPv6 alone (istio-iptables without ip6tables rules leaves IPv6 alone). A
+     * v4-mapped IPv6 destination is IPv4 here, as it is on the wire. */
+    MESHLANE_WL_NO_CAPTURE_V4 = 1u << 6,
+    MESHLANE_WL_NO_CAPTURE_V6 = 1u << 7,
+    /* The IPv4 "localhost" of the ISTIO_OUTPUT rules is not 127.0.0.1/32 but the
+     * MESHLANE_CIDR_HOST_LOOPBACK entry (istio-iptables --host-ipv4-loopback-cidr). */
+    MESHLANE_WL_CUSTOM_HOST_LOOPBACK = 1u << 8,
 };
 
 /* Value of workload_by_netns, keyed by the pod network namespace cookie (u64). */
@@ -79,6 +93,9 @@ enum meshlane_cidr_kind {
     MESHLANE_CIDR_INCLUDE = 2,
     /* An address configured inside the pod netns: traffic to it leaves through "lo". */
     MESHLANE_CIDR_POD_LOCAL = 3,
+    /* istio-iptables --host-ipv4-loopback-cidr (IPv4 only; see MESHLANE_WL_CUSTOM_HOST_LOOPBACK).
+     */
+    MESHLANE_CIDR_HOST_LOOPBACK = 4,
 };
 
 #define MESHLANE_CIDR_KEY_PREFIX_BITS 64
@@ -92,6 +109,21 @@ struct cidr_rule_key {
     __u32 kind;        /* MESHLANE_CIDR_KEY_KIND(), network order */
     __u8 addr[16];
 };
+
+/* Key of proxy_ids (a hash; the value is a __u8 that is always 1): the proxy uids/gids after the
+ * first, which workload_config holds (istio-iptables -u 3,4 -g 1,2). */
+enum meshlane_proxy_id_kind {
+    MESHLANE_PROXY_ID_UID = 1,
+    MESHLANE_PROXY_ID_GID = 2,
+};
+
+struct proxy_id_key {
+    __u32 workload_id;
+    __u32 kind; /* enum meshlane_proxy_id_kind */
+    __u32 id;
+};
+
+#define MESHLANE_MAX_PROXY_IDS 65536
 
 /* What the redirect remembered about one connection. */
 enum meshlane_orig_dst_direction {
@@ -160,6 +192,8 @@ enum meshlane_redirect_counter {
     MESHLANE_CNT_PROXY_LISTENER_REGISTERED,
     MESHLANE_CNT_GETPEERNAME_REWRITTEN,
     MESHLANE_CNT_OUTBOUND_STARTUP_PASSTHROUGH,
+    MESHLANE_CNT_OUTBOUND_PASS_FAMILY_NOT_CAPTURED,
+    MESHLANE_CNT_INBOUND_PASS_FAMILY_NOT_CAPTURED,
     MESHLANE_REDIRECT_COUNTER_MAX
 };
 /* Kernel times (bpf_ktime_get_ns, CLOCK_MONOTONIC) kept in the LAST slots of each workload's

@@ -270,6 +270,10 @@ TEST(SpecJson, FullRoundTrip) {
     spec.include_outbound_ports = {3306};
     spec.proxy_self_to_inbound = true;
     spec.startup_policy = StartupPolicy::kPassthrough;
+    spec.additional_proxy_uids = {4, 5};
+    spec.additional_proxy_gids = {2};
+    spec.capture_ipv6 = false;
+    spec.host_loopback_cidr = *Cidr::parse("127.0.0.0/8");
 
     const auto object = to_json(spec);
     EXPECT_EQ(object.at("include_cidrs").at(1).as_string(), "fd00::/8");
@@ -278,6 +282,38 @@ TEST(SpecJson, FullRoundTrip) {
     auto back = workload_spec_from_json(json::parse(json::serialize(object)));
     ASSERT_TRUE(back.ok()) << back.error().message;
     EXPECT_EQ(*back, spec);
+}
+
+// istio -u 3,4 / -g 1,2: the order is kept (the first id is special on lo).
+TEST(SpecProxyIds, ListKeepsOrderAndRefusesDuplicates) {
+    auto ids = parse_id_list("3, 4", "--proxy-uid");
+    ASSERT_TRUE(ids.ok());
+    EXPECT_EQ(*ids, (std::vector<std::uint32_t>{3, 4}));
+    expect_error_names(parse_id_list("3,3", "--proxy-uid"), "--proxy-uid");
+    expect_error_names(parse_id_list("", "--proxy-gid"), "--proxy-gid");
+    expect_error_names(parse_id_list("x", "--proxy-gid"), "--proxy-gid");
+    auto spec = minimal_spec();
+    spec.additional_proxy_uids = {1337};  // same as the first
+    expect_error_names(validate(spec), "additional_proxy_uids");
+}
+
+TEST(SpecCaptureScope, FamiliesAndHostLoopback) {
+    auto spec = minimal_spec();
+    ASSERT_TRUE(parse_ip_families("ipv4", spec).ok());
+    EXPECT_TRUE(spec.capture_ipv4);
+    EXPECT_FALSE(spec.capture_ipv6);
+    EXPECT_EQ(format_ip_families(spec), "ipv4");
+    expect_error_names(parse_ip_families("ipx", spec), "--ip-families");
+    spec.capture_ipv4 = false;
+    expect_error_names(validate(spec), "capture_ipv4");
+    spec = minimal_spec();
+    spec.host_loopback_cidr = *Cidr::parse("10.0.0.0/8");  // Istio: must be inside 127/8
+    expect_error_names(validate(spec), "host_loopback_cidr");
+    spec.host_loopback_cidr = *Cidr::parse("127.0.0.1/8");
+    EXPECT_TRUE(validate(spec).ok());
+    EXPECT_TRUE(Cidr::parse("127.1.2.0/24")->is_loopback());
+    EXPECT_TRUE(Cidr::parse("::1/128")->is_loopback());
+    EXPECT_FALSE(Cidr::parse("0.0.0.0/0")->is_loopback());
 }
 
 TEST(SpecJson, StarForms) {

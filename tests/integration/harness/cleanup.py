@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 MANIFEST_DIR = "/run/meshlane-it"
@@ -26,6 +27,9 @@ class Registry:
         self._actions = []  # (token, description, fn)
         self._next = 0
         self._manifest = None
+        # Tests may register from several threads (harness/differential.py builds two pods at
+        # once): the action list and the manifest file are updated under this lock.
+        self._lock = threading.RLock()
         atexit.register(self.run_all)
 
     # -- manifest (crash safety net) ------------------------------------------------------------
@@ -52,22 +56,26 @@ class Registry:
     def add(self, description, fn, record=None):
         """Registers fn as the undo of a resource; record (a dict, see sweep_record) makes it
         recoverable after a crash. Returns a token for cancel()/undo()."""
-        token = self._next
-        self._next += 1
-        self._actions.append((token, description, fn, record))
-        if record:
-            self._write_manifest()
-        return token
+        with self._lock:
+            token = self._next
+            self._next += 1
+            self._actions.append((token, description, fn, record))
+            if record:
+                self._write_manifest()
+            return token
 
     def undo(self, token):
         """Runs and removes one action now (errors are logged, never raised)."""
-        for i, (t, description, fn, rec) in enumerate(self._actions):
-            if t == token:
-                del self._actions[i]
-                _safe(description, fn)
-                if rec:
-                    self._write_manifest()
+        with self._lock:
+            found = [(i, a) for i, a in enumerate(self._actions) if a[0] == token]
+            if not found:
                 return
+            i, (_, description, fn, rec) = found[0]
+            del self._actions[i]
+        _safe(description, fn)
+        if rec:
+            with self._lock:
+                self._write_manifest()
 
     def run_all(self):
         while self._actions:
