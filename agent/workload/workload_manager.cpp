@@ -73,6 +73,10 @@ workload_config WorkloadManager::config_of(const Record& record) {
     if (spec.proxy_self_to_inbound) config.flags |= MESHLANE_WL_PROXY_SELF_TO_INBOUND;
     if (spec.startup_policy == StartupPolicy::kPassthrough)
         config.flags |= MESHLANE_WL_STARTUP_PASSTHROUGH;
+    if (spec.dns_capture == DnsCapture::kNameservers)
+        config.flags |= MESHLANE_WL_DNS_CAPTURE_NAMESERVERS;
+    if (spec.dns_capture == DnsCapture::kAll) config.flags |= MESHLANE_WL_DNS_CAPTURE_ALL;
+    config.dns_port = spec.dns_port;
     return config;
 }
 
@@ -96,6 +100,7 @@ Status WorkloadManager::bring_up_locked(const Record& record, const CgroupHandle
     }
     AttachTarget target{record.spec.name, record.workload_id, record.netns_cookie, cgroup.fd.get(),
                         cgroup.path,      netns.fd.get(),     netns.path};
+    target.dns_capture = record.spec.dns_capture != DnsCapture::kOff;
     if (auto attached = datapath_.attach(target); !attached) {
         (void)datapath_.clear_workload(record.workload_id);
         return attached;

@@ -78,6 +78,9 @@ Result<WorkloadSpec> spec_from_proto(const v1::WorkloadSpec& proto) {
     if (proto.has_fast_path()) object["fast_path"] = proto.fast_path();
     if (proto.has_fast_path_proxy_proxy())
         object["fast_path_proxy_proxy"] = proto.fast_path_proxy_proxy();
+    if (proto.has_dns_capture()) object["dns_capture"] = proto.dns_capture();
+    if (proto.has_dns_port()) object["dns_port"] = proto.dns_port();
+    object["dns_servers"] = to_array(proto.dns_servers());
     auto spec = workload_spec_from_json(object);
     if (!spec) return spec.error();
     if (auto valid = validate(*spec); !valid) return valid.error();
@@ -104,6 +107,9 @@ void to_proto(const WorkloadSpec& spec, v1::WorkloadSpec& out) {
     out.set_startup_policy(std::string(to_string(spec.startup_policy)));
     out.set_fast_path(spec.fast_path);
     out.set_fast_path_proxy_proxy(spec.fast_path_proxy_proxy);
+    out.set_dns_capture(std::string(to_string(spec.dns_capture)));
+    out.set_dns_port(spec.dns_port);
+    for (const auto& server : spec.dns_servers) out.add_dns_servers(address_to_string(server));
 }
 
 void to_proto(const WorkloadStatus& status, v1::Workload& out) {
