@@ -229,7 +229,7 @@ Result<std::unique_ptr<RedirectDatapath>> RedirectDatapath::load(const DatapathO
     impl.possible_cpus = libbpf_num_possible_cpus();
     if (impl.possible_cpus <= 0) return Error::from_libbpf(impl.possible_cpus, "count CPUs");
     if (auto made = make_dirs(options.pin_root + "/workloads"); !made) return made.error();
-    impl.dns_unavailable = datapath->load_dns_capture(open_opts);
+    impl.dns_unavailable = datapath->load_dns_capture(&open_opts);
     if (!impl.dns_unavailable)
         spdlog::warn("DNS capture unavailable: {}", impl.dns_unavailable.error().message);
     return datapath;
@@ -247,6 +247,10 @@ Status RedirectDatapath::load_dns_capture(const bpf_object_open_opts* open_opts)
 }
 
 Status RedirectDatapath::dns_capture_available() const { return impl_->dns_unavailable; }
+
+void RedirectDatapath::disable_dns_capture(const std::string& reason) {
+    impl_->dns_unavailable = Error{ENOTSUP, reason};
+}
 
 namespace {
 

@@ -75,6 +75,8 @@ class RedirectDatapath {
     Status attach(const AttachTarget& target);
     // Ok when the DNS capture programs loaded; otherwise why not.
     Status dns_capture_available() const;
+    // Turned off by the agent (a missing kernel feature, MESHLANE_TEST_DISABLE_FEATURE).
+    void disable_dns_capture(const std::string& reason);
     // Publishes the config: from here on the programs act on the workload.
     Status activate(std::uint64_t netns_cookie, const workload_config& config);
     Status deactivate(std::uint64_t netns_cookie);
