@@ -5,7 +5,7 @@
  *   dns_sendmsg4/6  sendto()/sendmsg() to port 53 that dns_decide captures goes to the proxy's
  *                   DNS listener (127.0.0.1 / ::1 : dns_port); the socket remembers the server
  *   dns_recvmsg4/6  a reply from the DNS listener is reported with the server's address, so
- *                   resolvers that check the reply's source (glibc, dig, dnspython) accept it
+ *                   resolvers that compare the reply's source (dnspython, recvfrom) accept it
  * Istio gets the second half from conntrack (REDIRECT's reverse NAT, kept apart from the proxy's
  * own upstream queries by the raw-table CT zones 1 and 2); here the socket carries the answer.
  * One remembered server per socket: a socket that queries several captured servers at once sees

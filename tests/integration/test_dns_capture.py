@@ -2,16 +2,16 @@
 and runs dnsmasq as uid 1337 on 127.0.0.1:15053 and [::1]:15053 (the proxy's DNS listener);
 pod B runs a second dnsmasq on its addresses, port 53 ("the real server"). Each answers the test
 name with its own address, so the answer says who answered. Neither forwards anywhere
-(--no-resolv). Clients: dig (bind9-dnsutils; it refuses UDP replies from another source), glibc
-(getent, via `ip netns exec`'s /etc/netns/<name>/resolv.conf), dnspython, and raw sockets that
-report the reply's source and getpeername()."""
+(--no-resolv). Clients: dig (bind9-dnsutils), glibc (getent, via `ip netns exec`'s
+/etc/netns/<name>/resolv.conf), dnspython (refuses UDP replies from another source), and raw
+sockets that report the reply's source and getpeername()."""
 import json
 import os
 
 import pytest
 
 from harness import cleanup, proc, util
-from harness.meshlane import cgroup_programs
+from harness.meshlane import bpftool_json, cgroup_programs
 from harness.topology import APP_GID, APP_UID
 
 NAME = "svc.meshlane-dns.test"
@@ -62,8 +62,7 @@ def dig(pod, server, tcp=False, uid=APP_UID, cgroup="app"):
     if tcp:
         args.insert(1, "+tcp")
     result = pod.run(args, cgroup=cgroup, uid=uid, gid=uid, groups=[], timeout=15)
-    # dig ignores a UDP reply from another address (";; reply from unexpected source") and then
-    # times out: a missing answer is the failure, with its text.
+    # A missing answer is the failure, with dig's text.
     answers = sorted(line.split()[-1] for line in result.stdout.splitlines()
                      if line and not line.startswith(";") and line.split()[3:4] == ["A"])
     assert result.returncode == 0 and answers, (
@@ -144,6 +143,12 @@ def test_nameservers_are_answered_by_the_pods_listener(dns_topo, agent):
     assert seen.get("dns_reply_source_restored", 0) > 0, seen
     programs = {p["program"] for p in workload(agent, topo.a).get("programs", [])}
     assert DNS_PROGRAMS <= programs, programs
+    # `meshlane verify` reads the links back from the kernel (other hops need a sidecar).
+    result = agent.cli("verify", topo.a.name, "--json", timeout=30)
+    report = json.loads(result.stdout)
+    programs_check = next(c for c in report["checks"] if c["hop"] == "programs")
+    evidence = " ".join(programs_check["evidence"])
+    assert programs_check["passed"] and "sendmsg4" in evidence and "recvmsg6" in evidence, evidence
 
 
 def test_proxy_uid_is_never_captured(dns_topo, agent):
@@ -181,3 +186,24 @@ def test_capture_off_reaches_the_real_server(dns_topo, agent):
     assert not DNS_PROGRAMS & {p["program"] for p in workload(agent, topo.a).get("programs", [])}
     attached = json.dumps(cgroup_programs(topo.a.cgroup()))
     assert "sendmsg" not in attached and "recvmsg" not in attached, attached
+
+
+def test_without_the_reply_source_restore_resolvers_refuse_the_reply(dns_topo, agent):
+    """Negative control: the recvmsg4 program is what makes the reply acceptable to resolvers that
+    compare its source (dnspython's unconnected UDP). With its link removed (its pin is the only
+    reference) the app sees 127.0.0.1:15053 and dnspython refuses the reply. (dig 9.18 and glibc
+    2.36 connect their UDP socket and leave the source check to the kernel: they accept it.)"""
+    topo = dns_topo
+    agent.enroll_ok(topo.a, dns_capture="all")
+    assert py_client(topo.a, topo.b.ip4, "udp")["source"] == [topo.b.ip4, 53]
+    assert py_client(topo.a, topo.b.ip4, "dnspython")["answers"] == [PROXY_ANSWER]
+    pin = os.path.join(agent.pin_path, "workloads", topo.a.name, "dns_recvmsg4")
+    link_id = bpftool_json("link", "show", "pinned", pin)["id"]
+    os.unlink(pin)
+    util.wait_until(lambda: bpftool_json("link", "show", "id", str(link_id)) is None,
+                    timeout=5, message="recvmsg4 detached")
+    assert py_client(topo.a, topo.b.ip4, "udp")["source"] == ["127.0.0.1", DNS_PORT]
+    args = [util.PYTHON, os.path.join(util.SCRIPTS_DIR, "dns_client.py"), topo.b.ip4, NAME,
+            "--mode", "dnspython", "--timeout", "1"]
+    data = json.loads(topo.a.run(args, uid=APP_UID, gid=APP_GID, groups=[], timeout=15).stdout)
+    assert not data["ok"] and "UnexpectedSource" in data["error"], data
