@@ -136,6 +136,13 @@ def test_nameservers_are_answered_by_the_pods_listener(dns_topo, agent):
                 assert same_address(data["peername"][0], server) and \
                     data["peername"][1] == 53, data
         assert getent(topo.a, server) == [PROXY_ANSWER], server
+    # A dual-stack socket asking a v4 server by its v4-mapped address: IPv4 on the wire, the
+    # reply and getpeername() carry the same ::ffff:a.b.c.d.
+    mapped = f"::ffff:{topo.b.ip4}"
+    for mode in ("udp", "udp-connected", "tcp"):
+        data = py_client(topo.a, mapped, mode)
+        assert data["answers"] == [PROXY_ANSWER], data
+        assert data["source"] == [mapped, 53], data
     assert queries_in(topo.real_log) == real_before, "a captured query reached the real server"
 
     seen = counters(agent, topo.a)
