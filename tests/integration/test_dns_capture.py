@@ -150,6 +150,8 @@ def test_nameservers_are_answered_by_the_pods_listener(dns_topo, agent):
     assert seen.get("dns_reply_source_restored", 0) > 0, seen
     programs = {p["program"] for p in workload(agent, topo.a).get("programs", [])}
     assert DNS_PROGRAMS <= programs, programs
+    attached = json.dumps(cgroup_programs(topo.a.cgroup()))  # bpftool's view of the pod cgroup
+    assert "sendmsg4" in attached and "recvmsg6" in attached, attached
     # `meshlane verify` reads the links back from the kernel (other hops need a sidecar).
     result = agent.cli("verify", topo.a.name, "--json", timeout=30)
     report = json.loads(result.stdout)
@@ -214,3 +216,17 @@ def test_without_the_reply_source_restore_resolvers_refuse_the_reply(dns_topo, a
             "--mode", "dnspython", "--timeout", "1"]
     data = json.loads(topo.a.run(args, uid=APP_UID, gid=APP_GID, groups=[], timeout=15).stdout)
     assert not data["ok"] and "UnexpectedSource" in data["error"], data
+
+
+def test_capture_survives_the_agent_and_ends_with_unenrol(dns_topo, agent):
+    topo = dns_topo
+    agent.enroll_ok(topo.a, dns_capture="all")
+    agent.kill()  # pinned links keep the programs attached
+    for tcp in (False, True):
+        assert dig(topo.a, topo.b.ip4, tcp=tcp) == [PROXY_ANSWER]
+    assert py_client(topo.a, topo.b.ip6, "udp")["source"] == [topo.b.ip6, 53]
+    agent.start()  # re-adopts the workload, re-points the links to its own programs
+    assert dig(topo.a, topo.b.ip6) == [PROXY_ANSWER]
+    agent.cli_ok("unenroll", topo.a.name)
+    assert dig(topo.a, topo.b.ip4) == [REAL_ANSWER]
+    assert "sendmsg" not in json.dumps(cgroup_programs(topo.a.cgroup()))
