@@ -11,7 +11,7 @@ import os
 import pytest
 
 from harness import cleanup, proc, util
-from harness.meshlane import bpftool_json, cgroup_programs
+from harness.meshlane import Agent, bpftool_json, cgroup_programs, meshlane_bin
 from harness.topology import APP_GID, APP_UID
 
 NAME = "svc.meshlane-dns.test"
@@ -122,7 +122,10 @@ def queries_in(log_path):
 
 def test_nameservers_are_answered_by_the_pods_listener(dns_topo, agent):
     topo = dns_topo
+    assert agent.cli_json("status")["feature_states"]["dns_capture"]["enabled"] is True
     agent.enroll_ok(topo.a, dns_capture="nameservers", dns_servers=[topo.b.ip4, topo.b.ip6])
+    text = agent.cli_ok("workload", topo.a.name).stdout
+    assert f"DNS capture:        nameservers, listener port {DNS_PORT}" in text, text
     real_before = queries_in(topo.real_log)
     for server in (topo.b.ip4, topo.b.ip6):
         for tcp in (False, True):
@@ -230,3 +233,21 @@ def test_capture_survives_the_agent_and_ends_with_unenrol(dns_topo, agent):
     agent.cli_ok("unenroll", topo.a.name)
     assert dig(topo.a, topo.b.ip4) == [REAL_ANSWER]
     assert "sendmsg" not in json.dumps(cgroup_programs(topo.a.cgroup()))
+
+
+def test_feature_off_refuses_dns_enrolment_with_the_reason(topo, monkeypatch):
+    """dns_capture is a feature of its own (status feature_states): when it is off, an enrolment
+    asking for it is refused naming why, and one without it works."""
+    monkeypatch.setenv("MESHLANE_TEST_DISABLE_FEATURE", "dns_capture")
+    instance = Agent(meshlane_bin())
+    try:
+        instance.start()
+        state = instance.cli_json("status")["feature_states"]["dns_capture"]
+        assert state["enabled"] is False and "MESHLANE_TEST_DISABLE_FEATURE" in state["reason"]
+        refused = instance.enroll(topo.a, dns_capture="all")
+        assert refused.returncode != 0 and "DNS capture unavailable" in refused.stderr, \
+            refused.stderr
+        instance.enroll_ok(topo.a)
+    finally:
+        monkeypatch.delenv("MESHLANE_TEST_DISABLE_FEATURE", raising=False)
+        instance.destroy()
