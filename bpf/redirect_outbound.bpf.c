@@ -9,8 +9,10 @@
  *   redirect_getsockname4/6 the proxy's accepted socket reports the original destination as
  *                           its local address, as with TPROXY: proxies that read getsockname
  *                           instead of SO_ORIGINAL_DST (HAProxy does for IPv6) work too
+ * DNS capture (bpf/dns_capture.h) decides port 53 first in connect4/6, for TCP and connected UDP.
  * The workload is found by network namespace cookie: one pod = one netns.
  */
+#include "dns_capture.h"
 #include "redirect_common.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -120,15 +122,26 @@ static __always_inline __u16 decide_outbound(struct bpf_sock_addr* ctx,
     return verdict == OUTBOUND_REDIRECT ? cfg->outbound_port : cfg->inbound_port;
 }
 
+/* TCP, or UDP (only ever for DNS capture). */
+static __always_inline bool connect_is_tcp(struct bpf_sock_addr* ctx, bool* is_udp) {
+    *is_udp = ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP;
+    return ctx->type == SOCK_STREAM && ctx->protocol == IPPROTO_TCP;
+}
+
 SEC("cgroup/connect4")
 int redirect_connect4(struct bpf_sock_addr* ctx) {
-    if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP) return 1;
+    bool is_udp = false;
+    bool is_tcp = connect_is_tcp(ctx, &is_udp);
+    if (!is_tcp && !is_udp) return 1;
     const struct workload_config* cfg = workload_of(ctx);
     if (!cfg) return 1;
     __u8 dst[16];
     addr_from_v4(dst, ctx->user_ip4);
     outbound_dst_as_netfilter_sees(dst);
-    __u16 port = decide_outbound(ctx, cfg, dst, bpf_ntohs((__u16)ctx->user_port), AF_INET);
+    __u16 dst_port = bpf_ntohs((__u16)ctx->user_port);
+    __u16 port = 0;
+    if (!dns_connect_first(ctx, cfg, dst, dst_port, AF_INET, is_tcp, &port))
+        port = decide_outbound(ctx, cfg, dst, dst_port, AF_INET);
     if (port) {
         ctx->user_ip4 = bpf_htonl(0x7f000001);
         ctx->user_port = bpf_htons(port);
@@ -138,15 +151,20 @@ int redirect_connect4(struct bpf_sock_addr* ctx) {
 
 SEC("cgroup/connect6")
 int redirect_connect6(struct bpf_sock_addr* ctx) {
-    if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP) return 1;
+    bool is_udp = false;
+    bool is_tcp = connect_is_tcp(ctx, &is_udp);
+    if (!is_tcp && !is_udp) return 1;
     const struct workload_config* cfg = workload_of(ctx);
     if (!cfg) return 1;
     __u8 dst[16];
     addr_from_v6(dst, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]);
     outbound_dst_as_netfilter_sees(dst);
     bool mapped = addr_is_v4_mapped(dst);
-    __u16 port = decide_outbound(ctx, cfg, dst, bpf_ntohs((__u16)ctx->user_port),
-                                 mapped ? AF_INET : AF_INET6);
+    __u8 family = mapped ? AF_INET : AF_INET6;
+    __u16 dst_port = bpf_ntohs((__u16)ctx->user_port);
+    __u16 port = 0;
+    if (!dns_connect_first(ctx, cfg, dst, dst_port, family, is_tcp, &port))
+        port = decide_outbound(ctx, cfg, dst, dst_port, family);
     if (!port) return 1;
     /* A v4-mapped destination stays IPv4 on the wire, exactly as iptables' IPv4 REDIRECT would
      * treat it: ::ffff:127.0.0.1 reaches the proxy's 127.0.0.1 listener. */
@@ -295,7 +313,10 @@ static __always_inline void on_proxy_accept(struct bpf_sock_ops* ctx) {
     const struct workload_config* cfg = workload_of(ctx);
     if (!cfg) return;
     __u16 local_port = (__u16)ctx->local_port;
-    if (local_port != cfg->outbound_port && local_port != cfg->inbound_port) return;
+    /* The DNS listener too: its TCP connections answer SO_ORIGINAL_DST as under REDIRECT. */
+    if (local_port != cfg->outbound_port && local_port != cfg->inbound_port &&
+        !(local_port == cfg->dns_port && dns_capture_enabled(cfg)))
+        return;
     struct proxy_tuple_key key = {};
     tuple_from_proxy(ctx, &key);
     struct orig_dst* handed = bpf_map_lookup_elem(&orig_dst_by_tuple, &key);

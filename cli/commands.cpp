@@ -155,7 +155,10 @@ void print_workload(const json::value& workload) {
               << "Self to inbound:    " << field_text(spec, "proxy_self_to_inbound") << '\n'
               << "Startup policy:     " << field_text(spec, "startup_policy") << '\n'
               << "Fast path:          " << field_text(spec, "fast_path") << " (app-proxy), "
-              << field_text(spec, "fast_path_proxy_proxy") << " (proxy-proxy)" << '\n';
+              << field_text(spec, "fast_path_proxy_proxy") << " (proxy-proxy)" << '\n'
+              << "DNS capture:        " << field_text(spec, "dns_capture") << ", listener port "
+              << field_text(spec, "dns_port") << ", nameservers " << list_text(spec, "dns_servers")
+              << '\n';
     print_programs(workload);
     print_counters(workload);
 }
@@ -252,6 +255,12 @@ Result<WorkloadSpec> build_spec(const EnrollFlags& flags) {
     if (!policy) return policy.error().with_context("--startup-policy");
     spec.startup_policy = *policy;
     if (auto kinds = apply_fast_path_kinds(flags.fast_path, spec); !kinds) return kinds.error();
+    auto dns = parse_dns_capture(flags.dns_capture);
+    if (!dns) return dns.error().with_context("--dns-capture");
+    spec.dns_capture = *dns;
+    if (auto s = assign(parse_address_list(flags.dns_servers, "--dns-servers"), spec.dns_servers);
+        !s)
+        return s.error();
     if (auto valid = validate(spec); !valid) return valid.error();
     return spec;
 }

@@ -43,6 +43,8 @@ struct EnrollFlags {
     std::string startup_policy = "refuse";
     // --fast-path[=KINDS]: comma-separated app-proxy, proxy-proxy; bare --fast-path = app-proxy
     std::string fast_path;
+    std::string dns_capture = "off";  // off|nameservers|all
+    std::string dns_servers;          // comma-separated nameserver addresses
     bool json = false;
 };
 

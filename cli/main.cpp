@@ -109,6 +109,19 @@ void add_enroll_options(CLI::App& enroll, EnrollFlags& f) {
         ->expected(0, 1)
         ->default_str("app-proxy")
         ->type_name("[KINDS]");
+    enroll
+        .add_option("--dns-capture", f.dns_capture,
+                    "Send DNS (port 53, UDP and TCP) to the proxy's DNS listener: off, "
+                    "nameservers (only to --dns-servers; istio-init with ISTIO_META_DNS_CAPTURE) "
+                    "or all (any address; istio --capture-all-dns, istio-cni)")
+        ->capture_default_str();
+    enroll
+        .add_option("--dns-port", spec.dns_port,
+                    "Proxy DNS listener on 127.0.0.1/::1 (Istio: 15053)")
+        ->capture_default_str();
+    enroll.add_option("--dns-servers", f.dns_servers,
+                      "Nameserver addresses captured with --dns-capture nameservers, "
+                      "comma-separated: the nameserver lines of the pod's /etc/resolv.conf");
     enroll.add_flag("--json", f.json, "Print the agent's JSON reply");
 }
 

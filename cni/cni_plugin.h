@@ -29,7 +29,9 @@
 //   Istio annotations honoured (same meaning as with istio-cni / istio-iptables):
 //     traffic.sidecar.istio.io/excludeOutboundPorts, excludeInboundPorts, includeInboundPorts,
 //     includeOutboundPorts, includeOutboundIPRanges, excludeOutboundIPRanges;
-//     sidecar.istio.io/inject: "false" passes the pod through.
+//     sidecar.istio.io/inject: "false" passes the pod through;
+//     proxy.istio.io/config with proxyMetadata ISTIO_META_DNS_CAPTURE "true": DNS capture of all
+//     port-53 traffic (dns_capture "all"), as istio-cni does.
 #pragma once
 
 #include <boost/json/value.hpp>

@@ -15,6 +15,9 @@ packages=(
   iproute2
   # test: the sidecar stand-in, clients, baseline and fault injection
   haproxy iptables python3 python3-pytest curl openssl gnutls-bin
+  # test: DNS capture (a real DNS listener and real resolvers; dnsmasq-base is the binary
+  # without the system service, so nothing starts listening on the host)
+  dnsmasq-base bind9-dnsutils python3-dnspython
   # test: the independent gRPC client (reflection by hand) and the OpenAPI document
   python3-grpcio python3-protobuf python3-yaml
   # test: the chained CNI plugin runs after Debian's bridge + host-local

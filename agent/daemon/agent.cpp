@@ -212,6 +212,13 @@ int run_agent(const std::string& config_path) {
             disable(kFeatureRedirect, "load the redirect datapath: " + loaded.error().message +
                                           privilege_hint(loaded.error()));
     }
+    // DNS capture is an add-on of the redirect datapath: its programs load with it, and without
+    // them (or the kernel features) enrolments asking for it are refused with the reason.
+    if (!datapath) disable(kFeatureDnsCapture, "the redirect datapath is disabled");
+    if (datapath && !datapath->dns_capture_available())
+        disable(kFeatureDnsCapture, datapath->dns_capture_available().error().message);
+    if (datapath && !features[kFeatureDnsCapture].enabled)
+        datapath->disable_dns_capture(features[kFeatureDnsCapture].reason);
     ManagerOptions manager_options{config->state_dir, cgroup2_path, prerequisites.features()};
     // Set once the observer runs: enrol/unenrol then wait for its per-pod attachments.
     std::atomic<Observer*> attachments_owner{nullptr};

@@ -80,6 +80,10 @@ constexpr AttachUse kAttachTypes[] = {
     {"cgroup_inet6_getsockname", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_CGROUP_INET6_GETSOCKNAME},
     {"cgroup_getsockopt", BPF_PROG_TYPE_CGROUP_SOCKOPT, BPF_CGROUP_GETSOCKOPT},
     {"sk_lookup", BPF_PROG_TYPE_SK_LOOKUP, BPF_SK_LOOKUP},
+    {"cgroup_udp4_sendmsg", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_CGROUP_UDP4_SENDMSG},
+    {"cgroup_udp6_sendmsg", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_CGROUP_UDP6_SENDMSG},
+    {"cgroup_udp4_recvmsg", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_CGROUP_UDP4_RECVMSG},
+    {"cgroup_udp6_recvmsg", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_CGROUP_UDP6_RECVMSG},
 };
 
 struct MapUse {
@@ -321,6 +325,12 @@ const std::vector<FeatureDefinition>& agent_features() {
              false,
              "sk_msg acceleration between local sockets",
              {"prog_type.sock_ops", "prog_type.sk_msg", "map.sockhash"}},
+            {kFeatureDnsCapture,
+             false,
+             "DNS capture to the proxy's DNS listener (sendmsg/recvmsg, docs/dns-capture.md)",
+             {"prog_type.cgroup_sock_addr", "attach.cgroup_udp4_sendmsg",
+              "attach.cgroup_udp6_sendmsg", "attach.cgroup_udp4_recvmsg",
+              "attach.cgroup_udp6_recvmsg", "map.sk_storage"}},
         };
     }();
     return features;

@@ -63,6 +63,7 @@ inline constexpr const char* kFeatureRedirect = "redirect";
 inline constexpr const char* kFeatureObserveConnect = "observe_connect";
 inline constexpr const char* kFeatureObserveDrops = "observe_drops";
 inline constexpr const char* kFeatureFastPath = "fast_path";
+inline constexpr const char* kFeatureDnsCapture = "dns_capture";
 
 struct FeatureDefinition {
     std::string name;

@@ -59,6 +59,14 @@ const char* attach_type_text(std::uint32_t type) {
             return "getsockname6";
         case BPF_SK_LOOKUP:
             return "sk_lookup";
+        case BPF_CGROUP_UDP4_SENDMSG:
+            return "sendmsg4";
+        case BPF_CGROUP_UDP6_SENDMSG:
+            return "sendmsg6";
+        case BPF_CGROUP_UDP4_RECVMSG:
+            return "recvmsg4";
+        case BPF_CGROUP_UDP6_RECVMSG:
+            return "recvmsg6";
         default:
             return "other";
     }

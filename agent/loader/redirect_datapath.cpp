@@ -17,6 +17,7 @@
 
 #include "agent/loader/bpf_skeleton.h"
 #include "agent/loader/pinned_link.h"
+#include "dns_capture.skel.h"
 #include "redirect_inbound.skel.h"
 #include "redirect_outbound.skel.h"
 
@@ -49,6 +50,21 @@ constexpr CgroupProgramRef kCgroupPrograms[] = {
      &OutboundProgs::redirect_getsockopt},
     {"sockops", "redirect_sockops", BPF_CGROUP_SOCK_OPS, &OutboundProgs::redirect_sockops},
 };
+// DNS capture for unconnected UDP (bpf/dns_capture.bpf.c): attached only to workloads that
+// capture DNS, so every other pod's UDP sends run no program.
+using DnsProgs = decltype(dns_capture_bpf::progs);
+struct DnsProgramRef {
+    const char* pin_name;
+    const char* program_name;
+    bpf_attach_type attach_type;
+    bpf_program* DnsProgs::*program;
+};
+constexpr DnsProgramRef kDnsPrograms[] = {
+    {"dns_sendmsg4", "dns_sendmsg4", BPF_CGROUP_UDP4_SENDMSG, &DnsProgs::dns_sendmsg4},
+    {"dns_sendmsg6", "dns_sendmsg6", BPF_CGROUP_UDP6_SENDMSG, &DnsProgs::dns_sendmsg6},
+    {"dns_recvmsg4", "dns_recvmsg4", BPF_CGROUP_UDP4_RECVMSG, &DnsProgs::dns_recvmsg4},
+    {"dns_recvmsg6", "dns_recvmsg6", BPF_CGROUP_UDP6_RECVMSG, &DnsProgs::dns_recvmsg6},
+};
 constexpr const char* kSkLookupPin = "sk_lookup";
 constexpr const char* kSkLookupProgram = "redirect_sk_lookup";
 
@@ -74,6 +90,11 @@ constexpr const char* kCounterNames[MESHLANE_REDIRECT_COUNTER_MAX] = {
     "outbound_startup_passthrough",
     "outbound_pass_family_not_captured",
     "inbound_pass_family_not_captured",
+    "dns_redirected_udp",
+    "dns_redirected_tcp",
+    "dns_pass_proxy_owner",
+    "dns_pass_not_nameserver",
+    "dns_reply_source_restored",
 };
 
 // The names mirror enum meshlane_redirect_counter; a counter added there without a name here
@@ -118,6 +139,8 @@ const char* redirect_counter_name(unsigned counter) {
 
 struct RedirectDatapath::Impl {
     BpfSkeleton<redirect_outbound_bpf> outbound;
+    BpfSkeleton<dns_capture_bpf> dns;  // empty when dns_unavailable says why
+    Status dns_unavailable;
     int workload_map = -1;
     int port_rules = -1;
     int cidr_rules = -1;
@@ -185,7 +208,27 @@ Result<std::unique_ptr<RedirectDatapath>> RedirectDatapath::load(const DatapathO
     impl.possible_cpus = libbpf_num_possible_cpus();
     if (impl.possible_cpus <= 0) return Error::from_libbpf(impl.possible_cpus, "count CPUs");
     if (auto made = make_dirs(options.pin_root + "/workloads"); !made) return made.error();
+    impl.dns_unavailable = datapath->load_dns_capture(&open_opts);
+    if (!impl.dns_unavailable)
+        spdlog::warn("DNS capture unavailable: {}", impl.dns_unavailable.error().message);
     return datapath;
+}
+
+// A feature of its own: without it (a kernel that rejects the programs) the rest of the
+// datapath works and enrolments that ask for DNS capture are refused with the reason.
+Status RedirectDatapath::load_dns_capture(const bpf_object_open_opts* open_opts) {
+    auto dns = BpfSkeleton<dns_capture_bpf>::open(open_opts, "dns_capture");
+    if (!dns) return dns.error();
+    size_maps(dns->get(), options_.max_workloads);
+    if (auto loaded = dns->load("dns_capture"); !loaded) return loaded.error();
+    impl_->dns = std::move(*dns);
+    return Ok{};
+}
+
+Status RedirectDatapath::dns_capture_available() const { return impl_->dns_unavailable; }
+
+void RedirectDatapath::disable_dns_capture(const std::string& reason) {
+    impl_->dns_unavailable = Error{ENOTSUP, reason};
 }
 
 namespace {
@@ -296,6 +339,9 @@ Status RedirectDatapath::write_rules(std::uint32_t id, const WorkloadSpec& spec,
             cidr_key(id, lo.addr, lo.is_v4, lo.mapped_prefix_len(), MESHLANE_CIDR_HOST_LOOPBACK));
     }
     add_pod_addresses(cidrs, id, pod_addresses);
+    for (const auto& server : spec.dns_servers)
+        cidrs.push_back(cidr_key(id, server.addr, server.is_v4, server.mapped_prefix_len(),
+                                 MESHLANE_CIDR_DNS_SERVER));
     if (auto put = replace_entries<proxy_id_key>(
             impl_->proxy_ids, proxy_id_keys(id, spec),
             [id](const proxy_id_key& key) { return key.workload_id == id; }, "proxy id");
@@ -332,6 +378,7 @@ Status RedirectDatapath::attach(const AttachTarget& target) {
         if (!made) return rollback(made.error());
         if (*made) created.push_back(pin);
     }
+    if (auto dns = attach_dns_capture(target, dir, created); !dns) return rollback(dns.error());
 
     // One sk_lookup instance per workload: the program type cannot read its netns cookie.
     const std::string map_dir = options_.pin_root + "/maps";
@@ -348,6 +395,28 @@ Status RedirectDatapath::attach(const AttachTarget& target) {
         pin, bpf_program__fd((*inbound)->progs.redirect_sk_lookup), target.netns_fd, BPF_SK_LOOKUP,
         std::string(kSkLookupProgram) + " to netns " + target.netns_path);
     if (!made) return rollback(made.error());
+    return Ok{};
+}
+
+Status RedirectDatapath::attach_dns_capture(const AttachTarget& target, const std::string& dir,
+                                            std::vector<std::string>& created) {
+    for (const auto& program : kDnsPrograms) {
+        const std::string pin = dir + "/" + program.pin_name;
+        if (!target.dns_capture) {
+            // Turned off (a re-enrolment with other settings is refused, but a restarted agent
+            // with an edited state file is not): no stale program.
+            if (auto gone = detach_pinned_link(pin); !gone) return gone;
+            continue;
+        }
+        if (!impl_->dns_unavailable)
+            return impl_->dns_unavailable.error().with_context("DNS capture unavailable");
+        int prog_fd = bpf_program__fd(impl_->dns.get()->progs.*program.program);
+        auto made = ensure_pinned_link(
+            pin, prog_fd, target.cgroup_fd, program.attach_type,
+            std::string(program.program_name) + " to cgroup " + target.cgroup_path);
+        if (!made) return made.error();
+        if (*made) created.push_back(pin);
+    }
     return Ok{};
 }
 
@@ -376,6 +445,7 @@ Status RedirectDatapath::detach(const std::string& name) {
     note(detach_pinned_link(dir + "/" + kSkLookupPin));
     for (const auto& program : kCgroupPrograms)
         note(detach_pinned_link(dir + "/" + program.pin_name));
+    for (const auto& program : kDnsPrograms) note(detach_pinned_link(dir + "/" + program.pin_name));
     if (::rmdir(dir.c_str()) != 0 && errno != ENOENT)
         note(Error::last_errno("remove " + dir + " (unexpected files left in it?)"));
     return first_error;
@@ -490,6 +560,7 @@ std::vector<AttachedProgram> RedirectDatapath::attached_programs(const std::stri
         programs.push_back(std::move(program));
     };
     for (const auto& program : kCgroupPrograms) describe(program.pin_name, program.program_name);
+    for (const auto& program : kDnsPrograms) describe(program.pin_name, program.program_name);
     describe(kSkLookupPin, kSkLookupProgram);
     return programs;
 }

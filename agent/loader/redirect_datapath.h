@@ -20,6 +20,8 @@
 #include "agent/model/workload_spec.h"
 #include "meshlane/redirect_abi.h"
 
+struct bpf_object_open_opts;
+
 namespace meshlane {
 
 struct DatapathOptions {
@@ -36,6 +38,7 @@ struct AttachTarget {
     std::string cgroup_path;
     int netns_fd = -1;
     std::string netns_path;
+    bool dns_capture = false;  // attach the DNS capture programs (sendmsg/recvmsg)
 };
 
 using RedirectCounters = std::array<std::uint64_t, MESHLANE_REDIRECT_COUNTER_MAX>;
@@ -70,6 +73,10 @@ class RedirectDatapath {
                                const std::vector<PodAddress>& pod_addresses);
     // Creates (or, when the pin exists, re-points to this agent's programs) every link.
     Status attach(const AttachTarget& target);
+    // Ok when the DNS capture programs loaded; otherwise why not.
+    Status dns_capture_available() const;
+    // Turned off by the agent (a missing kernel feature, MESHLANE_TEST_DISABLE_FEATURE).
+    void disable_dns_capture(const std::string& reason);
     // Publishes the config: from here on the programs act on the workload.
     Status activate(std::uint64_t netns_cookie, const workload_config& config);
     Status deactivate(std::uint64_t netns_cookie);
@@ -92,6 +99,9 @@ class RedirectDatapath {
 
   private:
     struct Impl;
+    Status load_dns_capture(const bpf_object_open_opts* open_opts);
+    Status attach_dns_capture(const AttachTarget& target, const std::string& dir,
+                              std::vector<std::string>& created);
     explicit RedirectDatapath(DatapathOptions options);
     DatapathOptions options_;
     std::unique_ptr<Impl> impl_;

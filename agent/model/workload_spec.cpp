@@ -181,6 +181,26 @@ Result<StartupPolicy> parse_startup_policy(std::string_view text) {
                           " is not one of \"refuse\", \"passthrough\"");
 }
 
+std::string_view to_string(DnsCapture mode) {
+    switch (mode) {
+        case DnsCapture::kOff:
+            return "off";
+        case DnsCapture::kNameservers:
+            return "nameservers";
+        case DnsCapture::kAll:
+            return "all";
+    }
+    return "unknown";
+}
+
+Result<DnsCapture> parse_dns_capture(std::string_view text) {
+    if (text == "off") return DnsCapture::kOff;
+    if (text == "nameservers") return DnsCapture::kNameservers;
+    if (text == "all") return DnsCapture::kAll;
+    return Error::invalid("dns_capture: " + quoted(text) +
+                          " is not one of \"off\", \"nameservers\", \"all\"");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Lists
 // ---------------------------------------------------------------------------------------------
@@ -277,6 +297,45 @@ std::string format_port_list(const std::vector<std::uint16_t>& ports) {
     for (const auto port : ports) {
         if (!text.empty()) text += ',';
         text += std::to_string(port);
+    }
+    return text;
+}
+
+namespace {
+
+Result<Cidr> parse_host(std::string_view text, std::string_view field) {
+    if (text.find('/') != std::string_view::npos)
+        return Error::invalid(std::string(field) + ": " + quoted(text) +
+                              " is a prefix; give nameserver addresses");
+    auto host = Cidr::parse(text);
+    if (!host) return host.error().with_context(std::string(field));
+    return *host;
+}
+
+}  // namespace
+
+std::string address_to_string(const Cidr& host) {
+    std::string text = host.to_string();
+    return text.substr(0, text.find('/'));
+}
+
+Result<std::vector<Cidr>> parse_address_list(std::string_view text, std::string_view field) {
+    std::vector<Cidr> hosts;
+    if (trim(text).empty()) return hosts;
+    for (const auto token : split_commas(text)) {
+        auto host = parse_host(token, field);
+        if (!host) return host.error();
+        hosts.push_back(*host);
+    }
+    if (auto status = sort_and_check_cidrs(hosts, field); !status) return status.error();
+    return hosts;
+}
+
+std::string format_address_list(const std::vector<Cidr>& hosts) {
+    std::string text;
+    for (const auto& host : hosts) {
+        if (!text.empty()) text += ',';
+        text += address_to_string(host);
     }
     return text;
 }
@@ -480,6 +539,27 @@ Status validate_capture_scope(const WorkloadSpec& spec) {
     return Ok{};
 }
 
+// DNS capture: a listener port of its own, and nameservers exactly when they are used.
+Status validate_dns(const WorkloadSpec& spec) {
+    if (auto s = validate_listener_port(spec.dns_port, "dns_port"); !s) return s;
+    if (spec.dns_port == spec.outbound_port || spec.dns_port == spec.inbound_port)
+        return Error::invalid("dns_port: " + std::to_string(spec.dns_port) +
+                              " is the proxy's outbound or inbound listener port");
+    if (spec.dns_port == MESHLANE_DNS_PORT)
+        return Error::invalid("dns_port: 53 would capture the proxy's own DNS listener");
+    if (auto s = validate_cidr_list(spec.dns_servers, "dns_servers"); !s) return s;
+    for (const auto& host : spec.dns_servers)
+        if (host.prefix_len != (host.is_v4 ? 32 : 128))
+            return Error::invalid("dns_servers: " + host.to_string() + " is not an address");
+    if (spec.dns_capture == DnsCapture::kNameservers && spec.dns_servers.empty())
+        return Error::invalid(
+            "dns_servers: dns_capture \"nameservers\" needs the pod's nameserver addresses "
+            "(the nameserver lines of its /etc/resolv.conf)");
+    if (spec.dns_capture != DnsCapture::kNameservers && !spec.dns_servers.empty())
+        return Error::invalid("dns_servers: only used with dns_capture \"nameservers\"");
+    return Ok{};
+}
+
 }  // namespace
 
 Status validate(const WorkloadSpec& spec) {
@@ -496,6 +576,7 @@ Status validate(const WorkloadSpec& spec) {
         return s;
     if (auto s = validate_capture_scope(spec); !s) return s;
     if (auto s = validate_ports(spec); !s) return s;
+    if (auto s = validate_dns(spec); !s) return s;
     return validate_cidrs(spec);
 }
 
@@ -529,6 +610,9 @@ std::vector<std::string> differing_fields(const WorkloadSpec& a, const WorkloadS
     check(a.startup_policy != b.startup_policy, "startup_policy");
     check(a.fast_path != b.fast_path, "fast_path");
     check(a.fast_path_proxy_proxy != b.fast_path_proxy_proxy, "fast_path_proxy_proxy");
+    check(a.dns_capture != b.dns_capture, "dns_capture");
+    check(a.dns_port != b.dns_port, "dns_port");
+    check(a.dns_servers != b.dns_servers, "dns_servers");
     return fields;
 }
 
@@ -787,6 +871,33 @@ constexpr FieldEntry kFields[] = {
      [](const json::value& v, WorkloadSpec& s) {
          return bool_field(v, s.fast_path_proxy_proxy, "fast_path_proxy_proxy");
      }},
+    {"dns_capture",
+     [](const json::value& v, WorkloadSpec& s) -> Status {
+         if (!v.is_string())
+             return wrong_type("dns_capture", "\"off\", \"nameservers\" or \"all\"");
+         auto mode = parse_dns_capture(v.get_string());
+         if (!mode) return mode.error();
+         s.dns_capture = *mode;
+         return Ok{};
+     }},
+    {"dns_port", [](const json::value& v,
+                    WorkloadSpec& s) { return integer_field(v, s.dns_port, "dns_port", 1); }},
+    {"dns_servers",
+     [](const json::value& v, WorkloadSpec& s) -> Status {
+         if (!v.is_array()) return wrong_type("dns_servers", "an array of IP addresses");
+         std::vector<Cidr> hosts;
+         const auto& array = v.get_array();
+         for (std::size_t i = 0; i < array.size(); ++i) {
+             const std::string element = "dns_servers[" + std::to_string(i) + "]";
+             if (!array[i].is_string()) return wrong_type(element, "an IP address string");
+             auto host = parse_host(array[i].get_string(), element);
+             if (!host) return host.error();
+             hosts.push_back(*host);
+         }
+         if (auto status = sort_and_check_cidrs(hosts, "dns_servers"); !status) return status;
+         s.dns_servers = std::move(hosts);
+         return Ok{};
+     }},
 };
 
 const FieldEntry* find_field(std::string_view name) {
@@ -827,6 +938,11 @@ json::object to_json(const WorkloadSpec& spec) {
     object["startup_policy"] = to_string(spec.startup_policy);
     object["fast_path"] = spec.fast_path;
     object["fast_path_proxy_proxy"] = spec.fast_path_proxy_proxy;
+    object["dns_capture"] = to_string(spec.dns_capture);
+    object["dns_port"] = spec.dns_port;
+    json::array servers;
+    for (const auto& host : spec.dns_servers) servers.emplace_back(address_to_string(host));
+    object["dns_servers"] = std::move(servers);
     return object;
 }
 

@@ -39,6 +39,18 @@ enum class StartupPolicy {
 std::string_view to_string(StartupPolicy policy);
 Result<StartupPolicy> parse_startup_policy(std::string_view text);
 
+// Istio's DNS proxy capture (ISTIO_META_DNS_CAPTURE / istio-iptables --redirect-dns): port 53,
+// UDP and TCP, from the app to the proxy's DNS listener. docs/dns-capture.md.
+enum class DnsCapture {
+    kOff,
+    kNameservers,  // only to dns_servers (istio-init: the pod's /etc/resolv.conf nameservers)
+    kAll,          // to any address (--capture-all-dns; what istio-cni does)
+};
+std::string_view to_string(DnsCapture mode);
+Result<DnsCapture> parse_dns_capture(std::string_view text);
+// The proxy's DNS listener, as in Istio (IstioAgentDNSListenerPort).
+inline constexpr std::uint16_t kDefaultDnsPort = 15053;
+
 struct WorkloadSpec {
     std::string name;
     std::string cgroup_path;  // as given: absolute, or relative to the cgroup2 mount
@@ -71,6 +83,9 @@ struct WorkloadSpec {
     bool fast_path = false;
     // ... and for proxy <-> proxy connections with another pod on this node that enables it too.
     bool fast_path_proxy_proxy = false;
+    DnsCapture dns_capture = DnsCapture::kOff;
+    std::uint16_t dns_port = kDefaultDnsPort;
+    std::vector<Cidr> dns_servers;  // host addresses (/32, /128); only with kNameservers
 
     bool operator==(const WorkloadSpec&) const = default;
 };
@@ -89,6 +104,10 @@ Result<std::optional<std::vector<Cidr>>> parse_cidr_list(std::string_view text,
                                                          std::string_view field);
 std::string format_port_list(const std::vector<std::uint16_t>& ports);
 std::string format_cidr_list(bool all, const std::vector<Cidr>& cidrs);
+// Comma-separated IPv4/IPv6 addresses (no prefix), e.g. "10.96.0.10,fd00::a".
+Result<std::vector<Cidr>> parse_address_list(std::string_view text, std::string_view field);
+std::string format_address_list(const std::vector<Cidr>& hosts);
+std::string address_to_string(const Cidr& host);  // "10.96.0.10": the address, no prefix
 
 // Workload names: 1..63 chars of [a-z0-9], '-', '_', '.', starting with a letter or digit
 // (a Kubernetes-style name; it becomes a bpffs directory, so no '/' and no "..").

@@ -82,6 +82,10 @@ workload_config WorkloadManager::config_of(const Record& record) {
     if (!spec.capture_ipv6) config.flags |= MESHLANE_WL_NO_CAPTURE_V6;
     if (spec.host_loopback_cidr != Cidr::localhost_v4())
         config.flags |= MESHLANE_WL_CUSTOM_HOST_LOOPBACK;
+    if (spec.dns_capture == DnsCapture::kNameservers)
+        config.flags |= MESHLANE_WL_DNS_CAPTURE_NAMESERVERS;
+    if (spec.dns_capture == DnsCapture::kAll) config.flags |= MESHLANE_WL_DNS_CAPTURE_ALL;
+    config.dns_port = spec.dns_port;
     return config;
 }
 
@@ -105,6 +109,7 @@ Status WorkloadManager::bring_up_locked(const Record& record, const CgroupHandle
     }
     AttachTarget target{record.spec.name, record.workload_id, record.netns_cookie, cgroup.fd.get(),
                         cgroup.path,      netns.fd.get(),     netns.path};
+    target.dns_capture = record.spec.dns_capture != DnsCapture::kOff;
     if (auto attached = datapath_.attach(target); !attached) {
         (void)datapath_.clear_workload(record.workload_id);
         return attached;

@@ -83,6 +83,9 @@ Result<WorkloadSpec> spec_from_proto(const v1::WorkloadSpec& proto) {
     if (proto.has_capture_ipv4()) object["capture_ipv4"] = proto.capture_ipv4();
     if (proto.has_capture_ipv6()) object["capture_ipv6"] = proto.capture_ipv6();
     if (proto.has_host_loopback_cidr()) object["host_loopback_cidr"] = proto.host_loopback_cidr();
+    if (proto.has_dns_capture()) object["dns_capture"] = proto.dns_capture();
+    if (proto.has_dns_port()) object["dns_port"] = proto.dns_port();
+    object["dns_servers"] = to_array(proto.dns_servers());
     auto spec = workload_spec_from_json(object);
     if (!spec) return spec.error();
     if (auto valid = validate(*spec); !valid) return valid.error();
@@ -114,6 +117,9 @@ void to_proto(const WorkloadSpec& spec, v1::WorkloadSpec& out) {
     out.set_capture_ipv4(spec.capture_ipv4);
     out.set_capture_ipv6(spec.capture_ipv6);
     out.set_host_loopback_cidr(spec.host_loopback_cidr.to_string());
+    out.set_dns_capture(std::string(to_string(spec.dns_capture)));
+    out.set_dns_port(spec.dns_port);
+    for (const auto& server : spec.dns_servers) out.add_dns_servers(address_to_string(server));
 }
 
 void to_proto(const WorkloadStatus& status, v1::Workload& out) {

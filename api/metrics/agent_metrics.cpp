@@ -81,7 +81,7 @@ void write_workload_metrics(MetricsWriter& out, WorkloadRegistry& registry) {
     out.sample({}, static_cast<std::uint64_t>(agent.max_workloads));
 
     std::vector<Series> info, listeners, decisions, orig_dst, other;
-    std::vector<Series> registrations, getpeername;
+    std::vector<Series> registrations, getpeername, dns;
     for (const auto& w : workloads) {
         const std::string& name = w.spec.name;
         info.push_back({{{"workload", name},
@@ -102,6 +102,9 @@ void write_workload_metrics(MetricsWriter& out, WorkloadRegistry& registry) {
                 registrations.push_back({{{"workload", name}}, value});
             } else if (counter == "getpeername_rewritten") {
                 getpeername.push_back({{{"workload", name}}, value});
+            } else if (starts_with(counter, "dns_")) {
+                dns.push_back(
+                    {{{"workload", name}, {"event", counter.substr(sizeof("dns_") - 1)}}, value});
             } else {
                 other.push_back({{{"workload", name}, {"counter", counter}}, value});
             }
@@ -123,6 +126,10 @@ void write_workload_metrics(MetricsWriter& out, WorkloadRegistry& registry) {
                  registrations);
     write_family(out, true, "meshlane_getpeername_rewritten_total",
                  "getpeername() answers rewritten to the app's original destination.", getpeername);
+    write_family(out, true, "meshlane_dns_capture_total",
+                 "DNS capture (docs/dns-capture.md): redirected_udp, redirected_tcp, "
+                 "pass_proxy_owner, pass_not_nameserver, reply_source_restored.",
+                 dns);
     write_family(out, true, "meshlane_datapath_counter_total",
                  "Other per-workload datapath counters, by name.", other);
 }

@@ -12,6 +12,10 @@ namespace json = boost::json;
 namespace {
 
 constexpr std::string_view kIstioPrefix = "traffic.sidecar.istio.io/";
+// Per-pod ProxyConfig (YAML or JSON). Its proxyMetadata become the sidecar's environment, where
+// istio-cni reads ISTIO_META_DNS_CAPTURE (cni/pkg/plugin: ProxyEnvironments).
+constexpr std::string_view kProxyConfigAnnotation = "proxy.istio.io/config";
+constexpr std::string_view kDnsCaptureKey = "ISTIO_META_DNS_CAPTURE";
 
 const json::value* member(const json::value& value, std::string_view key) {
     if (!value.is_object()) return nullptr;
@@ -72,6 +76,29 @@ std::string lowercase_name(std::string_view text) {
 }
 
 }  // namespace
+
+std::optional<bool> dns_capture_from_proxy_config(std::string_view config) {
+    // Not a YAML parser: the one key is found where YAML ("KEY: "true"") and JSON
+    // ("\"KEY\": \"true\"") both put it, and its value is read as Go's strconv.ParseBool does.
+    std::size_t at = config.find(kDnsCaptureKey);
+    if (at == std::string_view::npos) return std::nullopt;
+    std::string_view rest = config.substr(at + kDnsCaptureKey.size());
+    auto skip = [&rest](std::string_view chars) {
+        while (!rest.empty() && chars.find(rest.front()) != std::string_view::npos)
+            rest.remove_prefix(1);
+    };
+    skip("\"' \t");
+    if (rest.empty() || rest.front() != ':') return std::nullopt;
+    rest.remove_prefix(1);
+    skip("\"' \t");
+    const std::size_t end = rest.find_first_of("\"' \t\r\n,}");
+    const std::string_view value = rest.substr(0, end);
+    for (std::string_view yes : {"1", "t", "T", "TRUE", "true", "True"})
+        if (value == yes) return true;
+    for (std::string_view no : {"0", "f", "F", "FALSE", "false", "False"})
+        if (value == no) return false;
+    return std::nullopt;
+}
 
 std::map<std::string, std::string> parse_cni_args(std::string_view text) {
     std::map<std::string, std::string> out;
@@ -278,6 +305,12 @@ Result<std::optional<WorkloadSpec>> build_spec(const PluginConfig& config, const
         }
         // Other traffic.sidecar.istio.io/* keys (kubevirtInterfaces, …) do not apply here.
     }
+    // istio-cni cannot read the pod's resolv.conf either: with DNS capture it captures all DNS
+    // (cfg.CaptureAllDNS = dnsRedirect), and so does meshlane-cni.
+    if (auto proxy_config = config.annotations.find(std::string(kProxyConfigAnnotation));
+        proxy_config != config.annotations.end() &&
+        dns_capture_from_proxy_config(proxy_config->second).value_or(false))
+        spec.dns_capture = DnsCapture::kAll;
     if (auto valid = validate(spec); !valid) return valid.error();
     return std::optional<WorkloadSpec>{spec};
 }

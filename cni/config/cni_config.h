@@ -70,6 +70,10 @@ Result<std::string> expand_cgroup_template(std::string_view text,
                                            const std::map<std::string, std::string>& cni_args,
                                            const std::string& container_id);
 
+// ISTIO_META_DNS_CAPTURE in the proxyMetadata of a proxy.istio.io/config annotation (YAML or
+// JSON); nullopt when absent or not a boolean.
+std::optional<bool> dns_capture_from_proxy_config(std::string_view config);
+
 // The enrolment request for this pod (annotations applied). nullopt: the pod is passed through
 // (excluded namespace, or sidecar injection disabled).
 Result<std::optional<WorkloadSpec>> build_spec(const PluginConfig& config, const Environment& env);

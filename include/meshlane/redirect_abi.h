@@ -24,6 +24,9 @@
     { 15008, 15020, 15021, 15090 }
 /* Source address Envoy binds for inbound passthrough; ISTIO_OUTPUT returns it unconditionally. */
 #define MESHLANE_INBOUND_PASSTHROUGH_V4 0x7f000006u /* 127.0.0.6, host order */
+/* DNS capture: the port captured, and Istio's DNS listener (IstioAgentDNSListenerPort). */
+#define MESHLANE_DNS_PORT 53
+#define MESHLANE_DEFAULT_DNS_LISTENER_PORT 15053
 
 #define MESHLANE_MAX_WORKLOADS_DEFAULT 4096
 #define MESHLANE_MAX_PORT_RULES 65536
@@ -57,6 +60,12 @@ enum meshlane_workload_flag {
     /* The IPv4 "localhost" of the ISTIO_OUTPUT rules is not 127.0.0.1/32 but the
      * MESHLANE_CIDR_HOST_LOOPBACK entry (istio-iptables --host-ipv4-loopback-cidr). */
     MESHLANE_WL_CUSTOM_HOST_LOOPBACK = 1u << 8,
+    /* DNS capture (include/meshlane/dns_capture_rules.h), Istio's ISTIO_META_DNS_CAPTURE: port 53
+     * to the nameservers in cidr_rules (MESHLANE_CIDR_DNS_SERVER) goes to the proxy's DNS
+     * listener on workload_config.dns_port. High bits, so other flags can grow from the bottom. */
+    MESHLANE_WL_DNS_CAPTURE_NAMESERVERS = 1u << 16,
+    /* ... or port 53 to any address (istio-iptables --capture-all-dns; istio-cni's mode). */
+    MESHLANE_WL_DNS_CAPTURE_ALL = 1u << 17,
 };
 
 /* Value of workload_by_netns, keyed by the pod network namespace cookie (u64). */
@@ -67,7 +76,8 @@ struct workload_config {
     __u32 proxy_gid;
     __u16 outbound_port; /* host order */
     __u16 inbound_port;  /* host order */
-    __u32 reserved;
+    __u16 dns_port;      /* host order; the proxy's DNS listener (Istio: 15053) */
+    __u16 reserved;
 };
 
 /* Key of port_rules; the value is a __u8 that is always 1 (presence is the rule). */
@@ -96,6 +106,9 @@ enum meshlane_cidr_kind {
     /* istio-iptables --host-ipv4-loopback-cidr (IPv4 only; see MESHLANE_WL_CUSTOM_HOST_LOOPBACK).
      */
     MESHLANE_CIDR_HOST_LOOPBACK = 4,
+    /* A nameserver whose port-53 traffic DNS capture sends to the proxy (istio-iptables'
+     * DNSServersV4/V6, read from the pod's /etc/resolv.conf by istio-init). Host prefixes. */
+    MESHLANE_CIDR_DNS_SERVER = 5,
 };
 
 #define MESHLANE_CIDR_KEY_PREFIX_BITS 64
@@ -129,6 +142,7 @@ struct proxy_id_key {
 enum meshlane_orig_dst_direction {
     MESHLANE_DIR_OUTBOUND = 1, /* app -> outbound listener */
     MESHLANE_DIR_INBOUND = 2,  /* proxy -> own pod IP sent to the inbound listener */
+    MESHLANE_DIR_DNS = 3,      /* app -> nameserver:53 sent to the proxy's DNS listener */
 };
 
 /* Which socket an orig_dst in orig_dst_by_socket is attached to: the app's connecting socket
@@ -136,6 +150,10 @@ enum meshlane_orig_dst_direction {
 enum meshlane_orig_dst_role {
     MESHLANE_ROLE_APP_SOCKET = 1,
     MESHLANE_ROLE_PROXY_SOCKET = 2,
+    /* An app's unconnected UDP socket that sent a DNS query through the proxy (cgroup/sendmsg):
+     * recvmsg reports replies from the DNS listener as coming from this address; getpeername
+     * never answers from it (the socket is not connected). */
+    MESHLANE_ROLE_DNS_DATAGRAM = 3,
 };
 
 struct orig_dst {
@@ -194,6 +212,12 @@ enum meshlane_redirect_counter {
     MESHLANE_CNT_OUTBOUND_STARTUP_PASSTHROUGH,
     MESHLANE_CNT_OUTBOUND_PASS_FAMILY_NOT_CAPTURED,
     MESHLANE_CNT_INBOUND_PASS_FAMILY_NOT_CAPTURED,
+    /* DNS capture (dns_decide) */
+    MESHLANE_CNT_DNS_REDIRECTED_UDP,
+    MESHLANE_CNT_DNS_REDIRECTED_TCP,
+    MESHLANE_CNT_DNS_PASS_PROXY_OWNER,
+    MESHLANE_CNT_DNS_PASS_NOT_NAMESERVER,
+    MESHLANE_CNT_DNS_REPLY_SOURCE_RESTORED,
     MESHLANE_REDIRECT_COUNTER_MAX
 };
 /* Kernel times (bpf_ktime_get_ns, CLOCK_MONOTONIC) kept in the LAST slots of each workload's

@@ -464,3 +464,36 @@ TEST(AgentClient, UnreachableSocketIsATransportError) {
 
 }  // namespace
 }  // namespace meshlane::cni
+
+namespace meshlane::cni {
+namespace {
+
+TEST(CniPlugin, DnsCaptureFromProxyConfigAnnotation) {
+    // The per-pod form Istio documents (proxy.istio.io/config proxyMetadata), YAML or JSON.
+    EXPECT_EQ(dns_capture_from_proxy_config("proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n"),
+              true);
+    EXPECT_EQ(
+        dns_capture_from_proxy_config(
+            R"({"proxyMetadata":{"ISTIO_META_DNS_AUTO_ALLOCATE":"true","ISTIO_META_DNS_CAPTURE":"false"}})"),
+        false);
+    EXPECT_EQ(dns_capture_from_proxy_config("proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: True"),
+              true);
+    EXPECT_EQ(dns_capture_from_proxy_config("proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: maybe"),
+              std::nullopt);
+    EXPECT_EQ(dns_capture_from_proxy_config("holdApplicationUntilProxyStarts: true"), std::nullopt);
+
+    const std::string annotations =
+        R"("runtimeConfig":{"cgroupPath":"/kubepods/pod1","podAnnotations":{
+        "proxy.istio.io/config":"proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n"}},)";
+    Harness h;
+    auto out = h.run(add_env(), config_text(annotations));
+    ASSERT_EQ(out.exit_code, 0) << out.output;
+    auto spec = workload_spec_from_json(*h.calls.at(0).body);
+    ASSERT_TRUE(spec) << spec.error().message;
+    // istio-cni cannot read the pod's resolv.conf: it captures all DNS (CaptureAllDNS).
+    EXPECT_EQ(spec->dns_capture, DnsCapture::kAll);
+    EXPECT_EQ(spec->dns_port, 15053);
+}
+
+}  // namespace
+}  // namespace meshlane::cni

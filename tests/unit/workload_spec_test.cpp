@@ -395,3 +395,64 @@ TEST(SpecJson, NotAnObject) {
 
 }  // namespace
 }  // namespace meshlane
+
+// --- DNS capture ---------------------------------------------------------------------------
+
+namespace meshlane {
+namespace {
+
+TEST(SpecDns, OffByDefaultWithIstiosListenerPort) {
+    auto spec = workload_spec_from_json(minimal_json());
+    ASSERT_TRUE(spec) << spec.error().message;
+    EXPECT_EQ(spec->dns_capture, DnsCapture::kOff);
+    EXPECT_EQ(spec->dns_port, 15053);
+    EXPECT_TRUE(spec->dns_servers.empty());
+    EXPECT_TRUE(validate(*spec));
+}
+
+TEST(SpecDns, NameserversRoundTripThroughJson) {
+    auto object = minimal_json();
+    object["dns_capture"] = "nameservers";
+    object["dns_port"] = 15054;
+    object["dns_servers"] = json::array{"fd00::a", "10.96.0.10"};
+    auto spec = workload_spec_from_json(object);
+    ASSERT_TRUE(spec) << spec.error().message;
+    ASSERT_TRUE(validate(*spec)) << validate(*spec).error().message;
+    EXPECT_EQ(spec->dns_capture, DnsCapture::kNameservers);
+    EXPECT_EQ(format_address_list(spec->dns_servers), "10.96.0.10,fd00::a");
+    auto back = to_json(*spec);
+    EXPECT_EQ(back["dns_capture"], "nameservers");
+    EXPECT_EQ(back["dns_servers"], (json::array{"10.96.0.10", "fd00::a"}));
+    auto again = workload_spec_from_json(back);
+    ASSERT_TRUE(again);
+    EXPECT_EQ(*again, *spec);
+}
+
+TEST(SpecDns, RefusesWhatWouldBeSilentlyWrong) {
+    auto spec = minimal_spec();
+    spec.dns_capture = DnsCapture::kNameservers;  // and no servers
+    expect_error_names(validate(spec), "dns_servers");
+    spec.dns_capture = DnsCapture::kAll;
+    spec.dns_servers = *parse_address_list("10.0.0.10", "x");
+    expect_error_names(validate(spec), "dns_servers");  // ignored with "all": say so
+    spec.dns_servers.clear();
+    spec.dns_port = 53;
+    expect_error_names(validate(spec), "dns_port");
+    spec.dns_port = 15001;
+    expect_error_names(validate(spec), "dns_port");
+    expect_error_names(parse_dns_capture("yes"), "dns_capture");
+    expect_error_names(parse_address_list("10.0.0.0/8", "--dns-servers"), "--dns-servers");
+    auto object = minimal_json();
+    object["dns_servers"] = json::array{"10.0.0.10/32"};
+    expect_error_names(workload_spec_from_json(object), "dns_servers");
+}
+
+TEST(SpecDns, DifferingFieldsNameDns) {
+    auto a = minimal_spec();
+    auto b = a;
+    b.dns_capture = DnsCapture::kAll;
+    EXPECT_EQ(differing_fields(a, b), (std::vector<std::string>{"dns_capture"}));
+}
+
+}  // namespace
+}  // namespace meshlane
