@@ -68,6 +68,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "features/fastpath/fastpath_abi.h"
+#include "features/fastpath/fastpath_state.h"
 #include "meshlane/redirect_abi.h"
 // clang-format on
 
@@ -500,20 +501,22 @@ int fastpath_msg(struct sk_msg_md* msg) {
         /* This message goes out on TCP; on_transmit takes the socket out of the SOCKHASH. */
         if (state == MESHLANE_FASTPATH_UNDECIDED) state = MESHLANE_FASTPATH_TCP_ONLY;
     }
-    if (state != MESHLANE_FASTPATH_ACCELERATED) return pass(wid, size);
     /* Flow control, this direction only (top of this file): spill to TCP while the peer is
-     * more than MESHLANE_FASTPATH_MAX_QUEUED_BYTES behind, back once it read every TCP byte. */
+     * more than MESHLANE_FASTPATH_MAX_QUEUED_BYTES behind, back once it read every TCP byte.
+     * The transition is fastpath_msg_decide (fastpath_state.h, tested in tests/bpf/). */
     __u32* spilled = connecting ? &conn->spilled_from_connecting : &conn->spilled_from_accepting;
     __u64 peer_psock = connecting ? conn->accepting_psock : conn->connecting_psock;
-    if (*spilled) {
-        if (!tcp_bytes_all_read(msg, peer_psock, &peer)) return pass(wid, size);
-        if (__sync_val_compare_and_swap(spilled, 1, 0) == 1)
-            count(wid, MESHLANE_FP_CNT_RETURNED_TO_FAST_PATH, 1);
-    } else if (psock_queued_bytes(peer_psock) > MESHLANE_FASTPATH_MAX_QUEUED_BYTES) {
-        if (__sync_val_compare_and_swap(spilled, 0, 1) == 0)
-            count(wid, MESHLANE_FP_CNT_SPILLED_TO_TCP, 1);
-        return pass(wid, size);
-    }
+    struct fastpath_msg_facts facts = {.state = state, .spilled = *spilled != 0};
+    facts.tcp_bytes_all_read =
+        fastpath_msg_needs_all_read(&facts) && tcp_bytes_all_read(msg, peer_psock, &peer);
+    facts.peer_over_limit = fastpath_msg_needs_peer_queue(&facts) &&
+                            psock_queued_bytes(peer_psock) > MESHLANE_FASTPATH_MAX_QUEUED_BYTES;
+    struct fastpath_msg_step step = fastpath_msg_decide(&facts);
+    if (step.flag_change == FASTPATH_FLAG_RETURN && __sync_val_compare_and_swap(spilled, 1, 0) == 1)
+        count(wid, MESHLANE_FP_CNT_RETURNED_TO_FAST_PATH, 1);
+    if (step.flag_change == FASTPATH_FLAG_SPILL && __sync_val_compare_and_swap(spilled, 0, 1) == 0)
+        count(wid, MESHLANE_FP_CNT_SPILLED_TO_TCP, 1);
+    if (!step.redirect) return pass(wid, size);
     if (bpf_msg_redirect_hash(msg, &fastpath_peers, &peer, BPF_F_INGRESS) == SK_PASS) {
         count(wid, MESHLANE_FP_CNT_REDIRECTED_MSGS, 1);
         count(wid, MESHLANE_FP_CNT_REDIRECTED_BYTES, size);

@@ -14,7 +14,7 @@
 namespace {
 
 class BpfDecisions : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         if (::geteuid() != 0) GTEST_SKIP() << "BPF_PROG_RUN needs root";
         skel_ = decisions_bpf__open_and_load();
