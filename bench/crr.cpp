@@ -9,7 +9,7 @@
 //
 // --exchanges E (default 1, give both sides the same): E request/response round trips per
 // connection instead of one, to see how a per-connection cost (the fast path's psock setup and
-// teardown, docs/fastpath.md) weighs against a per-message saving.
+// teardown, docs/fastpath-measurements.md) weighs against a per-message saving.
 //
 // The client prints one JSON object: transactions, errors by kind (first errno text kept),
 // latency percentiles of whole transactions. Bounded in time: every socket call has a timeout.

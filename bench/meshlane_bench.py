@@ -54,7 +54,7 @@ NOOBS_CONFIG = "meshlane_noobs"
 NOOBS_METRICS = ("rr_1024", "crr")
 # Paced bulk: one iperf3 stream at these multiples of iptables' unpaced median of the same run,
 # one pass after the rounds, for these columns: how much the fast path carries before a proxy
-# falls 4 MiB behind and the connection spills to TCP (docs/fastpath.md, "Bulk: the ceiling").
+# falls 4 MiB behind and the connection spills to TCP (docs/fastpath-measurements.md, "bulk: the ceiling").
 PACED_RATES = (0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 PACED_CONFIGS = ("iptables", "meshlane", "meshlane_fast", "meshlane_fast_pp")
 PACED_HELD_FRACTION = 0.95

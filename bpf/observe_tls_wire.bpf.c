@@ -281,7 +281,7 @@ int observe_tls_egress(struct __sk_buff* skb) {
     if (!sk || sk->protocol != IPPROTO_TCP) return 1;
     /* Only a connecting socket (SYN_SENT) can start a stream; any other socket without state
      * (accepted sockets, streams already decided) leaves before the netns lookup and the header
-     * parse: most segments of a pod take this exit (docs/fastpath.md, "Where the time goes"). */
+     * parse: most segments of a pod take this exit (docs/fastpath-measurements.md, "where the time goes"). */
     struct tls_conn_state* state = NULL;
     if (sk->state != BPF_TCP_SYN_SENT) {
         state = bpf_sk_storage_get(&tls_state_by_socket, sk, 0, 0);

@@ -68,7 +68,7 @@ static __always_inline __u16 decide_outbound(struct bpf_sock_addr* ctx,
     /* Facts are gathered in outbound_decide's order and only as far as it reads them: a fact
      * left 0 is never looked at, so the verdict is the same as with every fact filled in, and
      * the proxy's own upstream connects (decided by the owner rules) skip the CIDR and include
-     * lookups (docs/fastpath.md, "Where the time goes"). */
+     * lookups (docs/fastpath-measurements.md, "where the time goes"). */
     struct outbound_facts facts = {
         .family_not_captured = !family_captured(cfg, addr_is_v4_mapped(dst)),
         .proxy_self_to_inbound = !!(cfg->flags & MESHLANE_WL_PROXY_SELF_TO_INBOUND),

@@ -74,7 +74,7 @@ def render(path):
             cells.append(f"**{r:.2f}x**" if better else f"{r:.2f}x")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Where these numbers come from, what limits them and where meshlane loses: "
-              "[bench/README.md](bench/README.md) and [docs/fastpath.md](docs/fastpath.md).",
+              "[bench/README.md](bench/README.md) and [docs/fastpath-measurements.md](docs/fastpath-measurements.md).",
               END]
     return "\n".join(lines)
 
