@@ -19,6 +19,9 @@ packages=(
   python3-grpcio python3-protobuf python3-yaml
   # test: the chained CNI plugin runs after Debian's bridge + host-local
   containernetworking-plugins
+  # test: a stock Prometheus scrapes the agent (tests/integration/test_prometheus_scrape.py);
+  # promtool (same package) checks /metrics and deploy/monitoring's rules (ctest label deploy)
+  prometheus
   # test (label deploy): `systemd-analyze verify` of deploy/systemd/meshlane.service. Debian 12
   # has it installed already; the package alone does not become init (that is systemd-sysv) and
   # starts nothing where systemd does not run.
@@ -38,8 +41,9 @@ if ((${#missing[@]})); then
   echo "meshlane: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # Debian's haproxy package starts its own service where systemd runs; meshlane's tests start
-  # their own HAProxy instances, so keep the packaged one from starting.
+  # Debian's haproxy and prometheus packages start their own services where systemd runs;
+  # meshlane's tests start their own instances (on their own ports and data dirs), so keep the
+  # packaged ones from starting.
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -145,6 +145,7 @@ void to_proto(const AgentStatus& status, v1::StatusResponse& out) {
         feature.set_enabled(state.enabled);
         feature.set_essential(state.essential);
         feature.set_reason(state.reason);
+        feature.set_by_config(state.by_config);
     }
     out.mutable_fast_path()->set_available(status.fast_path_available);
     out.mutable_fast_path()->set_reason(status.fast_path_reason);
