@@ -389,6 +389,24 @@ Status validate_ports(const WorkloadSpec& spec) {
     return validate_listener_not_listed(spec);
 }
 
+// Kubernetes names: a namespace is a DNS label (<= 63), a pod name a DNS subdomain (<= 253),
+// lowercase letters, digits, '-' and '.'. Checked so a metric label never carries anything else.
+Status validate_pod_identity(const WorkloadSpec& spec) {
+    if (spec.k8s_namespace.empty() != spec.k8s_pod.empty())
+        return Error::invalid("k8s_namespace and k8s_pod: give both or neither");
+    const auto dns_name = [](const std::string& text, std::size_t max) {
+        return text.size() <= max && std::all_of(text.begin(), text.end(), [](char c) {
+                   return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.';
+               });
+    };
+    if (!dns_name(spec.k8s_namespace, 63))
+        return Error::invalid(
+            "k8s_namespace: a Kubernetes namespace name (at most 63 of a-z 0-9 - .)");
+    if (!dns_name(spec.k8s_pod, 253))
+        return Error::invalid("k8s_pod: a Kubernetes pod name (at most 253 of a-z 0-9 - .)");
+    return Ok{};
+}
+
 Status validate_cidrs(const WorkloadSpec& spec) {
     if (auto s = validate_cidr_list(spec.include_cidrs, "include_cidrs"); !s) return s;
     if (auto s = validate_cidr_list(spec.exclude_cidrs, "exclude_cidrs"); !s) return s;
@@ -407,6 +425,7 @@ Status validate(const WorkloadSpec& spec) {
     if (auto s = validate_id(spec.proxy_uid, "proxy_uid"); !s) return s;
     if (auto s = validate_id(spec.proxy_gid, "proxy_gid"); !s) return s;
     if (auto s = validate_ports(spec); !s) return s;
+    if (auto s = validate_pod_identity(spec); !s) return s;
     return validate_cidrs(spec);
 }
 
@@ -435,6 +454,8 @@ std::vector<std::string> differing_fields(const WorkloadSpec& a, const WorkloadS
     check(a.startup_policy != b.startup_policy, "startup_policy");
     check(a.fast_path != b.fast_path, "fast_path");
     check(a.fast_path_proxy_proxy != b.fast_path_proxy_proxy, "fast_path_proxy_proxy");
+    check(a.k8s_namespace != b.k8s_namespace, "k8s_namespace");
+    check(a.k8s_pod != b.k8s_pod, "k8s_pod");
     return fields;
 }
 
@@ -659,6 +680,14 @@ constexpr FieldEntry kFields[] = {
      [](const json::value& v, WorkloadSpec& s) {
          return bool_field(v, s.fast_path_proxy_proxy, "fast_path_proxy_proxy");
      }},
+    {"k8s_namespace",
+     [](const json::value& v, WorkloadSpec& s) {
+         return string_field<&WorkloadSpec::k8s_namespace>(v, s, "k8s_namespace");
+     }},
+    {"k8s_pod",
+     [](const json::value& v, WorkloadSpec& s) {
+         return string_field<&WorkloadSpec::k8s_pod>(v, s, "k8s_pod");
+     }},
 };
 
 const FieldEntry* find_field(std::string_view name) {
@@ -691,6 +720,8 @@ json::object to_json(const WorkloadSpec& spec) {
     object["startup_policy"] = to_string(spec.startup_policy);
     object["fast_path"] = spec.fast_path;
     object["fast_path_proxy_proxy"] = spec.fast_path_proxy_proxy;
+    object["k8s_namespace"] = spec.k8s_namespace;
+    object["k8s_pod"] = spec.k8s_pod;
     return object;
 }
 

@@ -58,6 +58,11 @@ struct WorkloadSpec {
     bool fast_path = false;
     // ... and for proxy <-> proxy connections with another pod on this node that enables it too.
     bool fast_path_proxy_proxy = false;
+    // The Kubernetes pod this workload is, when it came from Kubernetes (meshlane-cni and pod
+    // discovery set both from CNI_ARGS K8S_POD_NAMESPACE / K8S_POD_NAME); empty otherwise. They
+    // label the workload's metrics (namespace, pod). Both or neither.
+    std::string k8s_namespace;
+    std::string k8s_pod;
 
     bool operator==(const WorkloadSpec&) const = default;
 };
@@ -76,6 +81,9 @@ Status validate_name(std::string_view name);
 // Field-level checks that need no kernel: name, ports distinct, listener ports not excluded
 // from... everything that would make the datapath silently wrong.
 Status validate(const WorkloadSpec& spec);
+
+// k8s_namespace / k8s_pod: both or neither, Kubernetes name syntax.
+Status validate_pod_identity(const WorkloadSpec& spec);
 
 // Names the fields that differ, for "already enrolled with other settings" errors.
 std::vector<std::string> differing_fields(const WorkloadSpec& a, const WorkloadSpec& b);

@@ -78,6 +78,8 @@ Result<WorkloadSpec> spec_from_proto(const v1::WorkloadSpec& proto) {
     if (proto.has_fast_path()) object["fast_path"] = proto.fast_path();
     if (proto.has_fast_path_proxy_proxy())
         object["fast_path_proxy_proxy"] = proto.fast_path_proxy_proxy();
+    if (proto.has_k8s_namespace()) object["k8s_namespace"] = proto.k8s_namespace();
+    if (proto.has_k8s_pod()) object["k8s_pod"] = proto.k8s_pod();
     auto spec = workload_spec_from_json(object);
     if (!spec) return spec.error();
     if (auto valid = validate(*spec); !valid) return valid.error();
@@ -104,6 +106,8 @@ void to_proto(const WorkloadSpec& spec, v1::WorkloadSpec& out) {
     out.set_startup_policy(std::string(to_string(spec.startup_policy)));
     out.set_fast_path(spec.fast_path);
     out.set_fast_path_proxy_proxy(spec.fast_path_proxy_proxy);
+    out.set_k8s_namespace(spec.k8s_namespace);
+    out.set_k8s_pod(spec.k8s_pod);
 }
 
 void to_proto(const WorkloadStatus& status, v1::Workload& out) {

@@ -42,6 +42,11 @@ Response get_metrics(const RouteContext& context) {
     auto options = metrics_options(context);
     if (!options) return error_response(options.error());
     metrics::MetricsWriter out;
+    std::map<std::string, std::pair<std::string, std::string>, std::less<>> pods;
+    for (const auto& w : context.registry.list())
+        if (!w.spec.k8s_namespace.empty())
+            pods[w.spec.name] = {w.spec.k8s_namespace, w.spec.k8s_pod};
+    out.set_pod_identity(std::move(pods));
     metrics::write_workload_metrics(out, context.registry);
     if (context.events != nullptr) metrics::write_event_metrics(out, *context.events);
     if (context.observations != nullptr)

@@ -602,5 +602,56 @@ TEST(MetricsEndpoint, ExcludeProcessLeavesTheProcessFamiliesOut) {
     }
 }
 
+// A workload from Kubernetes carries namespace and pod next to its workload label on every
+// series; one without (enrolled by hand) does not. The series count does not change.
+TEST(MetricsEndpoint, KubernetesPodsGetNamespaceAndPodLabels) {
+    meshlane::testing::FakeWorkloadRegistry registry;
+    WorkloadSpec spec;
+    spec.name = "shop.web-0";
+    spec.cgroup_path = "/sys/fs/cgroup/web";
+    spec.netns_path = "/run/netns/web";
+    spec.k8s_namespace = "shop";
+    spec.k8s_pod = "web-0";
+    ASSERT_TRUE(validate(spec).ok());
+    ASSERT_TRUE(registry.enroll(spec).ok());
+    spec = WorkloadSpec{};
+    spec.name = "manual";
+    spec.cgroup_path = "/sys/fs/cgroup/manual";
+    spec.netns_path = "/run/netns/manual";
+    ASSERT_TRUE(registry.enroll(spec).ok());
+    FakeObservations observations;
+    rest::RestRouter router(registry, rest::kDefaultBodyLimit, &observations, nullptr);
+    const auto text = scrape(router, "/metrics");
+    for (const auto& p : validate_exposition(text)) ADD_FAILURE() << p;
+    for (const char* expected : {
+             "meshlane_drops_total{workload=\"shop.web-0\",namespace=\"shop\",pod=\"web-0\","
+             "reason=\"NETFILTER_DROP\"} 5\n",
+             "meshlane_tcp_connect_seconds_count{workload=\"shop.web-0\",namespace=\"shop\","
+             "pod=\"web-0\",side=\"app\"} 4\n",
+             "meshlane_redirect_decisions_total{workload=\"shop.web-0\",namespace=\"shop\","
+             "pod=\"web-0\",decision=\"inbound_steered\"} 3\n",
+             "meshlane_drops_total{workload=\"manual\",reason=\"NETFILTER_DROP\"} 5\n",
+         })
+        EXPECT_NE(text.find(expected), std::string::npos) << "missing " << expected << "\n" << text;
+}
+
+TEST(WorkloadSpecPodIdentity, BothOrNeitherAndKubernetesNames) {
+    WorkloadSpec spec;
+    EXPECT_TRUE(validate_pod_identity(spec).ok());
+    spec.k8s_namespace = "shop";
+    EXPECT_FALSE(validate_pod_identity(spec).ok());
+    spec.k8s_pod = "web-0.x";
+    EXPECT_TRUE(validate_pod_identity(spec).ok());
+    spec.k8s_pod = "Web_0";
+    EXPECT_FALSE(validate_pod_identity(spec).ok());
+    spec.k8s_pod = std::string(254, 'a');
+    EXPECT_FALSE(validate_pod_identity(spec).ok());
+    spec.k8s_pod = "web-0";
+    auto round_trip = workload_spec_from_json(to_json(spec));
+    ASSERT_TRUE(round_trip.ok()) << round_trip.error().message;
+    EXPECT_EQ(round_trip->k8s_namespace, "shop");
+    EXPECT_EQ(round_trip->k8s_pod, "web-0");
+}
+
 }  // namespace
 }  // namespace meshlane::metrics
