@@ -389,6 +389,17 @@ Status validate_ports(const WorkloadSpec& spec) {
     return validate_listener_not_listed(spec);
 }
 
+Status validate_cidrs(const WorkloadSpec& spec) {
+    if (auto s = validate_cidr_list(spec.include_cidrs, "include_cidrs"); !s) return s;
+    if (auto s = validate_cidr_list(spec.exclude_cidrs, "exclude_cidrs"); !s) return s;
+    if (spec.include_all_cidrs && !spec.include_cidrs.empty()) {
+        return Error::invalid("include_cidrs: both \"*\" and a list of CIDRs");
+    }
+    return Ok{};
+}
+
+}  // namespace
+
 // Kubernetes names: a namespace is a DNS label (<= 63), a pod name a DNS subdomain (<= 253),
 // lowercase letters, digits, '-' and '.'. Checked so a metric label never carries anything else.
 Status validate_pod_identity(const WorkloadSpec& spec) {
@@ -406,17 +417,6 @@ Status validate_pod_identity(const WorkloadSpec& spec) {
         return Error::invalid("k8s_pod: a Kubernetes pod name (at most 253 of a-z 0-9 - .)");
     return Ok{};
 }
-
-Status validate_cidrs(const WorkloadSpec& spec) {
-    if (auto s = validate_cidr_list(spec.include_cidrs, "include_cidrs"); !s) return s;
-    if (auto s = validate_cidr_list(spec.exclude_cidrs, "exclude_cidrs"); !s) return s;
-    if (spec.include_all_cidrs && !spec.include_cidrs.empty()) {
-        return Error::invalid("include_cidrs: both \"*\" and a list of CIDRs");
-    }
-    return Ok{};
-}
-
-}  // namespace
 
 Status validate(const WorkloadSpec& spec) {
     if (auto s = validate_name(spec.name); !s) return s;
