@@ -55,11 +55,18 @@ def assert_forced_reason(state, name):
     assert "R2 !read_ok" in reason, reason
 
 
+def status_code(*target, method="GET"):
+    """HTTP status of one request with curl (HEAD as --head: curl -X HEAD would wait for the
+    Content-Length bytes that a HEAD answer never sends)."""
+    how = ["--head"] if method == "HEAD" else ["-X", method]
+    result = util.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", *how,
+                       "--max-time", "10", *target], check=False)
+    return int(result.stdout.strip() or 0)
+
+
 def scrape_get(port, path, method="GET"):
     """One plain-HTTP request to the scrape listener on 127.0.0.1 (what a kubelet probe does)."""
-    result = util.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", method,
-                       "--max-time", "10", f"http://127.0.0.1:{port}{path}"], check=False)
-    return int(result.stdout.strip() or 0)
+    return status_code(f"http://127.0.0.1:{port}{path}", method=method)
 
 
 def grpc_health(agent):
@@ -160,7 +167,8 @@ def test_interception_off_makes_status_probes_and_grpc_health_not_ready(make_age
     assert ready.status == 503, ready
     assert ready.json()["status"] == "not_ready", ready
     assert ready.json()["issues"][0]["feature"] == "redirect", ready
-    assert curl(agent, "HEAD", "/readyz").status == 503
+    assert status_code("--unix-socket", agent.api_socket, "http://meshlane/readyz",
+                       method="HEAD") == 503
     assert curl(agent, "GET", "/healthz").status == 200
     assert scrape_get(port, "/readyz") == 503
     assert scrape_get(port, "/readyz", "HEAD") == 503

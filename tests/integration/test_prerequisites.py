@@ -6,7 +6,7 @@ import json
 import os
 
 from harness import proc, util
-from harness.meshlane import Agent, meshlane_bin
+from harness.meshlane import STATUS_ANSWERED, Agent, meshlane_bin
 
 EXPECTED_FEATURES = {
     "btf", "cgroup2", "bpffs",

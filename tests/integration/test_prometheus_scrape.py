@@ -174,7 +174,8 @@ def test_scrape_listener_serves_nothing_else(agent):
                                    ("/metrics", "HEAD", 200), ("/v1/workloads", "GET", 404),
                                    ("/v1/status", "GET", 404), ("/metrics", "POST", 405),
                                    ("/v1/workloads", "POST", 404)):
-        reply = util.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", method,
+        how = ["--head"] if method == "HEAD" else ["-X", method]
+        reply = util.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", *how,
                           "--max-time", "10", base + path], check=False)
         assert reply.stdout.strip() == str(expected), (method, path, reply)
 
