@@ -25,24 +25,16 @@ bool same(const AgentConfig& a, const AgentConfig& b) {
 
 TEST(AgentConfig, MetricsListenerAndCardinalitySwitches) {
     auto c = parse_agent_config(
-        "metrics_address = 0.0.0.0:9966
-metrics_workload_histograms = false
-"
-        "metrics_drop_reasons = no
-",
+        "metrics_address = 0.0.0.0:9966\nmetrics_workload_histograms = false\n"
+        "metrics_drop_reasons = no\n",
         "t");
     ASSERT_TRUE(c.ok()) << c.error().message;
     EXPECT_EQ(c->metrics_address, "0.0.0.0:9966");  // read-only: any address is allowed
     EXPECT_FALSE(c->metrics_workload_histograms);
     EXPECT_FALSE(c->metrics_drop_reasons);
     EXPECT_TRUE(AgentConfig{}.metrics_address.empty());  // off by default
-    for (const char* bad : {
-        "metrics_address = localhost:9966
-", "metrics_address = :9966
-",
-                            "metrics_address = 127.0.0.1:0
-", "metrics_drop_reasons = maybe
-"}) {
+    for (const char* bad : {"metrics_address = localhost:9966\n", "metrics_address = :9966\n",
+                            "metrics_address = 127.0.0.1:0\n", "metrics_drop_reasons = maybe\n"}) {
         auto parsed = parse_agent_config(bad, "t");
         EXPECT_FALSE(parsed.ok()) << bad;
         if (!parsed.ok()) EXPECT_NE(parsed.error().message.find("t:1"), std::string::npos);
