@@ -20,8 +20,9 @@ packages=(
   # test: the chained CNI plugin runs after Debian's bridge + host-local
   containernetworking-plugins
   # test: a stock Prometheus scrapes the agent (tests/integration/test_prometheus_scrape.py);
-  # promtool (same package) checks /metrics and deploy/monitoring's rules (ctest label deploy)
-  prometheus
+  # promtool (same package) checks /metrics and deploy/monitoring's rules (ctest label deploy);
+  # node_exporter for the README's textfile-collector route (same test)
+  prometheus prometheus-node-exporter
   # test (label deploy): `systemd-analyze verify` of deploy/systemd/meshlane.service. Debian 12
   # has it installed already; the package alone does not become init (that is systemd-sysv) and
   # starts nothing where systemd does not run.
@@ -41,7 +42,8 @@ if ((${#missing[@]})); then
   echo "meshlane: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # Debian's haproxy and prometheus packages start their own services where systemd runs;
+  # Debian's haproxy, prometheus and node_exporter packages start their own services where
+  # systemd runs;
   # meshlane's tests start their own instances (on their own ports and data dirs), so keep the
   # packaged ones from starting.
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d

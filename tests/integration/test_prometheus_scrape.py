@@ -4,6 +4,9 @@ its HTTP API then shows up == 1, meshlane_workloads_enrolled == 2 and samples in
 latency histogram. `promtool check metrics` lints what the listener serves, with and without the
 process_* families (?exclude=process is the node_exporter textfile route).
 
+Debian's node_exporter takes the ?exclude=process exposition through its textfile collector
+without the process_* collisions the full one causes.
+
 The Prometheus server is this test's own: a temp config and data dir, --web.listen-address on
 127.0.0.1 and a free port, a 1 s scrape interval; it is ended by its PID (harness proc.spawn)."""
 import json
@@ -206,3 +209,53 @@ def test_series_per_idle_workload_by_default(topo, agent):
 def test_series_per_idle_workload_with_the_switches_off(topo, agent):
     # Histograms node-wide (paid once per node), drops one series per workload.
     assert series_per_idle_workload(topo, agent) == 42
+
+
+NODE_EXPORTER = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"
+
+
+@pytest.mark.skipif(not os.access(NODE_EXPORTER, os.X_OK),
+                    reason="Debian's prometheus-node-exporter is not installed")
+def test_node_exporter_textfile_route(agent):
+    """The README's textfile route with Debian's node_exporter: the full exposition collides
+    with node_exporter's own process_* families (an error per family on every scrape);
+    ?exclude=process is taken cleanly and the agent's families come through."""
+    directory = tempfile.mkdtemp(prefix="meshlane-it-textfile-")
+    cleanup.REGISTRY.add(f"rm {directory}", lambda: cleanup.remove_tree(directory),
+                         {"kind": "dir", "path": directory})
+    port = util.free_port()
+    log_path = os.path.join(directory, "node_exporter.log")
+    with open(log_path, "ab") as log:
+        exporter = proc.spawn(
+            [NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{port}",
+             "--collector.disable-defaults", "--collector.textfile",
+             f"--collector.textfile.directory={directory}"],
+            stdout=log, stderr=log, description="node_exporter for the textfile route")
+    try:
+        util.wait_until(lambda: exporter.poll() is not None or _answers(port), timeout=20,
+                        interval=0.2, message="node_exporter answering")
+        assert exporter.poll() is None, open(log_path).read()
+        for query, collisions in (("", True), ("?exclude=process", False)):
+            # What the README does: curl the unix API, write atomically.
+            target = os.path.join(directory, "meshlane.prom")
+            util.run(["curl", "-sSf", "--unix-socket", agent.api_socket, "-o", target + ".tmp",
+                      f"http://meshlane/metrics{query}"])
+            os.rename(target + ".tmp", target)
+            mark = os.path.getsize(log_path)
+            status, text = http_get(f"http://127.0.0.1:{port}/metrics")
+            with open(log_path, errors="replace") as f:
+                f.seek(mark)
+                logged = f.read()
+            assert status == 200
+            assert "\nmeshlane_workloads_enrolled 0\n" in text, text[:3000]
+            collided = "was collected before" in logged
+            assert collided == collisions, (query, logged[-3000:])
+    finally:
+        proc.stop(exporter)
+
+
+def _answers(port):
+    try:
+        return http_get(f"http://127.0.0.1:{port}/metrics")[0] == 200
+    except OSError:
+        return False
