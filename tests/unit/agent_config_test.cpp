@@ -37,7 +37,9 @@ TEST(AgentConfig, MetricsListenerAndCardinalitySwitches) {
                             "metrics_address = 127.0.0.1:0\n", "metrics_drop_reasons = maybe\n"}) {
         auto parsed = parse_agent_config(bad, "t");
         EXPECT_FALSE(parsed.ok()) << bad;
-        if (!parsed.ok()) EXPECT_NE(parsed.error().message.find("t:1"), std::string::npos);
+        if (!parsed.ok()) {
+            EXPECT_NE(parsed.error().message.find("t:1"), std::string::npos);
+        }
     }
 }
 
