@@ -20,6 +20,7 @@ import urllib.request
 import pytest
 
 from harness import cleanup, proc, util
+from harness.api import curl
 from harness.checks import assert_ok, request
 from harness.topology import APP_PORT
 from conftest import start_mesh
@@ -264,3 +265,29 @@ def _answers(port):
         return http_get(f"http://127.0.0.1:{port}/metrics")[0] == 200
     except OSError:
         return False
+
+
+@pytest.mark.agent_config(metrics_address=f"127.0.0.1:{METRICS_PORT}")
+def test_scrape_listener_cap_leaves_the_unix_api_alone(agent):
+    """16 idle connections fill the scrape listener: the 17th is answered 503 and closed, the
+    unix API answers as usual, and a slot frees once an idle one times out (5 s)."""
+    import socket
+    import time
+    idle = []
+    try:
+        for _ in range(16):
+            s = socket.create_connection(("127.0.0.1", METRICS_PORT), timeout=5)
+            idle.append(s)
+        time.sleep(0.5)  # the agent accepts them
+        with socket.create_connection(("127.0.0.1", METRICS_PORT), timeout=5) as extra:
+            extra.settimeout(5)
+            answer = extra.recv(4096).decode(errors="replace")
+        assert answer.startswith("HTTP/1.1 503"), answer
+        assert "too many scrape connections (limit 16)" in answer, answer
+        assert curl(agent, "GET", "/v1/health").status == 200
+        # The idle ones time out after 5 s; then scrapes work again.
+        util.wait_until(lambda: _answers(METRICS_PORT), timeout=15, interval=0.5,
+                        message="a scrape slot free again")
+    finally:
+        for s in idle:
+            s.close()
