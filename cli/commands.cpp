@@ -359,13 +359,55 @@ static void print_map_fill_warnings(const json::value& status) {
               << " countable; `meshlane status --json` for fill levels)\n";
 }
 
+// GET /readyz answers 200 (ready, degraded) or 503 (not ready) with the same JSON shape: both
+// are answers, not errors. nullopt: the exit code is set and the error printed.
+static std::optional<json::value> fetch_readiness(const GlobalOptions& global, int& exit_code) {
+    auto reply = rest::http_request(global, http::verb::get, "/readyz", std::nullopt);
+    if (!reply) {
+        exit_code = fail(kExitUnreachable, reply.error().message);
+        return std::nullopt;
+    }
+    boost::system::error_code ec;
+    auto body = json::parse(reply->body, ec);
+    if (ec || (reply->status != 200 && reply->status != 503) || !body.is_object()) {
+        exit_code = fail(kExitFailed, "unexpected /readyz reply from the agent (HTTP " +
+                                          std::to_string(reply->status) + ")");
+        return std::nullopt;
+    }
+    return body;
+}
+
+// The exit code for a readiness answer; prints the state and each issue (the reason) to stderr
+// when not ready, so scripts and probes log why.
+static int readiness_exit_code(const json::value& readiness, bool quiet_when_ready) {
+    const auto state = field_text(readiness, "status");
+    const int code = state == "ready"      ? kExitOk
+                     : state == "degraded" ? kExitDegraded
+                                           : kExitNotReady;
+    if (code == kExitOk && quiet_when_ready) return code;
+    std::ostream& out = code == kExitOk ? std::cout : std::cerr;
+    out << "Readiness:      "
+        << (code == kExitOk         ? "ready"
+            : code == kExitDegraded ? "DEGRADED"
+                                    : "NOT READY")
+        << '\n';
+    if (const auto* issues = field(readiness, "issues"); issues != nullptr && issues->is_array())
+        for (const auto& issue : issues->get_array())
+            out << "  " << field_text(issue, "feature") << " is off ("
+                << field_text(issue, "problem") << "): " << field_text(issue, "reason") << '\n';
+    return code;
+}
+
 int run_status(const GlobalOptions& global, bool json) {
     int exit_code = kExitOk;
     auto reply = call(global, http::verb::get, "/v1/status", exit_code);
     if (!reply) return exit_code;
+    auto readiness = fetch_readiness(global, exit_code);
+    if (!readiness) return exit_code;
     if (json) {
+        reply->body.as_object()["readiness"] = *readiness;
         print_json(reply->body);
-        return kExitOk;
+        return readiness_exit_code(*readiness, true);
     }
     const auto& s = reply->body;
     std::cout << "Version:        " << field_text(s, "version") << '\n'
@@ -429,7 +471,7 @@ int run_status(const GlobalOptions& global, bool json) {
         std::cout << '\n';
     }
     print_map_fill_warnings(s);
-    return kExitOk;
+    return readiness_exit_code(*readiness, false);
 }
 
 int run_uninstall(const std::string& config_path) {

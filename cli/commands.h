@@ -16,6 +16,10 @@ enum ExitCode : int {
     kExitFailed = 1,       // the API refused the call, or local validation failed
     kExitUsage = 2,        // bad command line (CLI11)
     kExitUnreachable = 3,  // no agent on the socket, timeout, connection dropped
+    // 4 is kExitProblemFound (diagnose/verify, cli/diagnose_commands.h).
+    // `meshlane status` (GET /readyz, agent/workload/readiness.h): 0 ready, or
+    kExitNotReady = 5,  // an essential part is off: interception is disabled
+    kExitDegraded = 6,  // interception works, an optional part is off (not by configuration)
 };
 
 inline constexpr const char* kDefaultServer = "/run/meshlane/api.sock";

@@ -274,7 +274,10 @@ int main(int argc, char** argv) {
     auto* workload = app.add_subcommand("workload", "Show one workload in detail");
     workload->add_option("name", name, "Workload name")->required()->type_name("WORKLOAD");
     workload->add_flag("--json", json, "Print the agent's JSON reply");
-    auto* status = app.add_subcommand("status", "Show the agent's status");
+    auto* status = app.add_subcommand(
+        "status",
+        "Show the agent's status (exit 0 ready, 5 not ready: interception disabled, 6 degraded: "
+        "an optional part is off; the reason is printed)");
     status->add_flag("--json", json, "Print the agent's JSON reply");
     auto* uninstall = app.add_subcommand(
         "uninstall", "Remove every link, pin and map meshlane created (agent must be stopped)");

@@ -28,6 +28,10 @@ packages=(
   # (crun refuses hybrid cgroup hosts); images built with buildah from scratch out of
   # busybox-static and haproxy; catatonit is podman's pod infra process.
   podman buildah runc catatonit busybox-static
+  # test: a stock Prometheus scrapes the agent (tests/integration/test_prometheus_scrape.py);
+  # promtool (same package) checks /metrics and deploy/monitoring's rules (ctest label deploy);
+  # node_exporter for the README's textfile-collector route (same test)
+  prometheus prometheus-node-exporter
   # test (label deploy): `systemd-analyze verify` of deploy/systemd/meshlane.service. Debian 12
   # has it installed already; the package alone does not become init (that is systemd-sysv) and
   # starts nothing where systemd does not run.
@@ -50,8 +54,10 @@ if ((${#missing[@]})); then
   echo "meshlane: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # Debian's haproxy package starts its own service where systemd runs; meshlane's tests start
-  # their own HAProxy instances, so keep the packaged one from starting.
+  # Debian's haproxy, prometheus and node_exporter packages start their own services where
+  # systemd runs;
+  # meshlane's tests start their own instances (on their own ports and data dirs), so keep the
+  # packaged ones from starting.
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -35,6 +35,7 @@
 #include "agent/workload/workload_manager.h"
 #include "api/grpc/grpc_server.h"
 #include "api/rest/rest_server.h"
+#include "api/rest/scrape_server.h"
 #include "api/tls/tls_config.h"
 
 namespace meshlane {
@@ -151,6 +152,38 @@ void notify_systemd(const std::string& state) {
         spdlog::warn("systemd notification: {}", sent.error().message);
 }
 
+metrics::MetricsOptions metrics_options(const AgentConfig& config) {
+    metrics::MetricsOptions options;
+    options.workload_histograms = config.metrics_workload_histograms;
+    options.drop_reasons = config.metrics_drop_reasons;
+    return options;
+}
+
+// The scrape listener when metrics_address is set (validated by the config parser).
+Result<std::unique_ptr<rest::ScrapeServer>> start_scrape_server(
+    boost::asio::io_context& io, const AgentConfig& config, WorkloadRegistry& registry,
+    const ObservationSource* observations, events::EventBus& bus) {
+    if (config.metrics_address.empty()) return std::unique_ptr<rest::ScrapeServer>();
+    rest::ScrapeServerOptions options;
+    options.endpoint = *tls::parse_tcp_endpoint(config.metrics_address);
+    options.metrics = metrics_options(config);
+    options.observations = observations;
+    options.events = &bus;
+    auto server = std::make_unique<rest::ScrapeServer>(io, registry, std::move(options));
+    if (auto started = server->start(); !started) return started.error();
+    return server;
+}
+
+// gRPC health follows readiness (the pinned datapath can disappear under a running agent).
+void schedule_health_refresh(boost::asio::steady_timer& timer, grpc_api::GrpcServer& server) {
+    timer.expires_after(std::chrono::seconds(5));
+    timer.async_wait([&timer, &server](const boost::system::error_code& ec) {
+        if (ec) return;
+        server.refresh_health();
+        schedule_health_refresh(timer, server);
+    });
+}
+
 }  // namespace
 
 int run_agent(const std::string& config_path) {
@@ -189,14 +222,16 @@ int run_agent(const std::string& config_path) {
         evaluate_features(prerequisites, features_forced_off(&unknown_forced));
     for (const auto& name : unknown_forced)
         spdlog::warn("MESHLANE_TEST_DISABLE_FEATURE: no feature named '{}'", name);
-    auto disable = [&features](const char* name, const std::string& reason) {
+    auto disable = [&features](const char* name, const std::string& reason,
+                               bool by_config = false) {
         if (!features[name].enabled) return;
         features[name].enabled = false;
         features[name].reason = reason;
+        features[name].by_config = by_config;
     };
     if (!config->observe)
         for (const char* name : {kFeatureObserveConnect, kFeatureObserveDrops})
-            disable(name, "observe = false in the agent config");
+            disable(name, "observe = false in the agent config", true);
     auto cgroup2 = cgroup2_mount();
     if (!cgroup2) disable(kFeatureRedirect, cgroup2.error().message);
     auto bpffs = ensure_bpffs(config->bpffs);
@@ -330,6 +365,7 @@ int run_agent(const std::string& config_path) {
     rest_options.unix_socket_path = config->api_socket;
     if (observer) rest_options.observations = observer->get();
     rest_options.events = &event_bus;
+    rest_options.metrics = metrics_options(*config);
     if (api_tcp->rest)
         rest_options.tcp = rest::RestServerOptions::Tcp{*api_tcp->rest, api_tcp->tls};
     rest::RestServer server(io, registry, rest_options);
@@ -348,6 +384,14 @@ int run_agent(const std::string& config_path) {
         spdlog::error("{}", started.error().message);
         return 1;
     }
+    auto scrape_server =
+        start_scrape_server(io, *config, registry, observer ? observer->get() : nullptr, event_bus);
+    if (!scrape_server) {
+        spdlog::error("{}", scrape_server.error().message);
+        return 1;
+    }
+    boost::asio::steady_timer health_timer(io);
+    schedule_health_refresh(health_timer, grpc_server);
     boost::asio::signal_set signals(io, SIGINT, SIGTERM);
     signals.async_wait([&](const boost::system::error_code&, int signal) {
         spdlog::info("signal {}: stopping; the datapath stays pinned and keeps intercepting",
@@ -356,6 +400,7 @@ int run_agent(const std::string& config_path) {
         // Closing the bus ends every event stream first, so neither server waits on one.
         event_bus.close();
         server.stop();
+        if (*scrape_server) (*scrape_server)->stop();
         grpc_server.stop();
         io.stop();
     });

@@ -28,6 +28,8 @@ tls_destinations_total = 16384
 discover_pods = true
 cni_cache_dir = /var/lib/cni/results
 discover_interval_ms = 30000
+metrics_workload_histograms = true
+metrics_drop_reasons = true
 )";
 
 namespace {
@@ -199,6 +201,18 @@ Result<AgentConfig> parse_agent_config(std::string_view text, std::string_view o
             auto n = parse_u32(value, 100, 3600000, where + " discover_interval_ms");
             if (!n) return n.error();
             config.discover_interval_ms = *n;
+        } else if (key == "metrics_address") {
+            // Read-only and unauthenticated by design (what Prometheus and kubelet probes
+            // speak), so any address is allowed; the agent logs when it is not loopback.
+            if (!value.empty())
+                if (auto endpoint = tls::parse_tcp_endpoint(value); !endpoint)
+                    return endpoint.error().with_context(where + " metrics_address");
+            config.metrics_address = value;
+        } else if (key == "metrics_workload_histograms" || key == "metrics_drop_reasons") {
+            auto b = parse_bool(value, where + " " + key);
+            if (!b) return b.error();
+            (key == "metrics_drop_reasons" ? config.metrics_drop_reasons
+                                           : config.metrics_workload_histograms) = *b;
         } else if (key == "rest_tcp_listen") {
             config.rest_tcp_listen = value;
         } else if (key == "grpc_tcp_listen") {

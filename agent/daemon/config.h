@@ -47,6 +47,12 @@ struct AgentConfig {
     std::string tls_client_ca_file;  // set: verify client certificates against this CA bundle
     bool tls_require_client_cert = false;
     std::string api_token_file;  // bearer token for mutating calls over TCP
+    // The scrape listener (api/rest/scrape_server.h): plain HTTP, GET|HEAD /metrics, /healthz,
+    // /readyz only. "127.0.0.1:9966", "0.0.0.0:9966", "[::1]:9966"; empty = off.
+    std::string metrics_address;
+    // Cardinality switches for /metrics (api/metrics/metrics_options.h).
+    bool metrics_workload_histograms = true;
+    bool metrics_drop_reasons = true;
 
     bool tcp_enabled() const { return !rest_tcp_listen.empty() || !grpc_tcp_listen.empty(); }
 };

@@ -60,6 +60,9 @@ struct FeatureState {
     bool enabled = false;
     bool essential = false;  // without it the agent refuses enrolment (the redirect datapath)
     std::string reason;      // why it is off; empty when on
+    // Off because the configuration says so (observe = false): not a fault, so neither degraded
+    // nor not ready (agent/workload/readiness.h).
+    bool by_config = false;
 };
 
 // The fast path's hops on this node: whether each may be accelerated, and why not.

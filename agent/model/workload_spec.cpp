@@ -562,6 +562,24 @@ Status validate_dns(const WorkloadSpec& spec) {
 
 }  // namespace
 
+// Kubernetes names: a namespace is a DNS label (<= 63), a pod name a DNS subdomain (<= 253),
+// lowercase letters, digits, '-' and '.'. Checked so a metric label never carries anything else.
+Status validate_pod_identity(const WorkloadSpec& spec) {
+    if (spec.k8s_namespace.empty() != spec.k8s_pod.empty())
+        return Error::invalid("k8s_namespace and k8s_pod: give both or neither");
+    const auto dns_name = [](const std::string& text, std::size_t max) {
+        return text.size() <= max && std::all_of(text.begin(), text.end(), [](char c) {
+                   return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.';
+               });
+    };
+    if (!dns_name(spec.k8s_namespace, 63))
+        return Error::invalid(
+            "k8s_namespace: a Kubernetes namespace name (at most 63 of a-z 0-9 - .)");
+    if (!dns_name(spec.k8s_pod, 253))
+        return Error::invalid("k8s_pod: a Kubernetes pod name (at most 253 of a-z 0-9 - .)");
+    return Ok{};
+}
+
 Status validate(const WorkloadSpec& spec) {
     if (auto s = validate_name(spec.name); !s) return s;
     if (auto s = validate_path(spec.cgroup_path, "cgroup", false); !s) return s;
@@ -577,6 +595,7 @@ Status validate(const WorkloadSpec& spec) {
     if (auto s = validate_capture_scope(spec); !s) return s;
     if (auto s = validate_ports(spec); !s) return s;
     if (auto s = validate_dns(spec); !s) return s;
+    if (auto s = validate_pod_identity(spec); !s) return s;
     return validate_cidrs(spec);
 }
 
@@ -613,6 +632,8 @@ std::vector<std::string> differing_fields(const WorkloadSpec& a, const WorkloadS
     check(a.dns_capture != b.dns_capture, "dns_capture");
     check(a.dns_port != b.dns_port, "dns_port");
     check(a.dns_servers != b.dns_servers, "dns_servers");
+    check(a.k8s_namespace != b.k8s_namespace, "k8s_namespace");
+    check(a.k8s_pod != b.k8s_pod, "k8s_pod");
     return fields;
 }
 
@@ -898,6 +919,14 @@ constexpr FieldEntry kFields[] = {
          s.dns_servers = std::move(hosts);
          return Ok{};
      }},
+    {"k8s_namespace",
+     [](const json::value& v, WorkloadSpec& s) {
+         return string_field<&WorkloadSpec::k8s_namespace>(v, s, "k8s_namespace");
+     }},
+    {"k8s_pod",
+     [](const json::value& v, WorkloadSpec& s) {
+         return string_field<&WorkloadSpec::k8s_pod>(v, s, "k8s_pod");
+     }},
 };
 
 const FieldEntry* find_field(std::string_view name) {
@@ -943,6 +972,8 @@ json::object to_json(const WorkloadSpec& spec) {
     json::array servers;
     for (const auto& host : spec.dns_servers) servers.emplace_back(address_to_string(host));
     object["dns_servers"] = std::move(servers);
+    object["k8s_namespace"] = spec.k8s_namespace;
+    object["k8s_pod"] = spec.k8s_pod;
     return object;
 }
 

@@ -86,6 +86,11 @@ struct WorkloadSpec {
     DnsCapture dns_capture = DnsCapture::kOff;
     std::uint16_t dns_port = kDefaultDnsPort;
     std::vector<Cidr> dns_servers;  // host addresses (/32, /128); only with kNameservers
+    // The Kubernetes pod this workload is, when it came from Kubernetes (meshlane-cni and pod
+    // discovery set both from CNI_ARGS K8S_POD_NAMESPACE / K8S_POD_NAME); empty otherwise. They
+    // label the workload's metrics (namespace, pod). Both or neither.
+    std::string k8s_namespace;
+    std::string k8s_pod;
 
     bool operator==(const WorkloadSpec&) const = default;
 };
@@ -115,6 +120,9 @@ Status validate_name(std::string_view name);
 // Field-level checks that need no kernel: name, ports distinct, listener ports not excluded
 // from... everything that would make the datapath silently wrong.
 Status validate(const WorkloadSpec& spec);
+
+// k8s_namespace / k8s_pod: both or neither, Kubernetes name syntax.
+Status validate_pod_identity(const WorkloadSpec& spec);
 
 // Names the fields that differ, for "already enrolled with other settings" errors.
 std::vector<std::string> differing_fields(const WorkloadSpec& a, const WorkloadSpec& b);

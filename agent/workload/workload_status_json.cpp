@@ -88,8 +88,10 @@ json::object to_json(const AgentStatus& status) {
     object["features"] = std::move(features);
     json::object feature_states;
     for (const auto& [name, state] : status.feature_states)
-        feature_states[name] = {
-            {"enabled", state.enabled}, {"essential", state.essential}, {"reason", state.reason}};
+        feature_states[name] = {{"enabled", state.enabled},
+                                {"essential", state.essential},
+                                {"reason", state.reason},
+                                {"by_config", state.by_config}};
     object["feature_states"] = std::move(feature_states);
     json::array hops;
     for (const auto& hop : status.fast_path_hops)

@@ -14,6 +14,7 @@
 #include "agent/diagnose/diagnose_service.h"
 #include "agent/events/event_bus.h"
 #include "agent/observe/observation_source.h"
+#include "agent/workload/readiness.h"
 #include "api/grpc/diagnose_convert.h"
 #include "api/grpc/proto_convert.h"
 #include "api/grpc/tcp_auth.h"
@@ -226,9 +227,11 @@ class AgentService final : public v1::Agent::Service {
 }  // namespace
 
 struct GrpcServer::Impl {
-    Impl(WorkloadRegistry& registry, events::EventBus* events, GrpcServerOptions opts)
-        : options(std::move(opts)),
+    Impl(WorkloadRegistry& registry_ref, events::EventBus* events, GrpcServerOptions opts)
+        : registry(registry_ref),
+          options(std::move(opts)),
           service(registry, events, options.max_streams, options.observations) {}
+    WorkloadRegistry& registry;
     GrpcServerOptions options;
     AgentService service;
     std::unique_ptr<grpc::Server> server;
@@ -294,6 +297,7 @@ Status GrpcServer::start() {
     }
     struct stat st {};
     if (::lstat(path.c_str(), &st) == 0) impl_->socket_identity = {st.st_dev, st.st_ino};
+    refresh_health();
     spdlog::info("grpc: listening on unix:{}", path);
     if (tcp) {
         if (!tcp->endpoint.loopback)
@@ -320,6 +324,17 @@ void GrpcServer::stop(std::chrono::milliseconds grace) {
         ::unlink(path.c_str());
     }
     impl_->socket_identity.reset();
+}
+
+bool GrpcServer::refresh_health() {
+    if (!impl_->server) return false;
+    const auto status = impl_->registry.status();
+    const bool serving = evaluate_readiness(status).serving() && datapath_reachable(status);
+    // grpc.health.v1: "" is the server as a whole; a service name answers NOT_FOUND until set.
+    auto* health = impl_->server->GetHealthCheckService();
+    if (health == nullptr) return serving;
+    for (const char* name : {"", kAgentServiceName}) health->SetServingStatus(name, serving);
+    return serving;
 }
 
 std::size_t GrpcServer::active_streams() const { return impl_->service.active_streams(); }

@@ -21,6 +21,9 @@ class ObservationSource;  // agent/observe/observation_source.h
 
 namespace meshlane::grpc_api {
 
+// The service name grpc.health.v1 answers for (besides "").
+inline constexpr const char* kAgentServiceName = "meshlane.v1.Agent";
+
 struct GrpcServerOptions {
     std::string unix_socket_path = "/run/meshlane/grpc.sock";
     // Open StreamEvents calls; beyond, RESOURCE_EXHAUSTED.
@@ -59,6 +62,11 @@ class GrpcServer {
     std::size_t active_streams() const;
     // The bound TCP port; 0 without a TCP listener.
     int tcp_port() const;
+
+    // Sets grpc.health.v1 for "" and kAgentServiceName to SERVING when the agent is ready or
+    // degraded (agent/workload/readiness.h: the same rule as GET /readyz), NOT_SERVING when not
+    // ready. start() calls it; the agent again every few seconds. Returns the state set.
+    bool refresh_health();
 
   private:
     struct Impl;

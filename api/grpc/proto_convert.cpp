@@ -86,6 +86,8 @@ Result<WorkloadSpec> spec_from_proto(const v1::WorkloadSpec& proto) {
     if (proto.has_dns_capture()) object["dns_capture"] = proto.dns_capture();
     if (proto.has_dns_port()) object["dns_port"] = proto.dns_port();
     object["dns_servers"] = to_array(proto.dns_servers());
+    if (proto.has_k8s_namespace()) object["k8s_namespace"] = proto.k8s_namespace();
+    if (proto.has_k8s_pod()) object["k8s_pod"] = proto.k8s_pod();
     auto spec = workload_spec_from_json(object);
     if (!spec) return spec.error();
     if (auto valid = validate(*spec); !valid) return valid.error();
@@ -120,6 +122,8 @@ void to_proto(const WorkloadSpec& spec, v1::WorkloadSpec& out) {
     out.set_dns_capture(std::string(to_string(spec.dns_capture)));
     out.set_dns_port(spec.dns_port);
     for (const auto& server : spec.dns_servers) out.add_dns_servers(address_to_string(server));
+    out.set_k8s_namespace(spec.k8s_namespace);
+    out.set_k8s_pod(spec.k8s_pod);
 }
 
 void to_proto(const WorkloadStatus& status, v1::Workload& out) {
@@ -161,6 +165,7 @@ void to_proto(const AgentStatus& status, v1::StatusResponse& out) {
         feature.set_enabled(state.enabled);
         feature.set_essential(state.essential);
         feature.set_reason(state.reason);
+        feature.set_by_config(state.by_config);
     }
     out.mutable_fast_path()->set_available(status.fast_path_available);
     out.mutable_fast_path()->set_reason(status.fast_path_reason);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "agent/events/event_bus.h"
+#include "agent/workload/readiness.h"
 
 namespace meshlane::metrics {
 
@@ -74,6 +75,21 @@ void write_workload_metrics(MetricsWriter& out, WorkloadRegistry& registry) {
               "Kernel features probed at start (1 = present).");
     for (const auto& [feature, present] : agent.features)
         out.sample({{"feature", feature}}, std::uint64_t{present ? 1u : 0u});
+    // The agent's parts and the readiness they make (agent/workload/readiness.h): what the
+    // "interception disabled" alert and the dashboard's status row read.
+    out.gauge("meshlane_feature_enabled",
+              "1 when that part of the agent runs (redirect = interception; observe_connect, "
+              "observe_drops, fast_path), 0 when off; by_config=\"true\" when off on purpose.");
+    for (const auto& [feature, state] : agent.feature_states)
+        out.sample({{"feature", feature}, {"by_config", state.by_config ? "true" : "false"}},
+                   std::uint64_t{state.enabled ? 1u : 0u});
+    const auto readiness = evaluate_readiness(agent);
+    out.gauge("meshlane_readiness",
+              "1 for the agent's readiness state (ready, degraded, not_ready; GET /readyz), 0 for "
+              "the others.");
+    for (const auto state : {Readiness::kReady, Readiness::kDegraded, Readiness::kNotReady})
+        out.sample({{"state", to_string(state)}},
+                   std::uint64_t{readiness.state == state ? 1u : 0u});
     out.gauge("meshlane_workloads_enrolled", "Workloads currently enrolled.");
     out.sample({}, static_cast<std::uint64_t>(workloads.size()));
     out.gauge("meshlane_workloads_max",
@@ -81,9 +97,13 @@ void write_workload_metrics(MetricsWriter& out, WorkloadRegistry& registry) {
     out.sample({}, static_cast<std::uint64_t>(agent.max_workloads));
 
     std::vector<Series> info, listeners, decisions, orig_dst, other;
-    std::vector<Series> registrations, getpeername, dns;
+    std::vector<Series> registrations, getpeername, dns, fast_path;
     for (const auto& w : workloads) {
         const std::string& name = w.spec.name;
+        // Only where acceleration is on: 15 series a workload otherwise always zero.
+        if (w.fast_path_active)
+            for (const auto& [counter, value] : w.fast_path_counters)
+                fast_path.push_back({{{"workload", name}, {"counter", counter}}, value});
         info.push_back({{{"workload", name},
                          {"workload_id", std::to_string(w.workload_id)},
                          {"cgroup", w.cgroup_resolved},
@@ -132,6 +152,10 @@ void write_workload_metrics(MetricsWriter& out, WorkloadRegistry& registry) {
                  dns);
     write_family(out, true, "meshlane_datapath_counter_total",
                  "Other per-workload datapath counters, by name.", other);
+    write_family(out, true, "meshlane_fastpath_counter_total",
+                 "sk_msg fast-path counters of workloads with acceleration on (docs/fastpath.md): "
+                 "redirected_bytes / (redirected_bytes + passed_bytes) is the fast-path share.",
+                 fast_path);
 }
 
 void write_event_metrics(MetricsWriter& out, const events::EventBus& bus) {

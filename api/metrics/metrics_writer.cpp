@@ -121,7 +121,15 @@ void MetricsWriter::write_sample(std::string_view suffix, const Labels& labels, 
         if (!rendered.empty()) rendered += ',';
         rendered += fmt::format("{}=\"{}\"", label.name, escape_label_value(label.value));
     };
-    for (const auto& label : labels) add(label);
+    for (const auto& label : labels) {
+        add(label);
+        if (label.name != "workload") continue;
+        // Kubernetes pods: their namespace and pod name next to every workload label.
+        if (auto it = pod_identity_.find(label.value); it != pod_identity_.end()) {
+            add({"namespace", it->second.first});
+            add({"pod", it->second.second});
+        }
+    }
     if (extra != nullptr) add(*extra);
     if (!rendered.empty()) series += "{" + rendered + "}";
     if (!series_.insert(series).second)

@@ -19,7 +19,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
+#include <map>
 #include <set>
 #include <span>
 #include <string>
@@ -69,6 +71,14 @@ class MetricsWriter {
     // that need the bounds.
     static std::vector<Bucket> log2_us_buckets(std::span<const std::uint64_t> log2_us_counts);
 
+    // Workloads that are Kubernetes pods: every series with workload="<name>" also gets
+    // namespace="<first>" and pod="<second>" (labels, not series: the count stays the same).
+    // Set before the first sample.
+    void set_pod_identity(
+        std::map<std::string, std::pair<std::string, std::string>, std::less<>> identity) {
+        pod_identity_ = std::move(identity);
+    }
+
     const std::string& text() const { return out_; }
     std::string take() { return std::move(out_); }
 
@@ -90,6 +100,7 @@ class MetricsWriter {
     Type type_ = Type::kNone;
     std::set<std::string> families_;
     std::set<std::string> series_;  // name{labels} already written
+    std::map<std::string, std::pair<std::string, std::string>, std::less<>> pod_identity_;
 };
 
 }  // namespace meshlane::metrics

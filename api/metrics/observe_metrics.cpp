@@ -1,7 +1,10 @@
 #include "api/metrics/observe_metrics.h"
 
+#include <map>
 #include <string>
 #include <vector>
+
+#include "agent/observe/map_fill.h"
 
 namespace meshlane::metrics {
 
@@ -26,10 +29,26 @@ std::vector<WorkloadView> collect(WorkloadRegistry& registry,
     return views;
 }
 
-void write_connect_families(MetricsWriter& out, const std::vector<WorkloadView>& views) {
+// Per workload, or (metrics_workload_histograms = false) one node-wide series per side with the
+// workloads' buckets and sums added up.
+void write_connect_histograms(MetricsWriter& out, const std::vector<WorkloadView>& views,
+                              const MetricsOptions& options) {
     out.histogram("meshlane_tcp_connect_seconds",
                   "TCP connect latency (SYN sent to ESTABLISHED) of established connects, by "
                   "side: app = the app's connect to its proxy, upstream = everything else.");
+    if (!options.workload_histograms) {
+        for (unsigned side = 0; side < MESHLANE_SIDE_MAX; ++side) {
+            Log2Histogram node;
+            std::uint64_t sum_us = 0;
+            for (const auto& v : views) {
+                node.merge(v.connections.sides[side].latency);
+                sum_us += v.connections.sides[side].latency_sum_us;
+            }
+            out.log2_histogram_sample({{"side", kSideNames[side]}}, node.buckets(),
+                                      static_cast<double>(sum_us) * 1e-6);
+        }
+        return;
+    }
     for (const auto& v : views)
         for (unsigned side = 0; side < MESHLANE_SIDE_MAX; ++side) {
             const auto& totals = v.connections.sides[side];
@@ -37,6 +56,11 @@ void write_connect_families(MetricsWriter& out, const std::vector<WorkloadView>&
                                       totals.latency.buckets(),
                                       static_cast<double>(totals.latency_sum_us) * 1e-6);
         }
+}
+
+void write_connect_families(MetricsWriter& out, const std::vector<WorkloadView>& views,
+                            const MetricsOptions& options) {
+    write_connect_histograms(out, views, options);
     out.counter("meshlane_tcp_connect_failures_total",
                 "TCP connects that did not establish, by side and outcome (refused: RST to the "
                 "SYN; timed_out: SYN retries exhausted; other: ICMP error or closed while "
@@ -70,13 +94,33 @@ void write_connect_families(MetricsWriter& out, const std::vector<WorkloadView>&
     }
 }
 
-void write_drop_families(MetricsWriter& out, const std::vector<WorkloadView>& views) {
+// By workload and reason, or (metrics_drop_reasons = false) one series per workload plus one per
+// reason node-wide: workloads x reasons becomes workloads + reasons.
+void write_drop_families(MetricsWriter& out, const std::vector<WorkloadView>& views,
+                         const MetricsOptions& options) {
     out.counter("meshlane_drops_total",
                 "Kernel packet drops (skb:kfree_skb) by reason, named from the running kernel's "
-                "BTF enum skb_drop_reason. Exact, not sampled.");
-    for (const auto& v : views)
-        for (const auto& r : v.drops.by_reason)
-            out.sample({{"workload", v.name}, {"reason", r.reason_name}}, r.count);
+                "BTF enum skb_drop_reason. Exact, not sampled. Without the reason label when "
+                "metrics_drop_reasons = false (meshlane_drops_by_reason_total has them then).");
+    if (options.drop_reasons) {
+        for (const auto& v : views)
+            for (const auto& r : v.drops.by_reason)
+                out.sample({{"workload", v.name}, {"reason", r.reason_name}}, r.count);
+        return;
+    }
+    std::map<std::string, std::uint64_t> by_reason;
+    for (const auto& v : views) {
+        std::uint64_t total = 0;
+        for (const auto& r : v.drops.by_reason) {
+            total += r.count;
+            by_reason[r.reason_name] += r.count;
+        }
+        out.sample({{"workload", v.name}}, total);
+    }
+    out.counter("meshlane_drops_by_reason_total",
+                "Kernel packet drops by reason, all workloads together (metrics_drop_reasons = "
+                "false).");
+    for (const auto& [reason, count] : by_reason) out.sample({{"reason", reason}}, count);
 }
 
 // One family for every map of meshlane (the drop_counts map included), as the observer last
@@ -95,6 +139,14 @@ void write_map_fill_families(MetricsWriter& out, const BpfMapFillReport& report)
         if (map.entries)
             out.sample({{"map", map.name}, {"owner", map.owner}},
                        static_cast<std::uint64_t>(map.max_entries));
+    // What the "maps > 80 %" alert reads: only where fill means something (not preallocated
+    // arrays, whose every slot always exists).
+    out.gauge("meshlane_bpf_map_fill_ratio",
+              "Entries / max_entries of each hash-like BPF map of meshlane (arrays left out); a "
+              "full map refuses new workloads, rules or connections.");
+    for (const auto& map : report.maps)
+        if (const auto ratio = fill_ratio(map))
+            out.sample({{"map", map.name}, {"owner", map.owner}}, *ratio);
 }
 
 void write_health_families(MetricsWriter& out, const ObserverHealth& health) {
@@ -129,10 +181,10 @@ void write_health_families(MetricsWriter& out, const ObserverHealth& health) {
 }  // namespace
 
 void write_observe_metrics(MetricsWriter& out, WorkloadRegistry& registry,
-                           const ObservationSource& observations) {
+                           const ObservationSource& observations, const MetricsOptions& options) {
     const auto views = collect(registry, observations);
-    write_connect_families(out, views);
-    write_drop_families(out, views);
+    write_connect_families(out, views, options);
+    write_drop_families(out, views, options);
     write_health_families(out, observations.health());
     write_map_fill_families(out, observations.map_fill());
 }

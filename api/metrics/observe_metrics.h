@@ -7,11 +7,13 @@
 
 #include "agent/observe/observation_source.h"
 #include "agent/model/workload_registry.h"
+#include "api/metrics/metrics_options.h"
 #include "api/metrics/metrics_writer.h"
 
 namespace meshlane::metrics {
 
 void write_observe_metrics(MetricsWriter& out, WorkloadRegistry& registry,
-                           const ObservationSource& observations);
+                           const ObservationSource& observations,
+                           const MetricsOptions& options = {});
 
 }  // namespace meshlane::metrics

@@ -13,7 +13,7 @@ constexpr const char* kSourceNames[MESHLANE_TLS_SOURCE_MAX] = {"wire", "libssl"}
 }  // namespace
 
 void write_tls_metrics(MetricsWriter& out, WorkloadRegistry& registry,
-                       const ObservationSource& observations) {
+                       const ObservationSource& observations, const MetricsOptions& options) {
     std::vector<std::pair<std::string, WorkloadTls>> views;
     for (const auto& w : registry.list())
         views.emplace_back(w.spec.name, observations.tls(w.workload_id, w.netns_cookie));
@@ -22,8 +22,20 @@ void write_tls_metrics(MetricsWriter& out, WorkloadRegistry& registry,
                   "to the client's first application_data record on the connection (any TLS "
                   "library), libssl = SSL_do_handshake/SSL_connect/SSL_accept of processes "
                   "linking libssl.so.3 (non-blocking retries folded into one handshake).");
+    for (unsigned source = 0; source < MESHLANE_TLS_SOURCE_MAX && !options.workload_histograms;
+         ++source) {
+        Log2Histogram node;
+        std::uint64_t sum_us = 0;
+        for (const auto& [name, tls] : views) {
+            node.merge(tls.sources[source].latency);
+            sum_us += tls.sources[source].latency_sum_us;
+        }
+        out.log2_histogram_sample({{"source", kSourceNames[source]}}, node.buckets(),
+                                  static_cast<double>(sum_us) * 1e-6);
+    }
     for (const auto& [name, tls] : views)
-        for (unsigned source = 0; source < MESHLANE_TLS_SOURCE_MAX; ++source) {
+        for (unsigned source = 0; source < MESHLANE_TLS_SOURCE_MAX && options.workload_histograms;
+             ++source) {
             const auto& totals = tls.sources[source];
             out.log2_histogram_sample({{"workload", name}, {"source", kSourceNames[source]}},
                                       totals.latency.buckets(),

@@ -128,21 +128,26 @@ Response error_response(const Error& error) {
 
 Response RestRouter::dispatch(const Request& request, StreamingReply* streaming) const {
     const auto path = path_of(request.target());
+    // HEAD runs the GET handler (and never streams); handle() drops the body.
+    const bool head = request.method() == http::verb::head;
+    const auto method = head ? http::verb::get : request.method();
+    if (head) streaming = nullptr;
     std::vector<http::verb> allowed;
     for (const auto& route : routes()) {
         PathParams params;
         if (!match_path(route.pattern, path, params)) continue;
-        if (route.method == request.method()) {
+        if (route.method == method) {
             // Defence in depth: the session's parser enforces the same limit while reading.
             if (request.body().size() > body_limit_) {
                 return error_response(
                     http::status::payload_too_large, "payload_too_large",
                     "request body exceeds " + std::to_string(body_limit_) + " bytes");
             }
-            return route.handler(
-                RouteContext{registry_, request, params, observations_, events_, streaming});
+            return route.handler(RouteContext{registry_, request, params, observations_, events_,
+                                              streaming, &metrics_});
         }
         allowed.push_back(route.method);
+        if (route.method == http::verb::get) allowed.push_back(http::verb::head);
     }
     if (allowed.empty()) {
         return error_response(http::status::not_found, "not_found",
@@ -179,6 +184,10 @@ Response RestRouter::handle(const Request& request, StreamingReply* streaming) c
     }
     response.keep_alive(request.keep_alive());
     response.prepare_payload();
+    if (request.method() == http::verb::head) {
+        // Content-Length stays the GET body's, as RFC 9110 9.3.2 describes for HEAD.
+        response.body().clear();
+    }
     return response;
 }
 

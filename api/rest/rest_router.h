@@ -20,6 +20,7 @@
 #include "agent/common/result.h"
 #include "agent/events/event_bus.h"
 #include "agent/model/workload_registry.h"
+#include "api/metrics/metrics_options.h"
 
 namespace meshlane {
 class ObservationSource;  // agent/observe/observation_source.h
@@ -67,6 +68,8 @@ struct RouteContext {
     events::EventBus* events = nullptr;
     // Null when the caller cannot stream (RestRouter::handle without a StreamingReply).
     StreamingReply* streaming = nullptr;
+    // GET /metrics cardinality switches; null: the defaults.
+    const metrics::MetricsOptions* metrics = nullptr;
 };
 
 using Handler = Response (*)(const RouteContext&);
@@ -100,11 +103,15 @@ class RestRouter {
   public:
     explicit RestRouter(WorkloadRegistry& registry, std::size_t body_limit = kDefaultBodyLimit,
                         const ObservationSource* observations = nullptr,
-                        events::EventBus* events = nullptr)
+                        events::EventBus* events = nullptr, metrics::MetricsOptions metrics = {})
         : registry_(registry),
           body_limit_(body_limit),
           observations_(observations),
-          events_(events) {}
+          events_(events),
+          metrics_(metrics) {}
+
+    // HEAD is answered wherever GET is: the GET response's status and headers (Content-Length
+    // included), no body.
 
     // Never throws: handler exceptions become 500. Copies version and keep-alive from the
     // request and sets Content-Length.
@@ -121,6 +128,7 @@ class RestRouter {
     std::size_t body_limit_;
     const ObservationSource* observations_;
     events::EventBus* events_;
+    metrics::MetricsOptions metrics_;
 };
 
 }  // namespace meshlane::rest

@@ -158,8 +158,16 @@ constexpr auto kRoutes = std::to_array<Route>({
      false, list_events},
     {http::verb::get, "/metrics",
      "Prometheus text format 0.0.4: redirect decisions, SO_ORIGINAL_DST lookups, listeners, "
-     "enrolment, lost events, build info, process RSS/CPU.",
+     "enrolment, lost events, build info, process RSS/CPU (?exclude=process leaves the "
+     "process_* families out, for node_exporter's textfile collector).",
      false, get_metrics},
+    {http::verb::get, "/healthz",
+     "Liveness: the agent answers and its pinned datapath is reachable (503 otherwise).", false,
+     get_healthz},
+    {http::verb::get, "/readyz",
+     "Readiness: ready or degraded (200), or not_ready (503: an essential part such as the "
+     "redirect datapath is off, i.e. interception is disabled), with the issues.",
+     false, get_readyz},
 });
 
 }  // namespace

@@ -54,7 +54,7 @@ constexpr auto kAwait = asio::as_tuple(asio::use_awaitable);
 struct detail::ServerState {
     ServerState(asio::io_context& io_context, WorkloadRegistry& registry, RestServerOptions opts)
         : io(io_context),
-          router(registry, opts.body_limit, opts.observations, opts.events),
+          router(registry, opts.body_limit, opts.observations, opts.events, opts.metrics),
           options(std::move(opts)) {}
 
     asio::io_context& io;

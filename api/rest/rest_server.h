@@ -20,6 +20,7 @@
 
 #include "agent/common/result.h"
 #include "agent/model/workload_registry.h"
+#include "api/metrics/metrics_options.h"
 #include "api/tls/tls_config.h"
 
 namespace meshlane {
@@ -47,6 +48,8 @@ struct RestServerOptions {
     const ObservationSource* observations = nullptr;
     // Serves /v1/events (and its /metrics families) when set; must outlive the server.
     events::EventBus* events = nullptr;
+    // GET /metrics cardinality switches (config metrics_workload_histograms, ...).
+    metrics::MetricsOptions metrics;
     // Open GET /v1/events?follow=true streams; beyond, 429. Streams count as connections too.
     std::size_t max_streaming_clients = 32;
     // Optional TLS listener on TCP. Read-only calls are open to any TLS client; mutating ones

@@ -251,6 +251,18 @@ Result<std::optional<WorkloadSpec>> build_spec(const PluginConfig& config, const
 
     WorkloadSpec spec;
     spec.name = workload_name(cni_args, env.container_id);
+    // The pod's Kubernetes identity labels its metrics (namespace, pod); the name above may be
+    // shortened or lowercased, these are not. Left empty if the runtime sent something else.
+    if (auto ns = cni_args.find("K8S_POD_NAMESPACE"), pod = cni_args.find("K8S_POD_NAME");
+        ns != cni_args.end() && pod != cni_args.end()) {
+        WorkloadSpec identity;
+        identity.k8s_namespace = ns->second;
+        identity.k8s_pod = pod->second;
+        if (validate_pod_identity(identity)) {
+            spec.k8s_namespace = ns->second;
+            spec.k8s_pod = pod->second;
+        }
+    }
     spec.netns_path = env.netns;
     spec.cgroup_path = config.cgroup;
     if (spec.cgroup_path.empty() && !config.cgroup_template.empty()) {

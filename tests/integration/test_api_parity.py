@@ -65,7 +65,8 @@ def test_rest_and_grpc_status_agree(topo, agent, client):
                 "max_workloads"):
         assert getattr(grpc_status, key) == rest[key], key
     assert dict(grpc_status.features) == rest["features"]
-    assert {name: {"enabled": s.enabled, "essential": s.essential, "reason": s.reason}
+    assert {name: {"enabled": s.enabled, "essential": s.essential, "reason": s.reason,
+                   "by_config": s.by_config}
             for name, s in grpc_status.feature_states.items()} == rest["feature_states"]
     hop_names = {1: "app_proxy_outbound", 2: "app_proxy_inbound", 3: "proxy_proxy"}
     reason_names = {0: "", 1: "unavailable", 2: "blocking_reader_eagain"}

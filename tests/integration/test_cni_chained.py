@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from harness.api import curl
 from harness.checks import assert_ok, assert_outbound_once, assert_quiet, request
 from harness.cni import CniNetwork, check_plugins, cni_pods, pod_ip, runtime_config_for
 from harness.topology import APP_PORT
@@ -50,6 +51,11 @@ def test_chained_add_enrolls_intercepts_and_del_removes(topo, agent):
     assert spec["netns"] == client.netns_path
     assert spec["exclude_outbound_ports"] == [EXCLUDED_PORT]
     assert spec["exclude_inbound_ports"] == [2222]
+    # Its Kubernetes identity, which labels its metrics (namespace, pod).
+    assert (spec["k8s_namespace"], spec["k8s_pod"]) == ("mltest", f"pod-{topo.id}-{client.short}")
+    metrics = curl(agent, "GET", "/metrics").body
+    assert (f'meshlane_workload_info{{workload="{name}",namespace="mltest",'
+            f'pod="pod-{topo.id}-{client.short}",') in metrics, metrics[:2000]
     for r in network.check(client, client_rc, client_result):
         assert r.returncode == 0, r.stdout + r.stderr
 

@@ -16,7 +16,8 @@ REASON = "observe = false in the agent config"
 def test_observe_false_runs_the_datapath_without_observers(topo, agent):
     states = agent.cli_json("status")["feature_states"]
     for name in ("observe_connect", "observe_drops"):
-        assert states[name] == {"enabled": False, "essential": False, "reason": REASON}, states
+        assert states[name] == {"enabled": False, "essential": False, "reason": REASON,
+                                "by_config": True}, states
     assert states["redirect"]["enabled"] is True, states
     assert f"feature observe_drops disabled: {REASON}" in agent.log_text()
 

@@ -18,7 +18,29 @@ bool same(const AgentConfig& a, const AgentConfig& b) {
            a.tls_cert_file == b.tls_cert_file && a.tls_key_file == b.tls_key_file &&
            a.tls_client_ca_file == b.tls_client_ca_file &&
            a.tls_require_client_cert == b.tls_require_client_cert &&
-           a.api_token_file == b.api_token_file;
+           a.api_token_file == b.api_token_file && a.metrics_address == b.metrics_address &&
+           a.metrics_workload_histograms == b.metrics_workload_histograms &&
+           a.metrics_drop_reasons == b.metrics_drop_reasons;
+}
+
+TEST(AgentConfig, MetricsListenerAndCardinalitySwitches) {
+    auto c = parse_agent_config(
+        "metrics_address = 0.0.0.0:9966\nmetrics_workload_histograms = false\n"
+        "metrics_drop_reasons = no\n",
+        "t");
+    ASSERT_TRUE(c.ok()) << c.error().message;
+    EXPECT_EQ(c->metrics_address, "0.0.0.0:9966");  // read-only: any address is allowed
+    EXPECT_FALSE(c->metrics_workload_histograms);
+    EXPECT_FALSE(c->metrics_drop_reasons);
+    EXPECT_TRUE(AgentConfig{}.metrics_address.empty());  // off by default
+    for (const char* bad : {"metrics_address = localhost:9966\n", "metrics_address = :9966\n",
+                            "metrics_address = 127.0.0.1:0\n", "metrics_drop_reasons = maybe\n"}) {
+        auto parsed = parse_agent_config(bad, "t");
+        EXPECT_FALSE(parsed.ok()) << bad;
+        if (!parsed.ok()) {
+            EXPECT_NE(parsed.error().message.find("t:1"), std::string::npos);
+        }
+    }
 }
 
 TEST(AgentConfig, EmbeddedDefaultMatchesStructDefaultsAndShippedFile) {

@@ -14,6 +14,8 @@ class FakeWorkloadRegistry : public WorkloadRegistry {
   public:
     int fail_with = 0;  // when nonzero, enroll/unenroll fail with this errno
     bool throw_on_list = false;
+    std::map<std::string, FeatureState> feature_states;  // reported by status()
+    std::string bpffs_pin_dir = "/";  // exists: the datapath is reachable (readiness.h)
     int enroll_calls = 0;
 
     Result<EnrollResult> enroll(const WorkloadSpec& spec) override {
@@ -61,6 +63,8 @@ class FakeWorkloadRegistry : public WorkloadRegistry {
         status.workloads = workloads_.size();
         status.max_workloads = 4096;
         status.features = {{"sk_lookup", true}};
+        status.feature_states = feature_states;
+        status.bpffs_pin_dir = bpffs_pin_dir;
         return status;
     }
 

@@ -529,5 +529,129 @@ TEST(MetricsEndpoint, ServesTheObserversFamilies) {
     }
 }
 
+// Series in one exposition: every line that is not a comment.
+std::size_t series_count(const std::string& text) {
+    std::size_t count = 0;
+    for (std::size_t at = 0; at < text.size();) {
+        const auto end = std::min(text.find('\n', at), text.size());
+        if (end > at && text[at] != '#') ++count;
+        at = end + 1;
+    }
+    return count;
+}
+
+std::string scrape(rest::RestRouter& router, const char* target) {
+    rest::Request request{rest::http::verb::get, target, 11};
+    const auto response = router.handle(request);
+    EXPECT_EQ(response.result(), rest::http::status::ok) << target << ": " << response.body();
+    return response.body();
+}
+
+void enroll_two(meshlane::testing::FakeWorkloadRegistry& registry) {
+    for (const char* name : {"web", "db"}) {
+        WorkloadSpec spec;
+        spec.name = name;
+        spec.cgroup_path = std::string("/sys/fs/cgroup/") + name;
+        spec.netns_path = std::string("/run/netns/") + name;
+        ASSERT_TRUE(registry.enroll(spec).ok());
+    }
+}
+
+// metrics_workload_histograms = false: one node-wide histogram per side with the workloads'
+// buckets summed; metrics_drop_reasons = false: drops per workload, reasons node-wide. Both
+// still valid expositions, and fewer series.
+TEST(MetricsEndpoint, CardinalitySwitchesAggregateExactly) {
+    meshlane::testing::FakeWorkloadRegistry registry;
+    enroll_two(registry);
+    FakeObservations observations;
+    rest::RestRouter full(registry, rest::kDefaultBodyLimit, &observations, nullptr);
+    rest::RestRouter small(registry, rest::kDefaultBodyLimit, &observations, nullptr,
+                           MetricsOptions{.workload_histograms = false, .drop_reasons = false});
+    const auto full_text = scrape(full, "/metrics");
+    const auto text = scrape(small, "/metrics");
+    for (const auto& p : validate_exposition(text)) ADD_FAILURE() << p;
+    for (const char* expected : {
+             "meshlane_tcp_connect_seconds_bucket{side=\"app\",le=\"0.000256\"} 6\n",
+             "meshlane_tcp_connect_seconds_count{side=\"app\"} 8\n",
+             "meshlane_tcp_connect_seconds_sum{side=\"app\"} 2.0009\n",
+             "meshlane_drops_total{workload=\"web\"} 6\n",
+             "meshlane_drops_by_reason_total{reason=\"NETFILTER_DROP\"} 10\n",
+             "meshlane_drops_by_reason_total{reason=\"NO_SOCKET\"} 2\n",
+         })
+        EXPECT_NE(text.find(expected), std::string::npos) << "missing " << expected << "\n" << text;
+    EXPECT_EQ(text.find("meshlane_tcp_connect_seconds_bucket{workload="), std::string::npos);
+    EXPECT_EQ(text.find("meshlane_tls_handshake_seconds_bucket{workload="), std::string::npos);
+    EXPECT_EQ(text.find("meshlane_drops_total{workload=\"web\",reason="), std::string::npos);
+    EXPECT_LT(series_count(text), series_count(full_text));
+}
+
+// ?exclude=process: no process_* family (node_exporter's textfile collector has its own);
+// anything else to exclude is a 400 naming it.
+TEST(MetricsEndpoint, ExcludeProcessLeavesTheProcessFamiliesOut) {
+    meshlane::testing::FakeWorkloadRegistry registry;
+    rest::RestRouter router(registry);
+    EXPECT_NE(scrape(router, "/metrics").find("\nprocess_open_fds "), std::string::npos);
+    const auto text = scrape(router, "/metrics?exclude=process");
+    for (const auto& p : validate_exposition(text)) ADD_FAILURE() << p;
+    EXPECT_EQ(text.find("process_"), std::string::npos) << text;
+    EXPECT_NE(text.find("meshlane_workloads_enrolled 0\n"), std::string::npos);
+    for (const char* bad : {"/metrics?exclude=meshlane", "/metrics?only=process"}) {
+        rest::Request request{rest::http::verb::get, bad, 11};
+        const auto response = router.handle(request);
+        EXPECT_EQ(response.result(), rest::http::status::bad_request) << bad;
+    }
+}
+
+// A workload from Kubernetes carries namespace and pod next to its workload label on every
+// series; one without (enrolled by hand) does not. The series count does not change.
+TEST(MetricsEndpoint, KubernetesPodsGetNamespaceAndPodLabels) {
+    meshlane::testing::FakeWorkloadRegistry registry;
+    WorkloadSpec spec;
+    spec.name = "shop.web-0";
+    spec.cgroup_path = "/sys/fs/cgroup/web";
+    spec.netns_path = "/run/netns/web";
+    spec.k8s_namespace = "shop";
+    spec.k8s_pod = "web-0";
+    ASSERT_TRUE(validate(spec).ok());
+    ASSERT_TRUE(registry.enroll(spec).ok());
+    spec = WorkloadSpec{};
+    spec.name = "manual";
+    spec.cgroup_path = "/sys/fs/cgroup/manual";
+    spec.netns_path = "/run/netns/manual";
+    ASSERT_TRUE(registry.enroll(spec).ok());
+    FakeObservations observations;
+    rest::RestRouter router(registry, rest::kDefaultBodyLimit, &observations, nullptr);
+    const auto text = scrape(router, "/metrics");
+    for (const auto& p : validate_exposition(text)) ADD_FAILURE() << p;
+    for (const char* expected : {
+             "meshlane_drops_total{workload=\"shop.web-0\",namespace=\"shop\",pod=\"web-0\","
+             "reason=\"NETFILTER_DROP\"} 5\n",
+             "meshlane_tcp_connect_seconds_count{workload=\"shop.web-0\",namespace=\"shop\","
+             "pod=\"web-0\",side=\"app\"} 4\n",
+             "meshlane_redirect_decisions_total{workload=\"shop.web-0\",namespace=\"shop\","
+             "pod=\"web-0\",decision=\"inbound_steered\"} 3\n",
+             "meshlane_drops_total{workload=\"manual\",reason=\"NETFILTER_DROP\"} 5\n",
+         })
+        EXPECT_NE(text.find(expected), std::string::npos) << "missing " << expected << "\n" << text;
+}
+
+TEST(WorkloadSpecPodIdentity, BothOrNeitherAndKubernetesNames) {
+    WorkloadSpec spec;
+    EXPECT_TRUE(validate_pod_identity(spec).ok());
+    spec.k8s_namespace = "shop";
+    EXPECT_FALSE(validate_pod_identity(spec).ok());
+    spec.k8s_pod = "web-0.x";
+    EXPECT_TRUE(validate_pod_identity(spec).ok());
+    spec.k8s_pod = "Web_0";
+    EXPECT_FALSE(validate_pod_identity(spec).ok());
+    spec.k8s_pod = std::string(254, 'a');
+    EXPECT_FALSE(validate_pod_identity(spec).ok());
+    spec.k8s_pod = "web-0";
+    auto round_trip = workload_spec_from_json(to_json(spec));
+    ASSERT_TRUE(round_trip.ok()) << round_trip.error().message;
+    EXPECT_EQ(round_trip->k8s_namespace, "shop");
+    EXPECT_EQ(round_trip->k8s_pod, "web-0");
+}
+
 }  // namespace
 }  // namespace meshlane::metrics

@@ -10,7 +10,11 @@ const yaml = require("js-yaml");
 function modelFor(apiVersion, kind) {
   if (typeof apiVersion !== "string" || typeof kind !== "string")
     throw new Error("apiVersion and kind are required");
-  const module = `kubernetes-models/${apiVersion}/${kind}`;
+  // The Prometheus Operator's CRDs (podmonitor.yaml) have their own package.
+  const base = apiVersion.startsWith("monitoring.coreos.com/")
+    ? "@kubernetes-models/prometheus-operator"
+    : "kubernetes-models";
+  const module = `${base}/${apiVersion}/${kind}`;
   let exported;
   try {
     exported = require(module);

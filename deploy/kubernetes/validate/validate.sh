@@ -9,7 +9,8 @@ manifest_dir=${2:?manifest dir}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$work_dir"
 cp "$here/package.json" "$work_dir/package.json"
-if [[ ! -d "$work_dir/node_modules/kubernetes-models" || ! -d "$work_dir/node_modules/js-yaml" ]]; then
+if [[ ! -d "$work_dir/node_modules/kubernetes-models" || ! -d "$work_dir/node_modules/js-yaml" ||
+      ! -d "$work_dir/node_modules/@kubernetes-models/prometheus-operator" ]]; then
   npm install --prefix "$work_dir" --no-audit --no-fund --loglevel=error >&2
 fi
 export NODE_PATH="$work_dir/node_modules"

@@ -7,6 +7,10 @@ import subprocess
 from . import cleanup, proc, util
 
 DEFAULT_BIN = "/work/main/build/meshlane"
+# `meshlane status` exit codes (cli/commands.h, docs/api.md): the agent answered and is ready, not
+# ready (interception disabled) or degraded (an optional part off).
+STATUS_READY, STATUS_NOT_READY, STATUS_DEGRADED = 0, 5, 6
+STATUS_ANSWERED = (STATUS_READY, STATUS_NOT_READY, STATUS_DEGRADED)
 BPFTOOL = "/usr/sbin/bpftool"
 
 
@@ -93,7 +97,7 @@ class Agent:
         def ready():
             if self.process.poll() is not None:
                 return True
-            return self.cli("status", timeout=5).returncode == 0
+            return self.cli("status", timeout=5).returncode in STATUS_ANSWERED
         util.wait_until(ready, timeout=timeout, interval=0.05,
                         message=f"agent {self.id} answering `status`")
         if self.process.poll() is not None:
@@ -138,8 +142,13 @@ class Agent:
                                         f"{result.returncode}: {result.stderr.strip()}")
         return result
 
-    def cli_json(self, *args):
-        return json.loads(self.cli_ok(*args, "--json").stdout)
+    def cli_json(self, *args, codes=(0,)):
+        """--json output; `codes`: the exit codes that count as an answer (e.g. STATUS_ANSWERED
+        for `status` on a degraded agent)."""
+        result = self.cli(*args, "--json")
+        assert result.returncode in codes, (f"meshlane {' '.join(map(str, args))} --json -> exit "
+                                            f"{result.returncode}: {result.stderr.strip()}")
+        return json.loads(result.stdout)
 
     def enroll(self, pod, name=None, cgroup=None, netns=None, **options):
         """Enrolls a pod (its pod cgroup: parent of app and sidecar) under a name; returns the

@@ -14,6 +14,14 @@ class CommandError(RuntimeError):
     pass
 
 
+def free_port():
+    """A TCP port on 127.0.0.1 that nobody listens on right now (the kernel's pick)."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run(args, check=True, timeout=30, **kwargs):
     """Runs a command, captures text output; on failure raises with both streams in the message."""
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)
