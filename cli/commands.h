@@ -17,7 +17,7 @@ enum ExitCode : int {
     kExitUsage = 2,        // bad command line (CLI11)
     kExitUnreachable = 3,  // no agent on the socket, timeout, connection dropped
     // 4 is kExitProblemFound (diagnose/verify, cli/diagnose_commands.h).
-    // `meshlane status` (GET /readyz, agent/workload/readiness.h): 0 ready, or
+    // `meshlane status` (GET /readyz, agent/model/readiness.h): 0 ready, or
     kExitNotReady = 5,  // an essential part is off: interception is disabled
     kExitDegraded = 6,  // interception works, an optional part is off (not by configuration)
 };

@@ -61,7 +61,7 @@ struct FeatureState {
     bool essential = false;  // without it the agent refuses enrolment (the redirect datapath)
     std::string reason;      // why it is off; empty when on
     // Off because the configuration says so (observe = false): not a fault, so neither degraded
-    // nor not ready (agent/workload/readiness.h).
+    // nor not ready (agent/model/readiness.h).
     bool by_config = false;
 };
 

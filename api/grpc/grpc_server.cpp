@@ -14,7 +14,7 @@
 #include "agent/diagnose/diagnose_service.h"
 #include "agent/events/event_bus.h"
 #include "agent/observe/observation_source.h"
-#include "agent/workload/readiness.h"
+#include "agent/model/readiness.h"
 #include "api/grpc/diagnose_convert.h"
 #include "api/grpc/proto_convert.h"
 #include "api/grpc/tcp_auth.h"

@@ -64,7 +64,7 @@ class GrpcServer {
     int tcp_port() const;
 
     // Sets grpc.health.v1 for "" and kAgentServiceName to SERVING when the agent is ready or
-    // degraded (agent/workload/readiness.h: the same rule as GET /readyz), NOT_SERVING when not
+    // degraded (agent/model/readiness.h: the same rule as GET /readyz), NOT_SERVING when not
     // ready. start() calls it; the agent again every few seconds. Returns the state set.
     bool refresh_health();
 

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "agent/events/event_bus.h"
-#include "agent/workload/readiness.h"
+#include "agent/model/readiness.h"
 
 namespace meshlane::metrics {
 
@@ -75,7 +75,7 @@ void write_workload_metrics(MetricsWriter& out, WorkloadRegistry& registry) {
               "Kernel features probed at start (1 = present).");
     for (const auto& [feature, present] : agent.features)
         out.sample({{"feature", feature}}, std::uint64_t{present ? 1u : 0u});
-    // The agent's parts and the readiness they make (agent/workload/readiness.h): what the
+    // The agent's parts and the readiness they make (agent/model/readiness.h): what the
     // "interception disabled" alert and the dashboard's status row read.
     out.gauge("meshlane_feature_enabled",
               "1 when that part of the agent runs (redirect = interception; observe_connect, "

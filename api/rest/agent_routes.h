@@ -6,7 +6,7 @@
 
 #include <boost/json/value.hpp>
 
-#include "agent/workload/readiness.h"
+#include "agent/model/readiness.h"
 #include "api/rest/rest_router.h"
 
 namespace meshlane::rest {

@@ -1,10 +1,10 @@
 // GET|HEAD /healthz and /readyz, on the unix API and on the scrape listener (scrape_server.h):
 // what a kubelet probe, a load balancer or `curl -f` needs, answered by the status code alone;
-// the body says why. Readiness comes from agent/workload/readiness.h, the one rule every health
+// the body says why. Readiness comes from agent/model/readiness.h, the one rule every health
 // view (gRPC health, `meshlane status`) shares.
 #include <boost/json.hpp>
 
-#include "agent/workload/readiness.h"
+#include "agent/model/readiness.h"
 #include "api/rest/agent_routes.h"
 
 namespace meshlane::rest {

@@ -1,11 +1,11 @@
-// Health that tells the truth: the readiness rule (agent/workload/readiness.h), /healthz and
+// Health that tells the truth: the readiness rule (agent/model/readiness.h), /healthz and
 // /readyz, HEAD wherever GET is served, and the scrape listener's routing (nothing but
 // GET|HEAD /metrics, /healthz, /readyz).
 #include <gtest/gtest.h>
 
 #include <boost/json.hpp>
 
-#include "agent/workload/readiness.h"
+#include "agent/model/readiness.h"
 #include "api/rest/rest_router.h"
 #include "api/rest/scrape_server.h"
 #include "fake_workload_registry.h"

@@ -1,4 +1,4 @@
-#include "agent/workload/readiness.h"
+#include "agent/model/readiness.h"
 
 #include <sys/stat.h>
 
