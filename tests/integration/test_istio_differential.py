@@ -361,10 +361,15 @@ def test_same_outcomes_as_istio(agent, name):
     compared = case.probes["out"] + case.probes["in"]
     diffs = mismatches(compared, istio, mesh)
     dns = [p for p in compared if p.get("proto", "tcp") != "tcp"]
+    # Not vacuous: the goldens with nameservers send some probes to the DNS listener.
+    listener = sum(istio[p["id"]].get("answer") == "dns-listener" for p in dns)
     SUMMARY[name] = {"probes": len(compared), "mismatches": len(diffs), "diffs": diffs,
                      "dns_probes": len(dns), "dns_mismatches": len(mismatches(dns, istio, mesh)),
+                     "dns_to_listener": listener,
                      "deliberate": {p["id"]: [istio[p["id"]].get("by"), mesh[p["id"]].get("by")]
                                     for p in case.probes["deliberate"]}}
+    if GOLDENS[name].get("dns", {}).get("servers"):
+        assert listener > 0, f"{name}: no DNS probe reached the DNS listener under Istio's rules"
     # Deliberate: meshlane always lets these reach their own listener directly.
     for probe in case.probes["deliberate"]:
         assert mesh[probe["id"]].get("by") == f"proxy:{probe['port']}", \
