@@ -86,6 +86,8 @@ static __always_inline __u16 decide_outbound(struct bpf_sock_addr* ctx,
             facts.bound_to_passthrough = source_is_passthrough(sk, dst);
             facts.dst_is_localhost = dst_is_host_loopback(cfg, dst);
             facts.dst_port_is_tunnel = dst_port == MESHLANE_INBOUND_TUNNEL_PORT;
+            /* Only TCP reaches here for port 53: dns_connect_first decides UDP. */
+            facts.lo_return_skips_port = dst_port == MESHLANE_DNS_PORT && dns_capture_enabled(cfg);
         }
         if (outbound_needs_tail(&facts)) {
             facts.dst_cidr_excluded = cidr_match(wid, MESHLANE_CIDR_EXCLUDE, dst);

@@ -84,6 +84,10 @@ struct outbound_facts {
     __u8 dst_cidr_included;  /* --include-cidrs (or "*") */
     __u8 proxy_self_to_inbound; /* MESHLANE_WL_PROXY_SELF_TO_INBOUND */
     __u8 include_has_loopback;  /* MESHLANE_WL_INCLUDE_HAS_LOOPBACK */
+    /* DNS capture is on and the port is 53: istio-iptables then writes the app's lo RETURN as
+     * "-o lo -p tcp ! --dport 53 -m owner ! --uid-owner u -j RETURN" (SetupDNSRedir), so an app's
+     * TCP connection to a pod-local non-nameserver on 53 goes on to the CIDR / include rules. */
+    __u8 lo_return_skips_port;
 };
 
 enum outbound_verdict {
@@ -97,8 +101,8 @@ enum outbound_verdict {
 MESHLANE_INLINE int outbound_needs_tail(const struct outbound_facts* f) {
     if (f->family_not_captured || f->dst_port_excluded) return 0;
     if (f->dst_is_local)
-        return f->include_has_loopback && !f->bound_to_passthrough && !f->uid_is_proxy &&
-               !f->gid_is_proxy;
+        return (f->include_has_loopback || f->lo_return_skips_port) && !f->bound_to_passthrough &&
+               !f->uid_is_proxy && !f->gid_is_proxy;
     return !f->uid_is_proxy && !f->gid_is_proxy;
 }
 
@@ -119,12 +123,14 @@ MESHLANE_INLINE int outbound_decide_lo_owner(const struct outbound_facts* f,
         *verdict = OUTBOUND_TO_INBOUND;
         return 1;
     }
-    if (owner || !f->include_has_loopback) {
+    if (owner || !(f->include_has_loopback || f->lo_return_skips_port)) {
         *counter = MESHLANE_CNT_OUTBOUND_PASS_LOOPBACK;
         *verdict = OUTBOUND_PASS;
         return 1;
     }
-    return 0; /* the app over lo, include with a loopback range: on to the CIDR rules */
+    /* the app over lo, include with a loopback range or DNS's "! --dport 53": on to the CIDR
+     * rules */
+    return 0;
 }
 
 /* ISTIO_OUTPUT, rule by rule. *counter receives the meshlane_redirect_counter that explains the

@@ -251,3 +251,34 @@ def test_feature_off_refuses_dns_enrolment_with_the_reason(topo, monkeypatch):
     finally:
         monkeypatch.delenv("MESHLANE_TEST_DISABLE_FEATURE", raising=False)
         instance.destroy()
+
+
+def tcp_connect_outcome(pod, host, port):
+    """The app's TCP connect() to host:port: "connected" or the errno name."""
+    code = ("import errno,socket,sys; s=socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else "
+            "socket.AF_INET); s.settimeout(2)\n"
+            "try: s.connect((sys.argv[1], int(sys.argv[2]))); print('connected')\n"
+            "except OSError as e: print(errno.errorcode.get(e.errno, e))")
+    result = pod.run([util.PYTHON, "-c", code, host, str(port)], uid=APP_UID, gid=APP_GID,
+                     groups=[], timeout=15)
+    return result.stdout.strip()
+
+
+def test_app_tcp_to_a_pod_address_on_53_goes_on_to_the_outbound_rules(dns_topo, agent):
+    """With DNS capture Istio writes the app's lo RETURN as `-o lo -p tcp ! --dport 53 ...`
+    (SetupDNSRedir): TCP to the pod's own address on 53 that is not a nameserver reaches
+    ISTIO_REDIRECT (15001 with the default include "*"); 127.0.0.1:53 still returns at
+    `-d 127.0.0.1/32 -j RETURN`. Nothing listens on 15001 here: the counters tell."""
+    topo = dns_topo
+    agent.enroll_ok(topo.a, dns_capture="nameservers", dns_servers=[topo.b.ip4])
+    before = counters(agent, topo.a)
+    tcp_connect_outcome(topo.a, topo.a.ip4, 53)
+    tcp_connect_outcome(topo.a, topo.a.ip6, 53)
+    middle = counters(agent, topo.a)
+    assert middle.get("outbound_redirected", 0) - before.get("outbound_redirected", 0) == 2, \
+        (before, middle)
+    tcp_connect_outcome(topo.a, "127.0.0.1", 53)
+    after = counters(agent, topo.a)
+    assert after.get("outbound_redirected", 0) == middle.get("outbound_redirected", 0), after
+    assert after.get("outbound_pass_loopback", 0) - middle.get("outbound_pass_loopback", 0) == 1, \
+        (middle, after)

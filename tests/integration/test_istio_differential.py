@@ -25,9 +25,19 @@ Left out (no meshlane equivalent; docs/istio-mapping.md says why):
 ipv6-ipnets and ipv6-uid-gid also set -k eth0,eth1: those rules name interfaces the probe pods do
 not have (theirs is `vpod`), so they match nothing here; everything else in them is covered.
 
-DNS: dns-uid-gid, ip-range and loopback-outbound-iprange also redirect DNS (port 53, 127.0.0.53).
-The TCP probes here avoid port 53; DNS probes plug in at `dns_probes()` / GOLDENS[...]["dns"]
-(hook for the DNS capture work) with probe_client.py extended by a "proto": "udp" probe.
+DNS: dns-uid-gid, ip-range and loopback-outbound-iprange also redirect DNS (ISTIO_OUTPUT_DNS to
+15053 for the nameserver 127.0.0.53, ::127.0.0.53 in dns-uid-gid, and the raw-table CT zones);
+ipv6-dns-uid-gid asked for DNS without nameservers, so Istio left DNS alone. For these four
+goldens (GOLDENS[...]["dns"]) dns_probes() adds port-53 probes over unconnected UDP (sendto /
+recvfrom), connected UDP and TCP, from every identity above, to the nameserver and to addresses
+that are not nameservers (pod-local: 127.0.0.1, 127.1.2.3, the pod IP, ::1; remote: 10.99.0.1,
+9.9.0.1, fd00:99::1), v4-mapped, and bound to 127.0.0.6 / ::6. Servers (harness/differential.py
+spawn_dns): dnsmasq as the proxy's DNS listener on 127.0.0.1/::1:15053 (proxy uid/gid), a real
+server on port 53 of the pod's local addresses (127.0.0.53 included) and one in the peer
+(::127.0.0.53 included); each answers with its own address. A DNS outcome is the answering
+server and the reply's source as the client saw it (recvfrom's address for UDP, getpeername for
+connected UDP and TCP), or the probe listener's line when TCP port 53 went to 15001/15006.
+meshlane gets --dns-capture nameservers --dns-servers <the golden's nameservers>.
 
 MESHLANE_DIFF_LEGACY=1 maps uid/gid lists to their first element and drops --ip-families, to
 measure a binary that predates those flags. MESHLANE_DIFF_REPORT=FILE writes per-golden counts."""
@@ -52,6 +62,7 @@ BASE = {"include_ports": "", "include_cidrs": "", "proxy_self_to_inbound": True,
 V6 = {"ip_families": "ipv4,ipv6"}
 LISTS = {"proxy_uid": "3,4", "proxy_gid": "1,2"}
 DNS_V4 = {"servers": ["127.0.0.53"]}
+DNS_OFF = {"servers": []}  # DNS probes, but the golden captures no DNS
 GOLDENS = {
     "empty": dict(istio="defaults", flags={}),
     "drop-invalid": dict(istio="DropInvalid", flags={}),
@@ -92,7 +103,7 @@ GOLDENS = {
                         dns={"servers": ["127.0.0.53", "::127.0.0.53"]}),
     # RedirectDNS without servers and without CaptureAllDNS: istio-iptables turns DNS off.
     "ipv6-dns-uid-gid": dict(istio="-u 3,4 -g 1,2 EnableIPv6 RedirectDNS (no servers: off)",
-                             flags={**LISTS, **V6}),
+                             flags={**LISTS, **V6}, dns=DNS_OFF),
     "host-ipv4-loopback-cidr": dict(istio="HostIPv4LoopbackCidr 127.0.0.1/8",
                                     flags={"host_loopback_cidr": "127.0.0.1/8"}),
 }
@@ -113,7 +124,12 @@ def golden_text(name):
 
 def meshlane_flags(name):
     flags = {**BASE, **GOLDENS[name]["flags"]}
+    servers = GOLDENS[name].get("dns", {}).get("servers")
+    if servers:  # istio-init's ISTIO_META_DNS_CAPTURE with the pod's resolv.conf nameservers
+        flags.update(dns_capture="nameservers", dns_servers=",".join(servers))
     if os.environ.get("MESHLANE_DIFF_LEGACY") == "1":
+        flags.pop("dns_capture", None)
+        flags.pop("dns_servers", None)
         flags.pop("ip_families", None)
         flags.pop("host_loopback_cidr", None)
         for key in ("proxy_uid", "proxy_gid"):
@@ -173,10 +189,37 @@ def inbound_probes(ports):
     return probes
 
 
+DNS_PROTOS = ("dns-udp", "dns-udpc", "dns-tcp")
+
+
+def dns_targets():
+    """(family, dst, bind) of the port-53 probes (module docstring)."""
+    targets = [("4", dst, None) for dst in ("127.0.0.53", "127.0.0.1", "127.1.2.3", POD4,
+                                            "10.99.0.1", "9.9.0.1")]
+    targets += [("4in6", "127.0.0.53", None), ("4", "127.0.0.53", "127.0.0.6")]
+    targets += [("6", dst, None) for dst in ("::127.0.0.53", "::1", POD6, "fd00:99::1")]
+    targets.append(("6", "::1", "::6"))
+    return targets
+
+
 def dns_probes(name):
-    """Hook for the DNS capture work: UDP/TCP port-53 probes for goldens with GOLDENS[name]
-    ["dns"]. Empty until meshlane captures DNS; the TCP probes above never use port 53."""
-    return []
+    """Port-53 probes over UDP and TCP for the goldens with GOLDENS[name]["dns"]."""
+    if "dns" not in GOLDENS[name]:
+        return []
+    probes = []
+    for label, uid, gid in identities(ids(name, "proxy_uid"), ids(name, "proxy_gid")):
+        for family, dst, bind in dns_targets():
+            for proto in DNS_PROTOS:
+                pid = f"{proto} {label} {family} {dst}:53" + (f" bind {bind}" if bind else "")
+                probes.append({"id": pid, "uid": uid, "gid": gid, "family": family, "dst": dst,
+                               "port": 53, "bind": bind, "proto": proto})
+    return probes
+
+
+def dns_outcomes(outcomes):
+    """Names the answering DNS server (dnsmasq answers with its own address)."""
+    return {pid: ({**o, "answer": diff.DNS_ANSWERS.get(o["answer"], o["answer"])}
+                  if "answer" in o else o) for pid, o in outcomes.items()}
 
 
 @pytest.fixture(scope="module")
@@ -227,10 +270,14 @@ class Case:
         uid, gid = ids(self.name, "proxy_uid")[0], ids(self.name, "proxy_gid")[0]
         for world in (self.istio, self.mesh):
             world.spawn_servers(uid, gid)
+            if "dns" in GOLDENS[self.name]:
+                world.spawn_dns(uid, gid)
 
     def wait(self):
         for world in (self.istio, self.mesh):
             world.wait_servers()
+            if "dns" in GOLDENS[self.name]:
+                world.wait_dns()
 
     def start(self):
         inbound = self.probes["in"] + self.probes["deliberate"]
@@ -241,7 +288,8 @@ class Case:
 
     def finish(self, runs):
         i_out, m_out, i_in, m_in = [diff.World.finish_probes(run) for run in runs]
-        self.outcomes = {"istio": {**i_out, **i_in}, "meshlane": {**m_out, **m_in}}
+        self.outcomes = {"istio": dns_outcomes({**i_out, **i_in}),
+                         "meshlane": dns_outcomes({**m_out, **m_in})}
         self.server_errors = self.istio.server_errors() + self.mesh.server_errors()
 
     def destroy(self):
@@ -312,9 +360,16 @@ def test_same_outcomes_as_istio(agent, name):
     istio, mesh = case.outcomes["istio"], case.outcomes["meshlane"]
     compared = case.probes["out"] + case.probes["in"]
     diffs = mismatches(compared, istio, mesh)
+    dns = [p for p in compared if p.get("proto", "tcp") != "tcp"]
+    # Not vacuous: the goldens with nameservers send some probes to the DNS listener.
+    listener = sum(istio[p["id"]].get("answer") == "dns-listener" for p in dns)
     SUMMARY[name] = {"probes": len(compared), "mismatches": len(diffs), "diffs": diffs,
+                     "dns_probes": len(dns), "dns_mismatches": len(mismatches(dns, istio, mesh)),
+                     "dns_to_listener": listener,
                      "deliberate": {p["id"]: [istio[p["id"]].get("by"), mesh[p["id"]].get("by")]
                                     for p in case.probes["deliberate"]}}
+    if GOLDENS[name].get("dns", {}).get("servers"):
+        assert listener > 0, f"{name}: no DNS probe reached the DNS listener under Istio's rules"
     # Deliberate: meshlane always lets these reach their own listener directly.
     for probe in case.probes["deliberate"]:
         assert mesh[probe["id"]].get("by") == f"proxy:{probe['port']}", \

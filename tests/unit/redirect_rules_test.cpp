@@ -209,6 +209,34 @@ TEST(OutboundRules, LoopbackIncludeSendsGidOnlyProxyInbound) {
     EXPECT_EQ(decide(f), OUTBOUND_PASS);
 }
 
+// DNS capture on: SetupDNSRedir writes the app's lo RETURN as "-o lo -p tcp ! --dport 53 -m owner
+// ! --uid-owner u -j RETURN", so the app's TCP to a pod-local non-nameserver on 53 (the DNS rules
+// did not take it) goes on to "-d 127.0.0.1 -j RETURN" and the include rules: with -i "*" to
+// 15001 (dns-uid-gid style rules with an include list).
+TEST(OutboundRules, DnsPortOverLoSkipsAppLoReturn) {
+    outbound_facts f{};
+    f.dst_is_local = 1;
+    f.lo_return_skips_port = 1;
+    EXPECT_TRUE(outbound_needs_tail(&f));
+    f.dst_cidr_included = 1;  // app -> own pod IP:53 with -i "*"
+    __u32 counter = 0;
+    EXPECT_EQ(decide(f, &counter), OUTBOUND_REDIRECT);
+    EXPECT_EQ(counter, MESHLANE_CNT_OUTBOUND_REDIRECTED);
+    f.dst_cidr_included = 0;  // not included: passes at the end of the chain
+    EXPECT_EQ(decide(f, &counter), OUTBOUND_PASS);
+    EXPECT_EQ(counter, MESHLANE_CNT_OUTBOUND_PASS_NOT_INCLUDED);
+    f.dst_is_localhost = 1;  // 127.0.0.1:53: "-d 127.0.0.1/32 -j RETURN"
+    f.dst_cidr_included = 1;
+    EXPECT_EQ(decide(f, &counter), OUTBOUND_PASS);
+    EXPECT_EQ(counter, MESHLANE_CNT_OUTBOUND_PASS_LOOPBACK);
+    f = outbound_facts{};  // DNS capture off: the plain lo RETURN still covers 53
+    f.dst_is_local = 1;
+    f.dst_cidr_included = 1;
+    EXPECT_FALSE(outbound_needs_tail(&f));
+    EXPECT_EQ(decide(f, &counter), OUTBOUND_PASS);
+    EXPECT_EQ(counter, MESHLANE_CNT_OUTBOUND_PASS_LOOPBACK);
+}
+
 // Case 5: -u 3,4: on lo only the first uid's rules are reached; off lo every listed uid returns.
 TEST(OutboundRules, SecondProxyUidOnLoPassesOffLoReturns) {
     outbound_facts f{};

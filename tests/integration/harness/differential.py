@@ -5,7 +5,15 @@ A world is two network namespaces created by the test: the pod (interface `vpod`
 fd00:44::2, ::6 on lo as istio-iptables adds it) and a peer (10.44.0.1 / fd00:44::1) that holds
 every "remote" address on its lo and runs the remote probe server. Both worlds use the same
 addresses: each lives in its own namespaces, so outcomes compare verbatim. Probe listeners are
-harness/scripts/probe_server.py (one JSON line per connection: who answered, original dst)."""
+harness/scripts/probe_server.py (one JSON line per connection: who answered, original dst).
+
+DNS (spawn_dns): three dnsmasq servers per world, each answering DNS_NAME with its own address
+so the answer names the side that answered, none forwarding anywhere (--no-resolv, --no-hosts,
+no config file): the proxy's DNS listener (127.0.0.1 / ::1 :15053, as the proxy uid/gid in the
+sidecar cgroup), a pod-local real server (port 53 on 127.0.0.53, the loopback nameserver of the
+DNS goldens, and on the pod's other local addresses, as the app) and a remote real server in the
+peer (port 53 on REMOTE_DNS, among them ::127.0.0.53, the goldens' IPv6 nameserver, which is
+not local and so leaves the pod by its default route)."""
 import json
 import os
 import select
@@ -21,6 +29,14 @@ POD6, PEER6 = "fd00:44::2", "fd00:44::1"
 # goldens' include/exclude ranges), none of them; 2001:db8::/32 (the IPv6 goldens) and outside.
 REMOTE4 = ("10.99.0.1", "9.9.0.1", "1.1.0.1", "203.0.113.1")
 REMOTE6 = ("2001:db8::1", "fd00:99::1")
+# The goldens' IPv6 nameserver (IPv4-compatible form of 127.0.0.53): on the peer's lo.
+REMOTE6_DNS_ONLY = ("::127.0.0.53",)
+REMOTE_DNS = ("10.99.0.1", "9.9.0.1", "fd00:99::1", *REMOTE6_DNS_ONLY)
+LOCAL_DNS = ("127.0.0.53", "127.0.0.1", "127.1.2.3", POD4, "::1", POD6)
+DNS_NAME = "svc.meshlane-diff.test"  # probe_client.py asks for it
+DNS_ANSWERS = {"198.51.100.1": "dns-listener", "198.51.100.2": "peer-dns:53",
+               "198.51.100.3": "pod-dns:53"}
+DNS_LISTENER_PORT = 15053
 APP_UID = APP_GID = 1000
 APP_PORTS = (8080, 80, 22, 4000, 6000, 31000)
 PROXY_PORTS = (15001, 15006, 15008, 15020, 15021, 15090)
@@ -70,7 +86,7 @@ class World:
         peer_cmds = ["link set lo up", f"addr add {PEER4}/24 dev vpeer",
                      f"addr add {PEER6}/64 dev vpeer nodad", "link set vpeer up"]
         peer_cmds += [f"addr add {a}/32 dev lo" for a in REMOTE4]
-        peer_cmds += [f"addr add {a}/128 dev lo nodad" for a in REMOTE6]
+        peer_cmds += [f"addr add {a}/128 dev lo nodad" for a in REMOTE6 + REMOTE6_DNS_ONLY]
         for ns, cmds in ((self.pod, pod_cmds), (self.peer, peer_cmds)):
             util.run(["ip", "-n", ns, "-batch", "-"], input="\n".join(cmds) + "\n")
         # The app listens on 22 and 80 as uid 1000 (per-netns sysctl).
@@ -102,6 +118,39 @@ class World:
                                       stderr=err, description=f"probe servers of {self.pod}")
         self.processes.append(self._server)
 
+    def spawn_dns(self, proxy_uid, proxy_gid):
+        """The three dnsmasq servers (module docstring); wait_dns() waits until they serve."""
+        answer = {label: addr for addr, label in DNS_ANSWERS.items()}
+        self._dns = []
+        for tag, listen, port, ids, cgroup, netns in (
+                ("listener", ("127.0.0.1", "::1"), DNS_LISTENER_PORT, (proxy_uid, proxy_gid),
+                 "sidecar", self.pod_path),
+                ("pod", LOCAL_DNS, 53, (APP_UID, APP_GID), "app", self.pod_path),
+                ("peer", REMOTE_DNS, 53, (None, None), None, self.peer_path)):
+            log = os.path.join(self.workdir, f"dnsmasq-{tag}.log")
+            args = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
+                    "--no-hosts", "--pid-file=", "--user=", f"--port={port}",
+                    f"--listen-address={','.join(listen)}", "--bind-interfaces",
+                    f"--address=/{DNS_NAME}/"
+                    f"{answer['dns-listener' if tag == 'listener' else tag + '-dns:53']}",
+                    "--log-facility=-"]
+            with open(log, "ab") as out:
+                process = proc.spawn(
+                    args, netns_path=netns, uid=ids[0], gid=ids[1],
+                    groups=[] if ids[0] is not None else None,
+                    cgroup_dir=os.path.join(self.cgroup, cgroup) if cgroup else None,
+                    stdout=out, stderr=out, description=f"dnsmasq {tag} of {self.pod}")
+            self.processes.append(process)
+            self._dns.append((tag, process, log))
+
+    def wait_dns(self, timeout=10):
+        """dnsmasq logs "started" once its sockets are bound."""
+        for tag, process, log in self._dns:
+            util.wait_until(lambda: process.poll() is not None or "started," in open(log).read(),
+                            timeout=timeout, message=f"dnsmasq {tag} of {self.pod} started")
+            if process.poll() is not None:
+                raise RuntimeError(f"dnsmasq {tag} of {self.pod} exited: {open(log).read()}")
+
     def wait_servers(self, timeout=20):
         ready, _, _ = select.select([self._server.stdout], [], [], timeout)
         line = self._server.stdout.readline() if ready else b""
@@ -132,6 +181,8 @@ class World:
         """The probe servers' stderr, for failure messages."""
         text = ""
         for name in sorted(os.listdir(self.workdir)) if os.path.isdir(self.workdir) else []:
+            if name.startswith("dnsmasq-"):  # dnsmasq logs its start: not an error
+                continue
             with open(os.path.join(self.workdir, name), errors="replace") as f:
                 body = f.read()
             if body:
