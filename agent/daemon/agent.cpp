@@ -22,6 +22,7 @@
 #include "agent/common/unique_fd.h"
 #include "agent/daemon/config.h"
 #include "agent/daemon/degraded_registry.h"
+#include "agent/daemon/memory_trim.h"
 #include "agent/daemon/prerequisites.h"
 #include "agent/events/event_bus.h"
 #include "agent/fastpath/fastpath_selftest.h"
@@ -214,6 +215,8 @@ int run_agent(const std::string& config_path) {
         spdlog::error("{}{}", lock.error().message, privilege_hint(lock.error()));
         return 1;
     }
+    // Freed heap back to the kernel (bounded RSS after bursts of API abuse; memory_trim.h).
+    MemoryTrimmer memory_trimmer;
     // Probe everything first: one report naming each missing feature beats the first verifier
     // error of the first program that needs it. Then each part starts when its features are
     // there; the others keep working without it (degraded start, docs/deploy.md).

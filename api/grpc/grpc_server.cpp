@@ -325,6 +325,14 @@ Status GrpcServer::start() {
         if (!tcp->endpoint.loopback)
             spdlog::warn("grpc: listens on non-loopback {}: reachable from other hosts",
                          tcp->endpoint.text());
+        // gRPC before 1.59 has no defence against HTTP/2 rapid reset (CVE-2023-44487); the
+        // bounds above and the agent's heap trimming keep what remains after a burst small,
+        // not the peak during it (docs/api.md "Budgets").
+        spdlog::warn(
+            "grpc: the TCP listener runs on gRPC {}, which has no defence against "
+            "HTTP/2 rapid reset (CVE-2023-44487): any client that reaches {} can make "
+            "the agent allocate memory while it sends; keep it on loopback or off",
+            grpc::Version(), tcp->endpoint.text());
         spdlog::info("grpc: listening on {}:{} (TLS{})",
                      tcp->endpoint.v6 ? "[" + tcp->endpoint.address + "]" : tcp->endpoint.address,
                      impl_->tcp_port,
