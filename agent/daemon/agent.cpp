@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -17,6 +18,7 @@
 #include <filesystem>
 #include <functional>
 #include <optional>
+#include <thread>
 #include <tuple>
 
 #include "agent/common/unique_fd.h"
@@ -388,20 +390,27 @@ int run_agent(const std::string& config_path) {
         grpc_server.stop();
         io.stop();
     });
-    boost::asio::steady_timer reconcile_timer(io);
+    // Reconcile and pod discovery open namespaces, walk /proc and attach programs: they run on
+    // a thread of their own, never on the io thread that answers the API.
+    boost::asio::io_context housekeeping;
+    auto housekeeping_work = boost::asio::make_work_guard(housekeeping);
+    boost::asio::steady_timer reconcile_timer(housekeeping);
     if (manager)
         schedule_reconcile(reconcile_timer, *manager,
                            std::chrono::milliseconds(config->reconcile_interval_ms));
-    boost::asio::steady_timer discovery_timer(io);
+    boost::asio::steady_timer discovery_timer(housekeeping);
     if (config->discover_pods && manager)
         schedule_discovery(discovery_timer, discovery, *manager,
                            std::chrono::milliseconds(config->discover_interval_ms));
+    std::thread housekeeper([&housekeeping] { housekeeping.run(); });
 
     spdlog::info(
         "meshlane agent {} ready: API on {} (REST) and {} (gRPC), pins under {}, "
         "cgroup2 at {}",
         MESHLANE_VERSION, config->api_socket, config->grpc_socket, pin_root, cgroup2_path);
     io.run();
+    housekeeping.stop();
+    housekeeper.join();
     return 0;
 }
 
