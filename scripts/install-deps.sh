@@ -17,6 +17,8 @@ packages=(
   haproxy iptables python3 python3-pytest curl openssl gnutls-bin
   # test: the independent gRPC client (reflection by hand) and the OpenAPI document
   python3-grpcio python3-protobuf python3-yaml
+  # test: raw HTTP/2 frames for the rapid-reset test (tests/integration/test_api_hardening.py)
+  python3-h2
   # test: the chained CNI plugin runs after Debian's bridge + host-local
   containernetworking-plugins
   # test (label deploy): `systemd-analyze verify` of deploy/systemd/meshlane.service. Debian 12

@@ -171,6 +171,52 @@ def test_tcp_clients_cannot_lock_root_out_of_the_unix_socket(topo, tls_agent, pk
         hostile.close()
 
 
+GRPC_STREAMS = r"""
+import sys, time, grpc
+port, ca, count = int(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3])
+channel = grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(ca))
+call = channel.unary_stream("/meshlane.v1.Agent/StreamEvents",
+                            request_serializer=lambda b: b, response_deserializer=lambda b: b)
+streams = [call(b"\x08\x01", timeout=120) for _ in range(count)]  # follow = true
+time.sleep(2)
+refused = sum(1 for s in streams if s.done() and s.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
+print(f"ready {count - refused} {refused}", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_grpc_tcp_streams_leave_the_unix_socket_its_own(tls_agent, pki):
+    from harness.api import ReflectionClient
+    hostile = subprocess.Popen(
+        [sys.executable, "-c", GRPC_STREAMS, str(tls_agent.grpc_port), ca_pem(pki), "24"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        preexec_fn=proc._child_setup(None, None, NOBODY, NOBODY, []))
+    token = cleanup.REGISTRY.add(f"kill hostile gRPC client pid {hostile.pid}", hostile.kill,
+                                 {"kind": "pid", "pid": hostile.pid,
+                                  "start": cleanup._proc_start(hostile.pid)})
+    try:
+        line = hostile.stdout.readline().split()
+        assert line and line[0] == "ready", line
+        held, refused = int(line[1]), int(line[2])
+        assert held <= 8 and refused >= 16, (held, refused)  # the TCP budget: 8 streams
+        client = ReflectionClient(tls_agent.grpc_socket)
+        service = client.load_service("meshlane.v1.Agent")
+        streams = [client.stream(service, "StreamEvents", timeout=30, follow=True)
+                   for _ in range(16)]
+        try:
+            time.sleep(1)
+            assert not any(s.done() for s in streams), "root's unix streams were refused"
+            assert client.unary(service, "Health").status == "ok"
+        finally:
+            for s in streams:
+                s.cancel()
+            client.close()
+    finally:
+        hostile.kill()
+        hostile.wait(timeout=10)
+        cleanup.REGISTRY.undo(token)
+
+
 def test_tcp_flood_keeps_the_agent_descriptors_bounded(tls_agent, pki):
     before = fd_count(tls_agent.process.pid)
     hostile = Hostile(tls_agent, pki, raw=3000)
