@@ -516,13 +516,10 @@ asio::awaitable<void> run_unix_session(std::shared_ptr<detail::ServerState> stat
         co_await drain_request(*stream, *state);
         co_return;
     }
-    {
-        SessionRegistration registration(*state, budget,
-                                         [weak = std::weak_ptr<UnixStream>(stream)] {
-                                             if (auto open = weak.lock()) open->close();
-                                         });
-        co_await serve_connection(*stream, *state, Peer{});
-    }
+    SessionRegistration registration(*state, budget, [weak = std::weak_ptr<UnixStream>(stream)] {
+        if (auto open = weak.lock()) open->close();
+    });
+    co_await serve_connection(*stream, *state, Peer{});
     co_await finish(*stream, state->options);
 }
 
