@@ -221,7 +221,11 @@ def test_tcp_flood_keeps_the_agent_descriptors_bounded(tls_agent, pki):
     before = fd_count(tls_agent.process.pid)
     hostile = Hostile(tls_agent, pki, raw=3000)
     try:
-        during = fd_count(tls_agent.process.pid)
+        # The agent accepts the backlog over a few seconds: its highest count is what counts.
+        during = 0
+        for _ in range(30):
+            during = max(during, fd_count(tls_agent.process.pid))
+            time.sleep(0.1)
         # 32 handshakes + 2 x 64 connections + 16: the cap on TCP sockets (docs/api.md).
         assert during - before <= 176, (before, during, hostile.held)
         assert health_latencies(tls_agent, 3)[1] < 0.1
