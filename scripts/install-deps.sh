@@ -20,6 +20,8 @@ packages=(
   dnsmasq-base bind9-dnsutils python3-dnspython
   # test: the independent gRPC client (reflection by hand) and the OpenAPI document
   python3-grpcio python3-protobuf python3-yaml
+  # test: raw HTTP/2 frames for the rapid-reset test (tests/integration/test_api_hardening.py)
+  python3-h2
   # test: the chained CNI plugin runs after Debian's bridge + host-local
   containernetworking-plugins
   # test: install-cni (deploy/kubernetes/install-cni.sh) watches the CNI config dir

@@ -25,4 +25,21 @@ struct TcpListener {
 // Every LISTEN socket, IPv4 and IPv6, of the calling thread's netns.
 Result<std::vector<TcpListener>> list_tcp_listeners();
 
+// A TCP socket in any state (verify's view of its probe connections).
+struct TcpSocket {
+    std::string local;   // "10.0.0.1:40000", "[::ffff:127.0.0.1]:15001"
+    std::string remote;  // same form
+    std::uint16_t local_port = 0;
+    std::uint16_t remote_port = 0;
+    bool ipv6 = false;       // an AF_INET6 socket (dual-stack ones too)
+    std::uint8_t state = 0;  // TCP_ESTABLISHED, TCP_LISTEN, ... (netinet/tcp.h)
+    std::uint32_t uid = 0;
+    std::uint64_t inode = 0;
+};
+
+// The TCP sockets, IPv4 and IPv6, of the calling thread's netns whose state is in `state_mask`
+// (bit 1 << TCP_xxx), from the same sock_diag dump: an AF_INET6 socket that accepts IPv4 (a
+// dual-stack [::]:15001 listener, IPV6_V6ONLY=0) is in the AF_INET6 dump only.
+Result<std::vector<TcpSocket>> list_tcp_sockets(std::uint32_t state_mask);
+
 }  // namespace meshlane

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -17,11 +18,13 @@
 #include <filesystem>
 #include <functional>
 #include <optional>
+#include <thread>
 #include <tuple>
 
 #include "agent/common/unique_fd.h"
 #include "agent/daemon/config.h"
 #include "agent/daemon/degraded_registry.h"
+#include "agent/daemon/memory_trim.h"
 #include "agent/daemon/prerequisites.h"
 #include "agent/daemon/sd_notify.h"
 #include "agent/events/event_bus.h"
@@ -42,19 +45,66 @@ namespace meshlane {
 
 namespace {
 
+// The state directory holds what the agent re-adopts at restart: only the agent may write it.
+// An existing one is checked, never changed (a chmod could open or close someone else's
+// directory); one the agent creates is 0755.
+Status prepare_state_dir(const std::string& state_dir) {
+    std::error_code ec;
+    std::filesystem::create_directories(std::filesystem::path(state_dir).parent_path(), ec);
+    if (ec) return Error::from_errno(ec.value(), "create the parents of state_dir " + state_dir);
+    if (::mkdir(state_dir.c_str(), 0755) == 0) {
+        if (::chmod(state_dir.c_str(), 0755) != 0)  // the umask may have narrowed it
+            return Error::last_errno("chmod 0755 state_dir " + state_dir);
+    } else if (errno != EEXIST) {
+        return Error::last_errno("create state_dir " + state_dir);
+    }
+    struct stat st {};
+    if (::lstat(state_dir.c_str(), &st) != 0) return Error::last_errno("state_dir " + state_dir);
+    if (!S_ISDIR(st.st_mode))
+        return Error{ENOTDIR, "state_dir " + state_dir +
+                                  " is not a directory (a symlink or a file): refusing to use it"};
+    if (st.st_uid != ::geteuid())
+        return Error{EPERM, "state_dir " + state_dir + " is owned by uid " +
+                                std::to_string(st.st_uid) + ", not by the agent (uid " +
+                                std::to_string(::geteuid()) + "): refusing to use it"};
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+        char mode[8];
+        std::snprintf(mode, sizeof mode, "%04o", st.st_mode & 07777);
+        return Error{EPERM, "state_dir " + state_dir + " is writable by group or others (mode " +
+                                mode + "): give the agent a directory only it can write"};
+    }
+    return Ok{};
+}
+
 // One agent per state directory: a second one would fight over pins and the socket.
 Result<UniqueFd> lock_state_dir(const std::string& state_dir) {
-    std::error_code ec;
-    std::filesystem::create_directories(state_dir, ec);
-    if (ec) return Error::from_errno(ec.value(), "create state_dir " + state_dir);
-    ::chmod(state_dir.c_str(), 0755);
+    if (auto prepared = prepare_state_dir(state_dir); !prepared) return prepared.error();
     const std::string path = state_dir + "/agent.lock";
-    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    // O_NOFOLLOW: a symlink planted here must not make root create or open a file elsewhere.
+    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (!fd.valid()) return Error::last_errno("open " + path);
     if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
         if (errno == EWOULDBLOCK)
             return Error{EBUSY, "another meshlane agent is running with state_dir " + state_dir};
         return Error::last_errno("lock " + path);
+    }
+    return fd;
+}
+
+// One agent per pin_dir too: two agents with their own state_dir but the same pins would each
+// remove the other's pins as "orphaned". The lock is an flock on the pin directory itself
+// (bpffs holds no regular files); it ends with the process, so a restart after a crash works.
+Result<UniqueFd> lock_pin_root(const std::string& pin_root) {
+    std::error_code ec;
+    std::filesystem::create_directories(pin_root, ec);
+    if (ec) return Error::from_errno(ec.value(), "create pin directory " + pin_root);
+    UniqueFd fd(::open(pin_root.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd.valid()) return Error::last_errno("open pin directory " + pin_root);
+    if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+        if (errno == EWOULDBLOCK)
+            return Error{EBUSY, "another meshlane agent is running with the pin directory " +
+                                    pin_root + " (bpffs + pin_dir); give each agent its own"};
+        return Error::last_errno("lock pin directory " + pin_root);
     }
     return fd;
 }
@@ -207,6 +257,8 @@ int run_agent(const std::string& config_path) {
         spdlog::error("{}{}", lock.error().message, privilege_hint(lock.error()));
         return 1;
     }
+    // Freed heap back to the kernel (bounded RSS after bursts of API abuse; memory_trim.h).
+    MemoryTrimmer memory_trimmer;
     // Probe everything first: one report naming each missing feature beats the first verifier
     // error of the first program that needs it. Then each part starts when its features are
     // there; the others keep working without it (degraded start, docs/deploy.md).
@@ -238,6 +290,14 @@ int run_agent(const std::string& config_path) {
     if (!bpffs) disable(kFeatureRedirect, bpffs.error().message + privilege_hint(bpffs.error()));
     const std::string cgroup2_path = cgroup2 ? *cgroup2 : "";
     const std::string pin_root = bpffs ? *bpffs + "/" + config->pin_dir : "";
+    Result<UniqueFd> pin_lock = UniqueFd{};
+    if (bpffs) {
+        pin_lock = lock_pin_root(pin_root);
+        if (!pin_lock) {
+            spdlog::error("{}{}", pin_lock.error().message, privilege_hint(pin_lock.error()));
+            return 1;
+        }
+    }
     std::unique_ptr<RedirectDatapath> datapath;
     if (features[kFeatureRedirect].enabled) {
         auto loaded = RedirectDatapath::load({pin_root, config->max_workloads});
@@ -404,14 +464,19 @@ int run_agent(const std::string& config_path) {
         grpc_server.stop();
         io.stop();
     });
-    boost::asio::steady_timer reconcile_timer(io);
+    // Reconcile and pod discovery open namespaces, walk /proc and attach programs: they run on
+    // a thread of their own, never on the io thread that answers the API.
+    boost::asio::io_context housekeeping;
+    auto housekeeping_work = boost::asio::make_work_guard(housekeeping);
+    boost::asio::steady_timer reconcile_timer(housekeeping);
     if (manager)
         schedule_reconcile(reconcile_timer, *manager,
                            std::chrono::milliseconds(config->reconcile_interval_ms));
-    boost::asio::steady_timer discovery_timer(io);
+    boost::asio::steady_timer discovery_timer(housekeeping);
     if (config->discover_pods && manager)
         schedule_discovery(discovery_timer, discovery, *manager,
                            std::chrono::milliseconds(config->discover_interval_ms));
+    std::thread housekeeper([&housekeeping] { housekeeping.run(); });
 
     spdlog::info(
         "meshlane agent {} ready: API on {} (REST) and {} (gRPC), pins under {}, "
@@ -421,6 +486,8 @@ int run_agent(const std::string& config_path) {
     // unit's `systemctl start` returns now, and connections queued before io.run() are served.
     notify_systemd("READY=1\nSTATUS=API on " + config->api_socket);
     io.run();
+    housekeeping.stop();
+    housekeeper.join();
     return 0;
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "api/tls/tls_config.h"
@@ -120,6 +121,7 @@ Result<AgentConfig> parse_agent_config(std::string_view text, std::string_view o
     std::istringstream lines{std::string(text)};
     std::string raw;
     int number = 0;
+    std::map<std::string, std::string> first_seen;  // key -> where, for duplicate keys
     while (std::getline(lines, raw)) {
         ++number;
         std::string_view line = raw;
@@ -131,6 +133,10 @@ Result<AgentConfig> parse_agent_config(std::string_view text, std::string_view o
         if (eq == std::string_view::npos) return Error::invalid(where + ": expected key = value");
         std::string key(trim(line.substr(0, eq)));
         std::string value(trim(line.substr(eq + 1)));
+        // A key given twice is a mistake (which one was meant?), never "last one wins".
+        if (auto [it, fresh] = first_seen.emplace(key, where); !fresh)
+            return Error::invalid(where + ": " + key + " is set again (first at " + it->second +
+                                  ")");
         if (value.size() >= 2 && value.front() == '"' && value.back() == '"')
             value = value.substr(1, value.size() - 2);
         if (key == "state_dir") {

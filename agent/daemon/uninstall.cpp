@@ -3,6 +3,10 @@
 #include <bpf/bpf.h>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -51,6 +55,31 @@ Status detach_links(const fs::path& root, UninstallReport& report) {
     return detach_links_in(root / "fastpath", report);
 }
 
+// Only a socket nobody accepts on is the stopped agent's: a regular file, a symlink or a live
+// socket at the configured path is someone else's and stays.
+void remove_own_socket(const std::string& path) {
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) return;
+    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    if (!probe.valid() || path.size() >= sizeof address.sun_path) return;
+    path.copy(address.sun_path, sizeof address.sun_path - 1);
+    if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0 ||
+        errno != ECONNREFUSED)
+        return;
+    ::unlink(path.c_str());
+}
+
+// A bpffs the agent mounted at a configured path of its own (not the system's /sys/fs/bpf) is
+// unmounted once nothing is pinned in it any more.
+void unmount_own_bpffs(const std::string& configured) {
+    if (configured.empty() || configured == "/sys/fs/bpf" || !is_bpffs(configured)) return;
+    std::error_code ec;
+    if (!fs::is_empty(configured, ec) || ec) return;
+    ::umount2(configured.c_str(), UMOUNT_NOFOLLOW);
+}
+
 }  // namespace
 
 Result<UninstallReport> uninstall(const std::string& config_path) {
@@ -78,8 +107,9 @@ Result<UninstallReport> uninstall(const std::string& config_path) {
     std::error_code ec;
     fs::remove(fs::path(config->state_dir) / "workloads.json", ec);
     fs::remove(fs::path(config->state_dir) / "agent.lock", ec);
-    fs::remove(config->api_socket, ec);
-    fs::remove(config->grpc_socket, ec);
+    remove_own_socket(config->api_socket);
+    remove_own_socket(config->grpc_socket);
+    if (bpffs) unmount_own_bpffs(config->bpffs);
     return report;
 }
 

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <boost/json.hpp>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -26,6 +27,8 @@
 #include <sstream>
 #include <thread>
 
+#include "agent/common/in_netns.h"
+#include "agent/common/tcp_listeners.h"
 #include "agent/common/unique_fd.h"
 #include "agent/diagnose/collector.h"
 #include "features/fastpath/fastpath_conn_state.h"
@@ -165,31 +168,37 @@ struct TcpEntry {
     std::uint64_t inode = 0;
 };
 
-std::string hex_addr_text(const std::string& hex, std::uint16_t* port) {
-    const auto colon = hex.find(':');
-    *port = static_cast<std::uint16_t>(std::stoul(hex.substr(colon + 1), nullptr, 16));
-    std::uint32_t word = static_cast<std::uint32_t>(std::stoul(hex.substr(0, colon), nullptr, 16));
-    char buffer[INET_ADDRSTRLEN]{};
-    ::inet_ntop(AF_INET, &word, buffer, sizeof buffer);
-    return std::string(buffer) + ":" + std::to_string(*port);
+// "[::ffff:127.0.0.1]:15001" -> "127.0.0.1:15001": a dual-stack socket's IPv4 peers read like
+// those of an AF_INET socket, so the address checks below hold for both.
+std::string unmapped(const std::string& text) {
+    constexpr std::string_view kMapped = "[::ffff:";
+    if (text.rfind(kMapped, 0) != 0 || text.find('.') == std::string::npos) return text;
+    const auto close = text.find(']');
+    if (close == std::string::npos) return text;
+    return text.substr(kMapped.size(), close - kMapped.size()) + text.substr(close + 1);
 }
 
-std::vector<TcpEntry> read_tcp4(pid_t pid) {
+// The TCP sockets, IPv4 and IPv6, of the netns `pid` is in, from the kernel (sock_diag, the one
+// socket reader: agent/common/tcp_listeners.h). `state` keeps /proc/net/tcp's two hex digits
+// ("0A" LISTEN, "01" ESTABLISHED) for the evidence texts.
+std::vector<TcpEntry> read_tcp(pid_t pid) {
     std::vector<TcpEntry> entries;
-    std::ifstream in("/proc/" + std::to_string(pid) + "/net/tcp");
-    std::string line;
-    std::getline(in, line);
-    while (std::getline(in, line)) {
-        std::istringstream f(line);
-        std::string sl, local, remote, state, q, t, r, uid, timeout, inode;
-        if (!(f >> sl >> local >> remote >> state >> q >> t >> r >> uid >> timeout >> inode))
-            continue;
+    Result<std::vector<TcpSocket>> sockets = Error{EIO, "not read"};
+    const std::string netns = "/proc/" + std::to_string(pid) + "/ns/net";
+    if (auto joined = in_netns(netns, [&] { sockets = list_tcp_sockets(~0U); });
+        !joined || !sockets)
+        return entries;
+    for (const auto& socket : *sockets) {
         TcpEntry e;
-        e.local = hex_addr_text(local, &e.local_port);
-        e.remote = hex_addr_text(remote, &e.remote_port);
+        e.local = unmapped(socket.local);
+        e.remote = unmapped(socket.remote);
+        e.local_port = socket.local_port;
+        e.remote_port = socket.remote_port;
+        char state[3]{};
+        std::snprintf(state, sizeof state, "%02X", socket.state);
         e.state = state;
-        e.uid = static_cast<std::uint32_t>(std::stoul(uid));
-        e.inode = std::stoull(inode);
+        e.uid = socket.uid;
+        e.inode = socket.inode;
         entries.push_back(std::move(e));
     }
     return entries;
@@ -555,7 +564,7 @@ std::vector<VerifyCheck> probe_outbound(const WorkloadStatus& status,
         const ProbeResult& r = running.result;
         if (r.stage < 6) return;
         // The kernel's view of the probe socket: where it really connected.
-        const auto table = read_tcp4(running.pid);
+        const auto table = read_tcp(running.pid);
         // ESTABLISHED, or CLOSE_WAIT when the proxy already closed its side (its upstream to
         // the TEST-NET address failed): either way the kernel shows where it went.
         const TcpEntry* conn = find_probe_socket(table, r.local_port);
@@ -702,7 +711,7 @@ VerifyCheck check_no_loop(const WorkloadStatus& status, const VerifyOptions& opt
     std::string seen;
     bool stayed = false;
     const auto probe = run_probe(status, spec, [&](const Probe& running) {
-        const auto table = read_tcp4(running.pid);
+        const auto table = read_tcp(running.pid);
         const auto* conn = find_probe_socket(table, running.result.local_port);
         if (conn == nullptr) return;
         seen = conn->local + " -> " + conn->remote + " (state " + conn->state + ")";
@@ -937,7 +946,7 @@ VerifyCheck check_inbound(const WorkloadStatus& status, const VerifyOptions& opt
     std::size_t shown = 0;
     for (const auto& pid_entry : processes) {
         if (shown > 0 || !pid_entry.in_netns) continue;
-        for (const auto& e : read_tcp4(pid_entry.pid)) {
+        for (const auto& e : read_tcp(pid_entry.pid)) {
             if (e.state != "01" || proxy_sockets.count(e.inode) == 0 ||
                 e.local_port == status.spec.inbound_port ||
                 e.local_port == status.spec.outbound_port || e.local.rfind("127.", 0) == 0 ||

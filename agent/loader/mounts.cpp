@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <sys/vfs.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -59,7 +60,7 @@ Result<std::string> cgroup2_mount() {
     return mount;
 }
 
-static bool is_bpffs(const std::string& path) {
+bool is_bpffs(const std::string& path) {
     struct statfs fs {};
     return ::statfs(path.c_str(), &fs) == 0 && fs.f_type == BPF_FS_MAGIC;
 }
@@ -70,8 +71,15 @@ Result<std::string> ensure_bpffs(const std::string& wanted) {
     if (wanted.empty()) {
         if (auto existing = find_mount_point("bpf")) return existing;
     }
+    if (target.front() != '/')
+        return Error::invalid("bpffs " + target + " must be an absolute path");
     if (::mkdir(target.c_str(), 0700) != 0 && errno != EEXIST)
         return Error::last_errno("create bpffs mount point " + target);
+    // Mounting over a directory with content would hide it; only an empty one (or a new one).
+    std::error_code ec;
+    if (!std::filesystem::is_directory(target, ec) || !std::filesystem::is_empty(target, ec) || ec)
+        return Error{ENOTEMPTY, "bpffs " + target +
+                                    " is not an empty directory: refusing to mount bpffs over it"};
     if (::mount("bpf", target.c_str(), "bpf", 0, "mode=0700") != 0)
         return Error::last_errno("mount bpffs at " + target);
     spdlog::info("mounted bpffs at {}", target);

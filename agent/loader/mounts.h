@@ -19,6 +19,9 @@ Result<std::string> cgroup2_mount();
 // /sys/fs/bpf) when none is mounted.
 Result<std::string> ensure_bpffs(const std::string& wanted);
 
+// `path` is a bpffs mount (statfs magic).
+bool is_bpffs(const std::string& path);
+
 // Decodes the octal escapes /proc/mounts uses for spaces and tabs.
 std::string unescape_mount_field(std::string_view field);
 

@@ -37,6 +37,12 @@ struct NetnsHandle {
 Result<CgroupHandle> open_cgroup(const std::string& given, const std::string& cgroup2_mount);
 // `path` is /var/run/netns/NAME, /proc/PID/ns/net or any bind mount of a netns.
 Result<NetnsHandle> open_netns(const std::string& path);
+// Node-wide targets, refused with EINVAL and the reason: the cgroup2 root, or any cgroup that
+// contains the agent's own (every ancestor of it); the agent's own or init's network namespace.
+Status refuse_node_wide(const CgroupHandle& cgroup, const std::string& cgroup2_mount);
+Status refuse_node_wide(const NetnsHandle& netns);
+// One canonical cgroup path is the other or lies under it.
+bool cgroups_nested(const std::string& a, const std::string& b);
 // Re-reads the addresses configured inside a network namespace.
 Result<std::vector<PodAddress>> netns_addresses(int netns_fd);
 

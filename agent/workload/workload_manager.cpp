@@ -1,6 +1,7 @@
 #include "agent/workload/workload_manager.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
@@ -15,6 +16,7 @@
 #include <set>
 #include <sstream>
 
+#include "agent/common/unique_fd.h"
 #include "agent/workload/listener_adoption.h"
 
 namespace meshlane {
@@ -223,6 +225,15 @@ Result<bool> WorkloadManager::unenroll(const std::string& name) {
 
 Result<EnrollResult> WorkloadManager::enroll_now(const WorkloadSpec& spec) {
     if (auto valid = validate(spec); !valid) return valid.error();
+    // Paths are resolved, type-checked and opened (never blocking) before the lock is taken: a
+    // hostile path costs this call, not every other one.
+    auto cgroup = open_cgroup(spec.cgroup_path, options_.cgroup2_mount);
+    if (!cgroup) return cgroup.error();
+    auto netns = open_netns(spec.netns_path);
+    if (!netns) return netns.error();
+    if (auto one_pod = refuse_node_wide(*cgroup, options_.cgroup2_mount); !one_pod)
+        return one_pod.error();
+    if (auto one_pod = refuse_node_wide(*netns); !one_pod) return one_pod.error();
     std::lock_guard lock(mutex_);
     if (auto it = records_.find(spec.name); it != records_.end()) {
         auto fields = differing_fields(it->second.spec, spec);
@@ -232,11 +243,12 @@ Result<EnrollResult> WorkloadManager::enroll_now(const WorkloadSpec& spec) {
                                  " is already enrolled with other settings (" +
                                  joined_fields(fields) + "); unenroll it first"};
     }
-    auto cgroup = open_cgroup(spec.cgroup_path, options_.cgroup2_mount);
-    if (!cgroup) return cgroup.error();
-    auto netns = open_netns(spec.netns_path);
-    if (!netns) return netns.error();
     for (const auto& [name, other] : records_) {
+        if (other.cgroup_id != cgroup->id && cgroups_nested(other.cgroup_resolved, cgroup->path))
+            return Error{EEXIST, "cgroup " + cgroup->path + " and the cgroup " +
+                                     other.cgroup_resolved + " of workload " + name +
+                                     " are nested: one pod's programs would capture the other's "
+                                     "processes; give each pod its own cgroup"};
         if (other.netns_cookie == netns->cookie)
             return Error{EEXIST,
                          "netns " + spec.netns_path + " is already enrolled as workload " + name};
@@ -389,13 +401,18 @@ Status WorkloadManager::persist_locked() {
     json::object root{{"version", kStateVersion}, {"workloads", std::move(workloads)}};
     const std::string path = options_.state_dir + "/" + kStateFile;
     const std::string tmp = path + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::trunc);
-        if (!out) return Error::last_errno("write " + tmp);
-        out << json::serialize(root) << "\n";
-        out.flush();
-        if (!out) return Error::last_errno("write " + tmp);
+    // O_NOFOLLOW: a symlink planted at the temporary name must not redirect the write. The file
+    // is complete and on disk before the rename makes it the state (atomic replacement).
+    UniqueFd out(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
+    if (!out.valid()) return Error::last_errno("write " + tmp);
+    const std::string text = json::serialize(root) + "\n";
+    for (std::size_t done = 0; done < text.size();) {
+        const ssize_t n = ::write(out.get(), text.data() + done, text.size() - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return Error::last_errno("write " + tmp);
+        done += static_cast<std::size_t>(n);
     }
+    if (::fsync(out.get()) != 0) return Error::last_errno("fsync " + tmp);
     if (::rename(tmp.c_str(), path.c_str()) != 0) return Error::last_errno("rename " + tmp);
     return Ok{};
 }
@@ -410,16 +427,29 @@ Result<std::map<std::string, WorkloadManager::Record>> WorkloadManager::load_sta
     boost::system::error_code ec;
     json::value root = json::parse(text.str(), ec);
     if (ec || !root.is_object()) return Error::invalid(path + ": not valid JSON");
+    const auto* version = root.as_object().if_contains("version");
+    if (!version || !version->is_int64() || version->as_int64() != kStateVersion)
+        return Error::invalid(path + ": version " +
+                              (version ? json::serialize(*version) : std::string("missing")) +
+                              ", this agent reads version " + std::to_string(kStateVersion));
     const auto* workloads = root.as_object().if_contains("workloads");
     if (!workloads || !workloads->is_array()) return Error::invalid(path + ": no workloads array");
+    std::set<std::uint32_t> ids;
     try {
         for (const auto& item : workloads->as_array()) {
             const auto& o = item.as_object();
             auto spec = workload_spec_from_json(o.at("spec"));
             if (!spec) return spec.error().with_context(path);
+            if (auto valid = validate(*spec); !valid) return valid.error().with_context(path);
             Record r;
             r.spec = *spec;
             r.workload_id = json::value_to<std::uint32_t>(o.at("workload_id"));
+            if (r.workload_id >= datapath_.max_workloads() || !ids.insert(r.workload_id).second)
+                return Error::invalid(path + ": workload " + r.spec.name + " has workload_id " +
+                                      std::to_string(r.workload_id) +
+                                      ", out of range or used twice");
+            if (records.count(r.spec.name))
+                return Error::invalid(path + ": workload " + r.spec.name + " is listed twice");
             r.cgroup_resolved = json::value_to<std::string>(o.at("cgroup_resolved"));
             r.cgroup_id = json::value_to<std::uint64_t>(o.at("cgroup_id"));
             r.netns_cookie = json::value_to<std::uint64_t>(o.at("netns_cookie"));
@@ -439,6 +469,8 @@ bool WorkloadManager::still_present(const Record& record) const {
            inode_of(record.cgroup_resolved) == record.cgroup_id;
 }
 
+// The state file is validated as a whole first (version, names, ids; load_state): a bad one is
+// refused with the reason and nothing of it is adopted.
 Status WorkloadManager::restore() {
     auto loaded = load_state();
     if (!loaded) return loaded.error();

@@ -226,15 +226,21 @@ class AgentService final : public v1::Agent::Service {
 
 }  // namespace
 
+// The unix socket and the TCP listener are two servers with a service each: their own handler
+// threads, memory quota and stream cap, so no TCP client can use up what root's unix socket
+// needs (docs/api.md "Budgets").
 struct GrpcServer::Impl {
     Impl(WorkloadRegistry& registry_ref, events::EventBus* events, GrpcServerOptions opts)
         : registry(registry_ref),
           options(std::move(opts)),
-          service(registry, events, options.max_streams, options.observations) {}
+          service(registry, events, options.max_streams, options.observations),
+          tcp_service(registry, events, options.max_tcp_streams, options.observations) {}
     WorkloadRegistry& registry;
     GrpcServerOptions options;
     AgentService service;
+    AgentService tcp_service;
     std::unique_ptr<grpc::Server> server;
+    std::unique_ptr<grpc::Server> tcp_server;
     std::optional<std::pair<dev_t, ino_t>> socket_identity;
     int tcp_port = 0;
 };
@@ -257,6 +263,26 @@ std::shared_ptr<grpc::ServerCredentials> tcp_credentials(
     return credentials;
 }
 
+// Bounds for the TCP server, where anyone who can reach the port is a client: HTTP/2 streams
+// per connection, the age and idleness of a connection, and (through the resource quota) the
+// memory and threads all its connections may use together.
+void bound_tcp_server(grpc::ServerBuilder& builder, const GrpcServerOptions& options,
+                      grpc::ResourceQuota& quota) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                               static_cast<int>(options.max_tcp_concurrent_streams));
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                               static_cast<int>(options.tcp_max_connection_age.count()));
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, 10'000);
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                               static_cast<int>(options.tcp_max_connection_idle.count()));
+    builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
+    quota.Resize(options.tcp_memory_bytes);
+    quota.SetMaxThreads(options.max_tcp_threads);
+    builder.SetResourceQuota(quota);
+}
+
+Status start_tcp_server(GrpcServer::Impl& impl);
+
 }  // namespace
 
 GrpcServer::GrpcServer(WorkloadRegistry& registry, events::EventBus* events,
@@ -277,17 +303,17 @@ Status GrpcServer::start() {
     builder.AddListeningPort("unix:" + path, grpc::InsecureServerCredentials(), &bound);
     const auto& tcp = impl_->options.tcp;
     if (tcp && !tcp->tls) return Error::invalid("gRPC TCP listener without TLS material: refused");
-    if (tcp)
-        builder.AddListeningPort(tcp->endpoint.text(), tcp_credentials(tcp->tls), &impl_->tcp_port);
     builder.RegisterService(&impl_->service);
     builder.SetMaxReceiveMessageSize(impl_->options.max_receive_message_bytes);
     grpc::ResourceQuota quota("meshlane-grpc");
     quota.SetMaxThreads(impl_->options.max_threads);
     builder.SetResourceQuota(quota);
     impl_->server = builder.BuildAndStart();
-    if (!impl_->server)
-        return Error{EADDRNOTAVAIL, "gRPC: cannot listen on unix:" + path +
-                                        (tcp ? " and " + tcp->endpoint.text() : std::string())};
+    if (!impl_->server) return Error{EADDRNOTAVAIL, "gRPC: cannot listen on unix:" + path};
+    if (auto started = start_tcp_server(*impl_); !started) {
+        stop(std::chrono::milliseconds(0));
+        return started;
+    }
     // gRPC binds with the process umask; a socket needs write permission to connect, so until
     // this chmod only root could connect anyway (0755 at most under the usual umask).
     if (::chmod(path.c_str(), 0600) != 0) {
@@ -303,6 +329,14 @@ Status GrpcServer::start() {
         if (!tcp->endpoint.loopback)
             spdlog::warn("grpc: listens on non-loopback {}: reachable from other hosts",
                          tcp->endpoint.text());
+        // gRPC before 1.59 has no defence against HTTP/2 rapid reset (CVE-2023-44487); the
+        // bounds above and the agent's heap trimming keep what remains after a burst small,
+        // not the peak during it (docs/api.md "Budgets").
+        spdlog::warn(
+            "grpc: the TCP listener runs on gRPC {}, which has no defence against "
+            "HTTP/2 rapid reset (CVE-2023-44487): any client that reaches {} can make "
+            "the agent allocate memory while it sends; keep it on loopback or off",
+            grpc::Version(), tcp->endpoint.text());
         spdlog::info("grpc: listening on {}:{} (TLS{})",
                      tcp->endpoint.v6 ? "[" + tcp->endpoint.address + "]" : tcp->endpoint.address,
                      impl_->tcp_port,
@@ -314,6 +348,12 @@ Status GrpcServer::start() {
 void GrpcServer::stop(std::chrono::milliseconds grace) {
     if (!impl_->server) return;
     impl_->service.stop();
+    impl_->tcp_service.stop();
+    if (impl_->tcp_server) {
+        impl_->tcp_server->Shutdown(std::chrono::system_clock::now() + grace);
+        impl_->tcp_server->Wait();
+        impl_->tcp_server.reset();
+    }
     impl_->server->Shutdown(std::chrono::system_clock::now() + grace);
     impl_->server->Wait();
     impl_->server.reset();
@@ -331,14 +371,38 @@ bool GrpcServer::refresh_health() {
     const auto status = impl_->registry.status();
     const bool serving = evaluate_readiness(status).serving() && datapath_reachable(status);
     // grpc.health.v1: "" is the server as a whole; a service name answers NOT_FOUND until set.
-    auto* health = impl_->server->GetHealthCheckService();
-    if (health == nullptr) return serving;
-    for (const char* name : {"", kAgentServiceName}) health->SetServingStatus(name, serving);
+    // Both transports (unix socket, and the TCP server when configured) answer the same.
+    for (grpc::Server* server : {impl_->server.get(), impl_->tcp_server.get()}) {
+        if (server == nullptr) continue;
+        auto* health = server->GetHealthCheckService();
+        if (health == nullptr) continue;
+        for (const char* name : {"", kAgentServiceName}) health->SetServingStatus(name, serving);
+    }
     return serving;
 }
 
-std::size_t GrpcServer::active_streams() const { return impl_->service.active_streams(); }
+std::size_t GrpcServer::active_streams() const {
+    return impl_->service.active_streams() + impl_->tcp_service.active_streams();
+}
 
-int GrpcServer::tcp_port() const { return impl_->server ? impl_->tcp_port : 0; }
+int GrpcServer::tcp_port() const { return impl_->tcp_server ? impl_->tcp_port : 0; }
+
+namespace {
+
+Status start_tcp_server(GrpcServer::Impl& impl) {
+    const auto& tcp = impl.options.tcp;
+    if (!tcp) return Ok{};
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(tcp->endpoint.text(), tcp_credentials(tcp->tls), &impl.tcp_port);
+    builder.RegisterService(&impl.tcp_service);
+    grpc::ResourceQuota quota("meshlane-grpc-tcp");
+    bound_tcp_server(builder, impl.options, quota);
+    impl.tcp_server = builder.BuildAndStart();
+    if (!impl.tcp_server)
+        return Error{EADDRNOTAVAIL, "gRPC: cannot listen on " + tcp->endpoint.text()};
+    return Ok{};
+}
+
+}  // namespace
 
 }  // namespace meshlane::grpc_api

@@ -3,6 +3,7 @@
 // the handlers on its own threads; the registry and event bus are thread-safe.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <memory>
 #include <optional>
@@ -26,12 +27,21 @@ inline constexpr const char* kAgentServiceName = "meshlane.v1.Agent";
 
 struct GrpcServerOptions {
     std::string unix_socket_path = "/run/meshlane/grpc.sock";
-    // Open StreamEvents calls; beyond, RESOURCE_EXHAUSTED.
+    // Open StreamEvents calls on the unix socket; beyond, RESOURCE_EXHAUSTED.
     std::size_t max_streams = 16;
     // Largest request message (the REST body limit's counterpart).
     int max_receive_message_bytes = 1 << 20;
-    // Handler threads; streams hold one each while open.
+    // Handler threads of the unix socket's server; streams hold one each while open.
     int max_threads = 64;
+    // The TCP listener is a server of its own with its own budgets (docs/api.md "Budgets"):
+    // event streams, handler threads, memory of all its connections together (gRPC resource
+    // quota), concurrent HTTP/2 streams per connection, connection age and idleness.
+    std::size_t max_tcp_streams = 8;
+    int max_tcp_threads = 16;
+    std::size_t tcp_memory_bytes = 32 << 20;
+    std::size_t max_tcp_concurrent_streams = 16;
+    std::chrono::milliseconds tcp_max_connection_age{std::chrono::minutes(30)};
+    std::chrono::milliseconds tcp_max_connection_idle{std::chrono::minutes(5)};
     // The observer's data for Diagnose (drops, refused connects); null: not running.
     const ObservationSource* observations = nullptr;
     // Optional TCP listener with SslServerCredentials (same files and rule as REST: read-only
@@ -68,8 +78,9 @@ class GrpcServer {
     // ready. start() calls it; the agent again every few seconds. Returns the state set.
     bool refresh_health();
 
+    struct Impl;  // public for the file-local helpers in grpc_server.cpp
+
   private:
-    struct Impl;
     std::unique_ptr<Impl> impl_;
 };
 

@@ -11,6 +11,12 @@ namespace json = boost::json;
 grpc::StatusCode status_code_for_errno(int code) {
     switch (code) {
         case EINVAL:
+        // A path the client gave that is not what it must be (also mapped where it arises).
+        case ENOTDIR:
+        case EISDIR:
+        case ENAMETOOLONG:
+        case ELOOP:
+        case ENXIO:
             return grpc::StatusCode::INVALID_ARGUMENT;
         case ENOENT:
             return grpc::StatusCode::NOT_FOUND;

@@ -93,6 +93,12 @@ std::string_view error_code_for_status(http::status status) {
 http::status http_status_for_errno(int code) {
     switch (code) {
         case EINVAL:
+        // A path the client gave that is not what it must be (also mapped where it arises).
+        case ENOTDIR:
+        case EISDIR:
+        case ENAMETOOLONG:
+        case ELOOP:
+        case ENXIO:
             return http::status::bad_request;
         case ENOENT:
             return http::status::not_found;
@@ -124,6 +130,16 @@ Response error_response(http::status status, std::string_view code, std::string_
 Response error_response(const Error& error) {
     const auto status = http_status_for_errno(error.code);
     return error_response(status, error_code_for_status(status), error.message);
+}
+
+bool runs_blocking(const Request& request) {
+    const auto path = path_of(request.target());
+    for (const auto& route : routes()) {
+        PathParams params;
+        if (route.method == request.method() && match_path(route.pattern, path, params))
+            return route.blocking;
+    }
+    return false;
 }
 
 Response RestRouter::dispatch(const Request& request, StreamingReply* streaming) const {

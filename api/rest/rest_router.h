@@ -80,6 +80,10 @@ struct Route {
     std::string_view help;
     bool mutates;  // state-changing routes must be POST or DELETE (checked by a unit test)
     Handler handler;
+    // The handler makes blocking calls (BPF attach, probes in the pod, /proc walks, child
+    // processes): the server runs it on its worker pool with a deadline, never on the io thread
+    // that answers everything else (/v1/health included).
+    bool blocking = false;
 };
 
 // The one route table, in documentation order.
@@ -94,6 +98,9 @@ Response error_response(http::status status, std::string_view code, std::string_
 // anything else 500.
 Response error_response(const Error& error);
 Response json_response(http::status status, const boost::json::value& body);
+
+// The route that `request` selects is a blocking one (Route::blocking); false when none matches.
+bool runs_blocking(const Request& request);
 
 // Stable machine-readable codes used in error bodies.
 std::string_view error_code_for_status(http::status status);

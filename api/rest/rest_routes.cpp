@@ -121,20 +121,20 @@ constexpr auto kRoutes = std::to_array<Route>({
     {http::verb::post, "/v1/workloads",
      "Enroll a workload (body: WorkloadSpec). 201 when created, 200 when already enrolled with "
      "the same spec, 409 when the name, cgroup or netns is taken with other settings.",
-     true, enroll_workload},
+     true, enroll_workload, true},
     {http::verb::get, "/v1/workloads/{name}", "One workload: spec, programs, listener, counters.",
      false, get_workload},
     {http::verb::delete_, "/v1/workloads/{name}",
      "Unenroll a workload; idempotent (\"removed\": false when it was not enrolled).", true,
-     unenroll_workload},
+     unenroll_workload, true},
     {http::verb::get, "/v1/workloads/{name}/diagnose",
      "Findings that name the cause of an interception failure: severity, cause, evidence "
      "(counts, sockets, pids, times) and fix.",
-     false, diagnose_workload},
+     false, diagnose_workload, true},
     {http::verb::post, "/v1/workloads/{name}/verify",
      "Hop-by-hop check: programs read back from the kernel, an outbound probe from inside the "
      "pod (never leaves it), SO_ORIGINAL_DST answered, inbound listener registered.",
-     true, verify_workload},
+     true, verify_workload, true},
     {http::verb::get, "/v1/connections",
      "TCP connect latency (p50/p90/p99, log2 histogram), refused/timed-out connects, "
      "retransmits and resets per workload, app and upstream sides apart, with recent slow or "

@@ -10,6 +10,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -19,6 +21,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/basic_stream.hpp>
@@ -37,6 +40,7 @@
 #include <optional>
 
 #include "agent/common/unix_socket_path.h"
+#include "agent/common/log_limiter.h"
 #include "api/rest/rest_router.h"
 #include "api/tls/tls_auth.h"
 
@@ -51,7 +55,33 @@ using TlsStream = beast::ssl_stream<beast::tcp_stream>;
 
 constexpr auto kAwait = asio::as_tuple(asio::use_awaitable);
 
-struct detail::ServerState {
+// Who a connection belongs to, for the budgets: the unix socket (root: the CLI, the CNI plugin),
+// a TCP client whose certificate the handshake verified, any other TCP client.
+enum class Principal : std::size_t { kUnix = 0, kTcpCertificate = 1, kTcpAnonymous = 2 };
+
+struct Budget {
+    std::size_t connections = 0;
+    std::size_t streams = 0;
+    std::size_t blocking = 0;  // blocking calls running or queued on the worker pool
+};
+
+struct Limits {
+    std::size_t connections;
+    std::size_t streams;
+    std::size_t blocking;
+};
+
+Limits limits_for(const RestServerOptions& options, Principal principal) {
+    if (principal == Principal::kUnix)
+        return {options.max_connections, options.max_streaming_clients, options.max_blocking_calls};
+    return {options.max_tcp_connections, options.max_tcp_streaming_clients,
+            options.max_tcp_blocking_calls};
+}
+
+// A request that is refused after the connection cap is read within this, then answered.
+constexpr std::chrono::seconds kRefusalReadTimeout{2};
+
+struct detail::ServerState : std::enable_shared_from_this<detail::ServerState> {
     ServerState(asio::io_context& io_context, WorkloadRegistry& registry, RestServerOptions opts)
         : io(io_context),
           router(registry, opts.body_limit, opts.observations, opts.events, opts.metrics),
@@ -65,9 +95,18 @@ struct detail::ServerState {
     std::optional<asio::ssl::context> tls_context;
     std::optional<TcpProtocol::acceptor> tcp_acceptor;
     bool stopped = false;
-    std::size_t active = 0;
-    std::size_t streaming = 0;
+    asio::thread_pool* workers = nullptr;  // owned by RestServer
+    std::array<Budget, 3> budgets;         // by Principal
+    // TCP sockets open (from accept to close) and of those still in the TLS handshake.
+    std::size_t tcp_sockets = 0;
+    std::size_t handshaking = 0;
+    // Lines an unauthenticated client can cause are rate-limited (LogLimiter).
+    LogLimiter refusal_log;
+    LogLimiter handshake_log;
+    LogLimiter accept_log;
     std::uint64_t next_session_id = 0;
+
+    Budget& budget(Principal principal) { return budgets[static_cast<std::size_t>(principal)]; }
     std::map<std::uint64_t, std::function<void()>> closers;  // open sessions, for stop()
 };
 
@@ -124,10 +163,11 @@ bool expects_continue(const http::request_parser<http::string_body>& parser) {
 template <typename Stream>
 asio::awaitable<beast::error_code> read_request(Stream& stream, beast::flat_buffer& buffer,
                                                 http::request_parser<http::string_body>& parser,
-                                                const RestServerOptions& options) {
+                                                const RestServerOptions& options,
+                                                std::chrono::seconds timeout) {
     parser.header_limit(static_cast<std::uint32_t>(options.header_limit));
     parser.body_limit(options.body_limit);
-    beast::get_lowest_layer(stream).expires_after(options.read_timeout);
+    beast::get_lowest_layer(stream).expires_after(timeout);
     auto [ec, header_bytes] = co_await http::async_read_header(stream, buffer, parser, kAwait);
     if (ec) co_return ec;
     if (expects_continue(parser)) {
@@ -156,13 +196,13 @@ asio::awaitable<bool> write_response(Stream& stream, Response& response,
 
 class StreamSlot {
   public:
-    explicit StreamSlot(detail::ServerState& state) : state_(state) { ++state_.streaming; }
-    ~StreamSlot() { --state_.streaming; }
+    explicit StreamSlot(Budget& budget) : budget_(budget) { ++budget_.streams; }
+    ~StreamSlot() { --budget_.streams; }
     StreamSlot(const StreamSlot&) = delete;
     StreamSlot& operator=(const StreamSlot&) = delete;
 
   private:
-    detail::ServerState& state_;
+    Budget& budget_;
 };
 
 constexpr std::size_t kStreamBatch = 256;
@@ -181,9 +221,9 @@ asio::awaitable<bool> write_chunk(Stream& stream, const std::string& text,
 }
 
 template <typename Stream>
-asio::awaitable<void> serve_stream(Stream& stream, detail::ServerState& state, Response& head,
-                                   StreamingReply& reply) {
-    StreamSlot slot(state);
+asio::awaitable<void> serve_stream(Stream& stream, detail::ServerState& state, Budget& budget,
+                                   Response& head, StreamingReply& reply) {
+    StreamSlot slot(budget);
     auto wake = std::make_shared<asio::steady_timer>(state.io);
     auto client_gone = std::make_shared<bool>(false);
     // Publishers run on any thread: hop to the io_context before touching the timer.
@@ -234,6 +274,11 @@ asio::awaitable<void> serve_stream(Stream& stream, detail::ServerState& state, R
 struct Peer {
     const tls::TlsMaterial* tls = nullptr;  // set on the TCP listener: mutations need auth
     bool certificate_verified = false;      // the handshake verified a client certificate
+
+    Principal principal() const {
+        if (tls == nullptr) return Principal::kUnix;
+        return certificate_verified ? Principal::kTcpCertificate : Principal::kTcpAnonymous;
+    }
 };
 
 // A state-changing call: everything but GET/HEAD (the route table allows mutations only by
@@ -257,13 +302,56 @@ std::optional<Response> refuse_unauthorized(const Request& request, const Peer& 
     return response;
 }
 
+// Runs a blocking route on the worker pool and waits for it on the io thread, at most until the
+// deadline. The worker posts its response back to the io thread; a late one is dropped there.
+// The call holds its budget slot until it really ends, so slow calls cannot pile up threads.
+asio::awaitable<Response> handle_on_worker(detail::ServerState& state, Budget& budget,
+                                           std::size_t limit, Request request) {
+    if (budget.blocking >= limit) {
+        auto busy = error_response(http::status::too_many_requests, "too_many_calls",
+                                   "too many enroll/unenroll/verify/diagnose calls in progress "
+                                   "(limit " +
+                                       std::to_string(limit) + "); retry later");
+        busy.version(request.version());
+        busy.keep_alive(request.keep_alive());
+        busy.prepare_payload();
+        co_return busy;
+    }
+    ++budget.blocking;
+    auto timer = std::make_shared<asio::steady_timer>(state.io, state.options.blocking_deadline);
+    auto result = std::make_shared<std::optional<Response>>();
+    asio::post(*state.workers, [self = state.shared_from_this(), request = std::move(request),
+                                weak_timer = std::weak_ptr(timer), result, &budget]() mutable {
+        Response response = self->router.handle(request);
+        auto& io = self->io;
+        // `self` moves on to the io thread: the last reference is never dropped here.
+        asio::post(io, [self = std::move(self), response = std::move(response), weak_timer, result,
+                        &budget]() mutable {
+            --budget.blocking;
+            *result = std::move(response);
+            if (auto waiting = weak_timer.lock()) waiting->cancel();
+        });
+    });
+    co_await timer->async_wait(kAwait);
+    if (*result) co_return std::move(**result);
+    auto late = transport_error_response(
+        http::status::service_unavailable,
+        "the call did not finish within " +
+            std::to_string(state.options.blocking_deadline.count()) +
+            " s; it goes on in the agent (see the agent log); retry later");
+    co_return late;
+}
+
 template <typename Stream>
 asio::awaitable<void> serve_connection(Stream& stream, detail::ServerState& state,
                                        const Peer& peer) {
+    Budget& budget = state.budget(peer.principal());
+    const Limits limits = limits_for(state.options, peer.principal());
     beast::flat_buffer buffer;
     for (;;) {
         http::request_parser<http::string_body> parser;
-        const auto ec = co_await read_request(stream, buffer, parser, state.options);
+        const auto ec = co_await read_request(stream, buffer, parser, state.options,
+                                              state.options.read_timeout);
         if (ec) {
             if (auto reply = reply_for_read_error(ec, state.options)) {
                 co_await write_response(stream, *reply, state.options);
@@ -271,21 +359,32 @@ asio::awaitable<void> serve_connection(Stream& stream, detail::ServerState& stat
             break;
         }
         if (auto refusal = refuse_unauthorized(parser.get(), peer)) {
-            spdlog::info("api: {} {} over TCP refused: {}",
-                         std::string(parser.get().method_string()),
-                         std::string(parser.get().target()), refusal->body());
+            if (auto suppressed = state.refusal_log.admit())
+                spdlog::info("api: {} {:.200} over TCP refused: {}{}",
+                             std::string(parser.get().method_string()),
+                             std::string(parser.get().target()), refusal->body(),
+                             *suppressed
+                                 ? " (" + std::to_string(*suppressed) + " more refusals not logged)"
+                                 : "");
             if (!co_await write_response(stream, *refusal, state.options)) break;
             if (!refusal->keep_alive() || state.stopped) break;
             continue;
         }
+        const std::string method(parser.get().method_string());
+        const std::string target(parser.get().target());
         StreamingReply streaming;
-        streaming.allowed = state.streaming < state.options.max_streaming_clients;
-        auto response = state.router.handle(parser.get(), streaming);
-        spdlog::debug("api: {} {} -> {}{}", std::string(parser.get().method_string()),
-                      std::string(parser.get().target()), response.result_int(),
+        Response response;
+        if (runs_blocking(parser.get())) {
+            response = co_await handle_on_worker(state, budget, limits.blocking, parser.release());
+        } else {
+            streaming.allowed = budget.streams < limits.streams;
+            response = state.router.handle(parser.get(), streaming);
+        }
+        spdlog::debug("api: {} {:.200} -> {}{}", method, target, response.result_int(),
                       streaming.subscription ? " (stream)" : "");
+        if (state.stopped) break;
         if (streaming.subscription) {
-            co_await serve_stream(stream, state, response, streaming);
+            co_await serve_stream(stream, state, budget, response, streaming);
             break;
         }
         if (!co_await write_response(stream, response, state.options)) break;
@@ -313,16 +412,17 @@ asio::awaitable<void> finish(TlsStream& stream, const RestServerOptions& options
     tcp.close();
 }
 
-// Counts the connection and registers a closer for stop(); undone on every exit path.
+// Counts the connection in its principal's budget and registers a closer for stop(); undone on
+// every exit path.
 class SessionRegistration {
   public:
-    SessionRegistration(detail::ServerState& state, std::function<void()> closer)
-        : state_(state), id_(state.next_session_id++) {
-        ++state_.active;
+    SessionRegistration(detail::ServerState& state, Budget& budget, std::function<void()> closer)
+        : state_(state), budget_(budget), id_(state.next_session_id++) {
+        ++budget_.connections;
         state_.closers.emplace(id_, std::move(closer));
     }
     ~SessionRegistration() {
-        --state_.active;
+        --budget_.connections;
         state_.closers.erase(id_);
     }
     SessionRegistration(const SessionRegistration&) = delete;
@@ -330,31 +430,54 @@ class SessionRegistration {
 
   private:
     detail::ServerState& state_;
+    Budget& budget_;
     std::uint64_t id_;
 };
 
-// Over the cap: answer without reading, so the client sees why, then close.
+// Increments a counter for its lifetime.
+class Counted {
+  public:
+    explicit Counted(std::size_t& counter) : counter_(counter) { ++counter_; }
+    ~Counted() { --counter_; }
+    Counted(const Counted&) = delete;
+    Counted& operator=(const Counted&) = delete;
+
+  private:
+    std::size_t& counter_;
+};
+
+// Over the cap: answer 429 at once (a client that sends nothing still learns why), then read
+// what the client sends, briefly: closing a socket with unread data in it resets the
+// connection, and the client would see the reset instead of the 429.
 template <typename Stream>
-asio::awaitable<void> refuse_busy(Stream& stream, detail::ServerState& state) {
-    auto response = transport_error_response(http::status::too_many_requests,
-                                             "too many open API connections (limit " +
-                                                 std::to_string(state.options.max_connections) +
-                                                 "); retry later");
+asio::awaitable<void> refuse_busy(Stream& stream, detail::ServerState& state, std::size_t limit) {
+    auto response = transport_error_response(
+        http::status::too_many_requests,
+        "too many open API connections (limit " + std::to_string(limit) + "); retry later");
     co_await write_response(stream, response, state.options);
 }
 
-// `busy`: the connection cap is reached; the client gets a 429 and is not counted.
+template <typename Stream>
+asio::awaitable<void> drain_request(Stream& stream, detail::ServerState& state) {
+    beast::flat_buffer buffer;
+    http::request_parser<http::string_body> parser;
+    co_await read_request(stream, buffer, parser, state.options, kRefusalReadTimeout);
+}
+
 asio::awaitable<void> run_unix_session(std::shared_ptr<detail::ServerState> state,
-                                       UnixProtocol::socket socket, bool busy) {
+                                       UnixProtocol::socket socket) {
     auto stream = std::make_shared<UnixStream>(std::move(socket));
-    if (busy) {
-        co_await refuse_busy(*stream, *state);
-    } else {
-        SessionRegistration registration(*state, [weak = std::weak_ptr<UnixStream>(stream)] {
-            if (auto open = weak.lock()) open->close();
-        });
-        co_await serve_connection(*stream, *state, Peer{});
+    Budget& budget = state->budget(Principal::kUnix);
+    if (budget.connections >= state->options.max_connections) {
+        co_await refuse_busy(*stream, *state, state->options.max_connections);
+        co_await finish(*stream, state->options);  // half-close: the client reads 429, then EOF
+        co_await drain_request(*stream, *state);
+        co_return;
     }
+    SessionRegistration registration(*state, budget, [weak = std::weak_ptr<UnixStream>(stream)] {
+        if (auto open = weak.lock()) open->close();
+    });
+    co_await serve_connection(*stream, *state, Peer{});
     co_await finish(*stream, state->options);
 }
 
@@ -367,37 +490,66 @@ bool peer_certificate_verified(SSL* ssl) {
     return verified;
 }
 
+std::string endpoint_text(const TcpProtocol::endpoint& remote) {
+    return remote.address().to_string() + ":" + std::to_string(remote.port());
+}
+
+// The handshake is a read like any other: a client that stalls in it loses its slot.
+asio::awaitable<bool> tls_handshake(TlsStream& stream, detail::ServerState& state,
+                                    const TcpProtocol::endpoint& remote) {
+    Counted handshaking(state.handshaking);
+    auto& tcp = beast::get_lowest_layer(stream);
+    tcp.expires_after(state.options.read_timeout);
+    auto [ec] = co_await stream.async_handshake(asio::ssl::stream_base::server, kAwait);
+    tcp.expires_never();
+    if (!ec) co_return true;
+    if (auto suppressed = state.handshake_log.admit())
+        spdlog::info(
+            "api: TLS handshake with {} failed: {}{}", endpoint_text(remote), ec.message(),
+            *suppressed ? " (" + std::to_string(*suppressed) + " more failed handshakes not logged)"
+                        : "");
+    tcp.close();
+    co_return false;
+}
+
 asio::awaitable<void> run_tls_session(std::shared_ptr<detail::ServerState> state,
-                                      TcpProtocol::socket socket, bool busy) {
+                                      TcpProtocol::socket socket) {
+    Counted open_socket(state->tcp_sockets);
     boost::system::error_code ignored;
     const auto remote = socket.remote_endpoint(ignored);
     auto stream = std::make_shared<TlsStream>(std::move(socket), *state->tls_context);
-    std::optional<SessionRegistration> registration;
-    if (!busy) {
-        registration.emplace(*state, [weak = std::weak_ptr<TlsStream>(stream)] {
-            if (auto open = weak.lock()) beast::get_lowest_layer(*open).close();
-        });
-    }
-    // The handshake is a read like any other: a client that stalls in it loses its slot.
-    auto& tcp = beast::get_lowest_layer(*stream);
-    tcp.expires_after(state->options.read_timeout);
-    auto [handshake_ec] = co_await stream->async_handshake(asio::ssl::stream_base::server, kAwait);
-    tcp.expires_never();
-    if (handshake_ec) {
-        spdlog::info("api: TLS handshake with {} failed: {}",
-                     remote.address().to_string() + ":" + std::to_string(remote.port()),
-                     handshake_ec.message());
-        tcp.close();
-        co_return;
-    }
+    if (!co_await tls_handshake(*stream, *state, remote)) co_return;
     const tls::TlsMaterial& material = *state->options.tcp->tls;
     Peer peer{&material, peer_certificate_verified(stream->native_handle())};
-    if (busy) {
-        co_await refuse_busy(*stream, *state);
+    Budget& budget = state->budget(peer.principal());
+    if (budget.connections >= state->options.max_tcp_connections) {
+        co_await refuse_busy(*stream, *state, state->options.max_tcp_connections);
+        co_await drain_request(*stream, *state);
     } else {
+        SessionRegistration registration(*state, budget, [weak = std::weak_ptr<TlsStream>(stream)] {
+            if (auto open = weak.lock()) beast::get_lowest_layer(*open).close();
+        });
         co_await serve_connection(*stream, *state, peer);
     }
     co_await finish(*stream, state->options);
+}
+
+// Whether an accepted socket may start a session. The unix socket always (its session answers
+// 429 past the cap). On TCP the agent's descriptors stay bounded: handshakes in progress and
+// TCP sockets open in all are capped, and a socket beyond is closed at once, unanswered.
+bool admit(detail::ServerState& state, const UnixProtocol::socket&) { return !state.stopped; }
+
+bool admit(detail::ServerState& state, const TcpProtocol::socket&) {
+    const auto& o = state.options;
+    const std::size_t socket_cap = o.max_tcp_handshakes + 2 * o.max_tcp_connections + 2 * 8;
+    if (state.handshaking < o.max_tcp_handshakes && state.tcp_sockets < socket_cap) return true;
+    if (auto suppressed = state.accept_log.admit())
+        spdlog::warn(
+            "api: TCP connection closed unanswered: {} handshakes in progress (limit {}), "
+            "{} TCP sockets open (limit {}){}",
+            state.handshaking, o.max_tcp_handshakes, state.tcp_sockets, socket_cap,
+            *suppressed ? " (" + std::to_string(*suppressed) + " more not logged)" : "");
+    return false;
 }
 
 template <typename Acceptor, typename Session>
@@ -408,13 +560,14 @@ asio::awaitable<void> accept_loop(std::shared_ptr<detail::ServerState> state, Ac
         if (state->stopped || ec == asio::error::operation_aborted) co_return;
         if (ec) {
             // EMFILE and friends: back off instead of spinning on a full descriptor table.
-            spdlog::warn("api: accept failed: {}", ec.message());
+            if (auto suppressed = state->accept_log.admit())
+                spdlog::warn("api: accept failed: {}", ec.message());
             asio::steady_timer backoff(state->io, std::chrono::milliseconds(100));
             co_await backoff.async_wait(kAwait);
             continue;
         }
-        const bool busy = state->active >= state->options.max_connections;
-        asio::co_spawn(state->io, session(state, std::move(socket), busy), asio::detached);
+        if (!admit(*state, socket)) continue;  // the socket closes here
+        asio::co_spawn(state->io, session(state, std::move(socket)), asio::detached);
     }
 }
 
@@ -496,9 +649,16 @@ Status bind_tcp_acceptor(TcpProtocol::acceptor& acceptor, const tls::TcpEndpoint
 }  // namespace
 
 RestServer::RestServer(asio::io_context& io, WorkloadRegistry& registry, RestServerOptions options)
-    : state_(std::make_shared<detail::ServerState>(io, registry, std::move(options))) {}
+    : state_(std::make_shared<detail::ServerState>(io, registry, std::move(options))),
+      workers_(std::make_unique<asio::thread_pool>(
+          std::max<std::size_t>(1, state_->options.worker_threads))) {
+    state_->workers = workers_.get();
+}
 
-RestServer::~RestServer() { stop(); }
+RestServer::~RestServer() {
+    stop();
+    workers_->join();
+}
 
 Status RestServer::start() {
     const std::string& path = state_->options.unix_socket_path;
@@ -590,11 +750,22 @@ void RestServer::stop() {
     // Closing a session's socket makes its pending read fail, which ends the coroutine.
     auto closers = state_->closers;
     for (auto& [id, close] : closers) close();
+    // Blocking calls still running finish (their results are dropped); none starts any more.
+    workers_->stop();
+    workers_->join();
 }
 
-std::size_t RestServer::active_connections() const { return state_->active; }
+std::size_t RestServer::active_connections() const {
+    std::size_t sum = 0;
+    for (const auto& budget : state_->budgets) sum += budget.connections;
+    return sum;
+}
 
-std::size_t RestServer::active_streams() const { return state_->streaming; }
+std::size_t RestServer::active_streams() const {
+    std::size_t sum = 0;
+    for (const auto& budget : state_->budgets) sum += budget.streams;
+    return sum;
+}
 
 std::uint16_t RestServer::tcp_port() const {
     if (!state_->tcp_acceptor || !state_->tcp_acceptor->is_open()) return 0;

@@ -6,11 +6,13 @@
 // templates over the stream, so the TCP listener is one more acceptor, not another server.
 //
 // Threading: construct, start() and stop() on the thread that runs the io_context (stop() may
-// also be called after that io_context has stopped running). Handlers run on the io_context
-// thread and call the registry synchronously.
+// also be called after that io_context has stopped running). Quick handlers run on the
+// io_context thread; blocking ones (Route::blocking) on a worker pool with a deadline, so the
+// registry must be thread-safe. stop() waits for the worker calls still running.
 #pragma once
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -42,16 +44,33 @@ struct RestServerOptions {
     std::size_t header_limit = 16 * 1024;
     // Applies to each request read (header and body together) and to each response write.
     std::chrono::seconds read_timeout{10};
-    // Beyond this, a new connection is answered 429 and closed.
+    // Budgets, per transport and principal (docs/api.md "Budgets"). The unix socket (root, the
+    // CLI, the CNI plugin) has its own, which no TCP client can use up.
+    // Unix: open connections (beyond: the request is read, answered 429, closed), open
+    // GET /v1/events?follow=true streams (beyond: 429; streams count as connections too).
     std::size_t max_connections = 256;
+    std::size_t max_streaming_clients = 32;
+    // TCP: TLS handshakes in progress (beyond: a new connection is closed at once, so the
+    // agent's descriptors stay bounded); then, per principal (a verified client certificate,
+    // or anonymous), open connections and event streams.
+    std::size_t max_tcp_handshakes = 32;
+    std::size_t max_tcp_connections = 64;
+    std::size_t max_tcp_streaming_clients = 8;
+    // Blocking calls (enroll, unenroll, verify, diagnose: Route::blocking) run on this many
+    // worker threads (enough for both budgets below: a call never queues behind another),
+    // never on the io thread. Running or queued per transport: beyond, 429.
+    std::size_t worker_threads = 10;
+    std::size_t max_blocking_calls = 8;
+    std::size_t max_tcp_blocking_calls = 2;
+    // A blocking call that has not finished by then is answered 503; it still holds its budget
+    // slot until it really ends.
+    std::chrono::seconds blocking_deadline{30};
     // Serves /v1/connections and /v1/drops when set; must outlive the server.
     const ObservationSource* observations = nullptr;
     // Serves /v1/events (and its /metrics families) when set; must outlive the server.
     events::EventBus* events = nullptr;
     // GET /metrics cardinality switches (config metrics_workload_histograms, ...).
     metrics::MetricsOptions metrics;
-    // Open GET /v1/events?follow=true streams; beyond, 429. Streams count as connections too.
-    std::size_t max_streaming_clients = 32;
     // Optional TLS listener on TCP. Read-only calls are open to any TLS client; mutating ones
     // need the bearer token or a verified client certificate (401 otherwise). Port 0 picks a
     // free port (tcp_port() tells which).
@@ -90,6 +109,9 @@ class RestServer {
     Status start_tcp();
 
     std::shared_ptr<detail::ServerState> state_;
+    // Outside the shared state: a worker must never drop the last reference to the pool that
+    // runs it. Joined by stop() and the destructor.
+    std::unique_ptr<boost::asio::thread_pool> workers_;
 };
 
 }  // namespace meshlane::rest

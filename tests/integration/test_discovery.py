@@ -150,8 +150,11 @@ def test_pods_running_before_the_agent_are_discovered(kube_topo, discovery_agent
 
 def test_discovery_off_enrolls_nothing(kube_topo, discovery_agent):
     topo, agent = kube_topo, discovery_agent
-    with open(agent.config_path, "a") as f:
-        f.write("discover_pods = false\n")
+    # A key set twice is a config error (file:line), so the fixture's line is changed in place.
+    with open(agent.config_path) as f:
+        text = f.read()
+    with open(agent.config_path, "w") as f:
+        f.write(text.replace("discover_pods = true", "discover_pods = false"))
     network = CniNetwork(topo, agent.api_socket, fail_open=True, cache_dir=agent.cache_dir)
     code, _, outputs = network.add(topo.a, runtime_config_for(topo.a, {}))
     assert code == 0, [o.stdout + o.stderr for o in outputs]
