@@ -30,6 +30,11 @@ struct Finding {
     std::string fix;
     // The evidence's numbers for tools (counts, unix ms times), e.g. "inbound_refused": 3.
     std::map<std::string, std::int64_t> data;
+    // Findings describe the present: a problem that stopped inside the window (the proxy
+    // listens again, connects succeed since) is reported as resolved, severity info, with the
+    // time it ended, instead of staying critical for the rest of the window. 0: ongoing.
+    std::int64_t resolved_unix_ms = 0;
+    bool resolved() const { return resolved_unix_ms != 0; }
 };
 
 // A process in the pod's netns or cgroup.
@@ -72,22 +77,48 @@ struct StartupTimes {
     std::int64_t listener_registered_last_unix_ms = 0;
 };
 
+// The peer workload's own record of refusing inbound connections because its proxy was not
+// listening (sk_lookup found no listener: it sends the RST, the kernel counts NO_SOCKET).
+struct PeerRefusals {
+    std::uint64_t inbound_refused = 0;  // exact, counter inbound_refused_no_listener
+    std::int64_t first_unix_ms = 0;
+    std::int64_t last_unix_ms = 0;
+    std::int64_t listener_registered_last_unix_ms = 0;
+    std::uint16_t inbound_port = 0;
+};
+
 // A drop seen in ANOTHER enrolled workload that matches a connect of this one that failed.
 struct PeerDrop {
     std::string workload;
     std::string netns;
     DropRecord drop;
+    PeerRefusals refusals;
 };
 
 // What the observer (agent/observe) saw for the workload: exact totals since enrolment and the
 // sampled recent events inside the diagnosis window.
 struct ObservedTraffic {
-    std::uint64_t app_refused_total = 0;     // app connects redirected to the proxy and refused
-    std::vector<ConnectionRecord> connects;  // failed or slow connects, in the window
+    std::uint64_t app_refused_total = 0;  // app connects redirected to the proxy and refused
+    // Exact totals and outcome times per hop (kernel counters, not the bounded event ring).
+    ConnectSideTotals app_side;
+    ConnectSideTotals upstream_side;
+    std::vector<ConnectionRecord> connects;        // failed or slow connects, in the window
     std::vector<DropReasonCount> drops_by_reason;  // exact, since enrolment
     std::vector<DropRecord> drops;                 // sampled, in the window
     std::vector<PeerDrop> peer_drops;
 };
+
+// Where a TLS handshake was measured. The wire observer sees every TCP connection of the pod
+// cgroup; which party the pod is depends on the hop.
+enum class TlsHop {
+    kApp,              // the app's own TLS, app -> its outbound proxy: the app is the client
+    kProxyUpstream,    // the proxy's connection to another pod (sidecar mTLS, or pass-through)
+    kInboundDelivery,  // the inbound proxy passing a client's TLS to this pod's own app: the
+                       // app is the SERVER, the client is another workload
+    kWire,             // wire stats without the side (older than the recent-event ring)
+    kLibssl,           // libssl uprobes in a process of the pod
+};
+std::string_view to_string(TlsHop hop);
 
 // TLS handshakes of the workload to one destination, in the diagnosis window, as measured on
 // one hop (the one that saw the most: the app's own TLS and a pass-through proxy's upstream
@@ -108,7 +139,7 @@ struct TlsDestination {
     int last_alert_description = -1;  // RFC 8446 AlertDescription; -1: none or encrypted
     std::map<std::string, std::uint64_t> failures_by_kind;  // kind -> count
     std::string address;  // "10.1.2.3:8080": where the handshakes went (for s_client)
-    std::string hop;      // "app": the app's own TLS; "upstream": the proxy's; "libssl"
+    TlsHop hop = TlsHop::kWire;
 };
 
 struct TlsObservation {
@@ -152,6 +183,8 @@ std::optional<Finding> rule_app_port_excluded(const DiagnosisInput& input);
 std::optional<Finding> rule_proxy_port_included(const DiagnosisInput& input);
 std::optional<Finding> rule_kernel_drops(const DiagnosisInput& input);
 std::optional<Finding> rule_tls_handshakes(const DiagnosisInput& input);
+// Connects of this workload refused by a peer workload whose proxy was not listening.
+std::optional<Finding> rule_peer_proxy_not_listening(const DiagnosisInput& input);
 
 // The operator's next step for a kfree_skb reason ("NETFILTER_DROP"), naming the netns.
 std::string drop_reason_fix(std::string_view reason, const std::string& netns);

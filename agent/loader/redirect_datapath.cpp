@@ -90,6 +90,7 @@ constexpr const char* kCounterNames[MESHLANE_REDIRECT_COUNTER_MAX] = {
     "proxy_listener_registered",
     "getpeername_rewritten",
     "outbound_startup_passthrough",
+    "orig_dst_not_redirected",
 };
 
 // The names mirror enum meshlane_redirect_counter; a counter added there without a name here

@@ -131,10 +131,11 @@ def test_refused_before_the_proxy_listens(topo, agent):
     assert not check(report, "inbound")["passed"]
     assert check(report, "programs")["passed"], report
 
-    # Once the proxy listens the finding stays (history) but is no longer critical.
+    # Once the proxy listens the finding stays (history), resolved: info, with when it ended.
     topo.b.start_sidecar(kind="haproxy")
     f = finding(diagnose(agent, topo.b), "connection_refused_proxy_not_listening")
-    assert f["severity"] == "warning"
+    assert f["severity"] == "info" and f["status"] == "resolved", f
+    assert f["resolved_at_unix_ms"] > 0 and f["cause"].startswith("Resolved at "), f
     assert any("the proxy listens now" in e for e in f["evidence"]), f
 
 

@@ -150,7 +150,7 @@ TEST(DiagnoseRules, OrigDstUnanswered) {
     in.counters["orig_dst_tuple_lost"] = 2;
     auto f = rule_orig_dst_unanswered(in);
     ASSERT_TRUE(f);
-    EXPECT_NE(f->evidence[1].find("2 connections"), std::string::npos);
+    EXPECT_NE(f->evidence[1].find("2 redirected connection(s)"), std::string::npos);
 }
 
 TEST(DiagnoseRules, AppPortExcludedAndProxyPortIncluded) {
@@ -185,6 +185,49 @@ TEST(DiagnoseRules, CriticalFirst) {
     const auto findings = diagnose(in);
     ASSERT_GE(findings.size(), 2u);
     EXPECT_EQ(findings[0].severity, Severity::kCritical);
+}
+
+// Issue 19 item 4: a program that already runs after meshlane's is not told to run after it.
+TEST(DiagnoseRules, ForeignProgramAfterOursGetsConsistentAdvice) {
+    auto in = healthy();
+    in.spec.outbound_port = 15001;
+    in.connect_programs->push_back({"connect4", 9, "cil_sock4_conne", 1, false, "/"});
+    auto f = rule_foreign_connect_program(in);
+    ASSERT_TRUE(f);
+    EXPECT_NE(f->evidence.front().find("runs after meshlane's"), std::string::npos);
+    EXPECT_EQ(f->fix.find("make it run after meshlane"), std::string::npos) << f->fix;
+    EXPECT_EQ(f->cause.find("BEFORE"), std::string::npos) << f->cause;
+    EXPECT_NE(f->fix.find("the order is right"), std::string::npos) << f->fix;
+    EXPECT_NE(f->fix.find("127.0.0.1:15001"), std::string::npos) << f->fix;
+    // Before meshlane's: the VIP is translated first; the advice is to skip the pods.
+    (*in.connect_programs)[2].position = 0;
+    (*in.connect_programs)[0].position = 1;
+    f = rule_foreign_connect_program(in);
+    ASSERT_TRUE(f);
+    EXPECT_NE(f->cause.find("runs BEFORE meshlane's"), std::string::npos) << f->cause;
+    EXPECT_NE(f->fix.find("hostNamespaceOnly"), std::string::npos);
+    EXPECT_EQ(f->fix.find("the order is right"), std::string::npos);
+}
+
+// Issue 19 item 5: direct connects to 15001 (never redirected) are no datapath loss.
+TEST(DiagnoseRules, DirectConnectsToTheProxyPortAreNotLostRecords) {
+    auto in = healthy();
+    in.spec.outbound_port = 15001;
+    in.counters["orig_dst_miss"] = 4;
+    in.counters["orig_dst_not_redirected"] = 4;
+    auto f = rule_orig_dst_unanswered(in);
+    ASSERT_TRUE(f);
+    for (const auto& e : f->evidence) {
+        EXPECT_EQ(e.find("lost"), std::string::npos) << e;
+        EXPECT_EQ(e.find("orig_dst_tuple_lost"), std::string::npos) << e;
+    }
+    EXPECT_NE(f->cause.find("the datapath lost nothing"), std::string::npos) << f->cause;
+    EXPECT_EQ(f->data.at("orig_dst_not_redirected"), 4);
+    in.counters["orig_dst_tuple_lost"] = 1;
+    f = rule_orig_dst_unanswered(in);
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->cause.find("lost nothing"), std::string::npos);
+    EXPECT_NE(f->fix.find("orig_dst_by_tuple"), std::string::npos);
 }
 
 }  // namespace
