@@ -186,22 +186,31 @@ RefusalSpan outbound_refusals(const DiagnosisInput& input) {
     return span;
 }
 
-// HAProxy/Envoy bind their listeners within milliseconds of each other; a refusal on 15001
-// that far after the 15006 listen is still the same startup.
-constexpr std::int64_t kListenSkewMs = 1000;
+// HAProxy/Envoy bind their listeners within milliseconds of each other (Envoy: one LDS
+// update); a refusal on 15001 this soon after the 15006 listen is still the same startup.
+constexpr std::int64_t kListenSkewMs = 250;
 
-// Startup: refused before the proxy ever listened. Stopped: refused after it had listened (its
-// inbound listener registered first): it crashed, was killed or restarted.
+// Startup: refused before the proxy ever listened. Stopped: refused after it had listened: it
+// crashed, was killed or restarted. Any one of these proves "had listened": the refusal came
+// well after the inbound listener's first registration; an app connect to the proxy succeeded
+// before the first refusal; the listener registered again later (a restart) after refusals
+// that followed the first registration.
 struct Episode {
     bool startup = false;
     bool stopped = false;
 };
 
-Episode episode_of(const RefusalSpan& span, const StartupTimes& t) {
+Episode episode_of(const RefusalSpan& span, const StartupTimes& t, std::int64_t app_ok_last_ms) {
     Episode e;
     const auto listened = t.listener_registered_first_unix_ms;
     e.startup = listened == 0 || span.first_ms <= listened + kListenSkewMs;
-    e.stopped = listened != 0 && span.last_ms > listened + kListenSkewMs;
+    if (listened == 0) return e;
+    const bool worked_before = app_ok_last_ms > 0 && app_ok_last_ms < span.first_ms;
+    const bool restarted = t.listener_registered_last_unix_ms > listened + kListenSkewMs &&
+                           span.last_ms > listened &&
+                           span.last_ms < t.listener_registered_last_unix_ms;
+    e.stopped = span.last_ms > listened + kListenSkewMs || worked_before || restarted;
+    if (worked_before) e.startup = false;
     return e;
 }
 
@@ -268,10 +277,14 @@ std::optional<Finding> rule_refused_before_listen(const DiagnosisInput& input) {
                               t.inbound_refused_first_unix_ms, t.inbound_refused_last_unix_ms};
     const auto outbound = outbound_refusals(input);
     if (inbound.count == 0 && outbound.count == 0) return std::nullopt;
+    // Only a success BEFORE the refusals tells; a later one (after a restart) is read from the
+    // kernel at diagnosis time and says nothing about the order.
+    const std::int64_t app_ok_last_ms =
+        input.observed ? input.observed->app_side.established_last_unix_ns / 1'000'000 : 0;
     Episode episode;
     for (const auto* span : {&inbound, &outbound}) {
         if (span->count == 0) continue;
-        const auto e = episode_of(*span, t);
+        const auto e = episode_of(*span, t, app_ok_last_ms);
         episode.startup |= e.startup;
         episode.stopped |= e.stopped;
     }

@@ -173,11 +173,17 @@ def test_crashed_proxy_is_not_a_startup_problem(meshed, agent):
     after_ms = time.time() * 1000
     assert refused == 300
 
+    last = {}
+
     def counted():
-        report = diagnose(agent, a)
+        report = last["report"] = diagnose(agent, a)
         f = next((x for x in report["findings"] if x["code"] == "proxy_stopped_listening"), None)
         return (report, f) if f and f["data"].get("outbound_refused") == refused else None
-    report, f = util.wait_until(counted, timeout=10, interval=0.5, message="all refusals counted")
+    try:
+        report, f = util.wait_until(counted, timeout=10, interval=0.5,
+                                    message="all refusals counted")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}: {json.dumps(last.get('report'), indent=1)}") from None
     print(f"\n$ meshlane diagnose {a.name}\n{agent.cli('diagnose', a.name).stdout}")
     assert f["severity"] == "critical" and report["critical"] >= 1, f
     data = f["data"]
