@@ -66,6 +66,8 @@ Status dump_family(int sock, int family, std::vector<TcpListener>& out) {
             listener.port = ntohs(entry->id.idiag_sport);
             listener.uid = entry->idiag_uid;
             listener.inode = entry->idiag_inode;
+            listener.accept_queue = entry->idiag_rqueue;
+            listener.backlog = entry->idiag_wqueue;
             char text[INET6_ADDRSTRLEN]{};
             ::inet_ntop(listener.ipv6 ? AF_INET6 : AF_INET, entry->id.idiag_src, text,
                         sizeof(text));

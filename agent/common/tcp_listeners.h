@@ -20,6 +20,10 @@ struct TcpListener {
     bool ipv6 = false;
     std::uint32_t uid = 0;    // the socket's owner (the creating process's fsuid)
     std::uint64_t inode = 0;  // matches the "socket:[INODE]" fd links in /proc/PID/fd
+    // For a LISTEN socket inet_diag reports the accept queue: connections waiting for accept()
+    // (idiag_rqueue) and its limit, the listen() backlog (idiag_wqueue).
+    std::uint32_t accept_queue = 0;
+    std::uint32_t backlog = 0;
 };
 
 // Every LISTEN socket, IPv4 and IPv6, of the calling thread's netns.

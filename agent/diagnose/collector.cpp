@@ -201,7 +201,9 @@ Result<std::vector<ListenSocket>> read_listeners_here() {
                                    .ipv6 = l.ipv6,
                                    .uid = l.uid,
                                    .inode = l.inode,
-                                   .pids = {}});
+                                   .pids = {},
+                                   .accept_queue = l.accept_queue,
+                                   .backlog = l.backlog});
     return all;
 }
 
@@ -221,6 +223,10 @@ DiagnosisInput collect(const WorkloadStatus& status, const std::string& cgroup2_
     std::vector<std::string> errors;
     auto joined = in_netns(status.spec.netns_path, [&] {
         listeners = read_listeners_here();
+        // thread-self: /proc/self/net is the netns of the process's main thread, not this one.
+        input.listen_counters = parse_listen_counters(read_text("/proc/thread-self/net/netstat"));
+        if (!input.listen_counters)
+            errors.push_back("TcpExt counters: /proc/net/netstat unreadable");
         const std::pair<const char*, std::optional<std::string>*> tools[] = {
             {"iptables-save", &input.nat_v4}, {"ip6tables-save", &input.nat_v6}};
         for (const auto& [tool, out] : tools) {

@@ -1253,6 +1253,79 @@ std::optional<Finding> rule_tls_handshakes(const DiagnosisInput& input) {
     return f;
 }
 
+std::optional<ListenCounters> parse_listen_counters(std::string_view netstat) {
+    // Two lines per group: "TcpExt: Name1 Name2 ..." then "TcpExt: value1 value2 ...".
+    std::istringstream in{std::string(netstat)};
+    std::string names, values;
+    while (std::getline(in, names)) {
+        if (names.rfind("TcpExt:", 0) != 0 || !std::getline(in, values)) continue;
+        std::istringstream n(names), v(values);
+        std::string name, value;
+        ListenCounters counters;
+        bool found = false;
+        while (n >> name && v >> value) {
+            if (name == "ListenOverflows")
+                counters.listen_overflows = std::stoull(value), found = true;
+            if (name == "ListenDrops") counters.listen_drops = std::stoull(value), found = true;
+        }
+        if (found) return counters;
+    }
+    return std::nullopt;
+}
+
+std::optional<Finding> rule_accept_queue_overflow(const DiagnosisInput& input) {
+    if (!input.listen_counters || !input.listeners) return std::nullopt;
+    const auto& c = *input.listen_counters;
+    // ListenDrops alone also counts other refusals at a listener (bad cookies, no memory).
+    if (c.listen_overflows == 0) return std::nullopt;
+    Finding f;
+    f.code = "accept_queue_overflow";
+    std::vector<const ListenSocket*> full;
+    bool proxy_full = false;
+    for (const auto& s : *input.listeners) {
+        if (s.backlog == 0 || s.accept_queue < s.backlog) continue;
+        full.push_back(&s);
+        proxy_full |= listener_is_proxys(input, s) && is_proxy_port(input, s.port);
+    }
+    f.evidence.push_back(std::to_string(c.listen_overflows) +
+                         " SYN/ACK(s) dropped because an accept queue was full (TcpExt "
+                         "ListenOverflows), " +
+                         std::to_string(c.listen_drops) +
+                         " drops at listeners in all (ListenDrops); counters of the pod netns "
+                         "since it was created, read at " +
+                         utc_text(input.collected_at_unix_ms));
+    for (const auto* s : full)
+        f.evidence.push_back("accept queue FULL now: " + std::to_string(s->accept_queue) + " of " +
+                             std::to_string(s->backlog) + " waiting for accept() on " +
+                             describe_socket(input, *s));
+    f.data["listen_overflows"] = static_cast<std::int64_t>(c.listen_overflows);
+    f.data["listen_drops"] = static_cast<std::int64_t>(c.listen_drops);
+    f.data["full_listeners"] = static_cast<std::int64_t>(full.size());
+    const std::string who = full.empty() ? "a listener in the pod"
+                            : proxy_full ? "the proxy's listener"
+                                         : "the app's listener";
+    f.cause = "Connections were dropped at " + who +
+              " because its accept queue was full: the process does not accept() as fast as "
+              "connections arrive (overloaded, blocked, or a small listen backlog). Clients see "
+              "SYN retransmits and connect timeouts (Envoy: 503 UF \"connection timeout\", or "
+              "UC when the handshake's last ACK was dropped).";
+    if (full.empty()) {
+        // The counters have no time: no queue is full now, so it is not happening now.
+        f.severity = Severity::kWarning;
+        f.cause += " No accept queue is full now.";
+    } else {
+        f.severity = Severity::kCritical;
+    }
+    f.fix = proxy_full ? "The sidecar is overloaded: raise its CPU (Envoy --concurrency, "
+                         "sidecar.istio.io/proxyCPU), and its listener backlog / "
+                         "net.core.somaxconn in the pod; scale the workload out."
+                       : "Make the server accept faster: more worker threads/processes, a "
+                         "larger listen() backlog (and net.core.somaxconn, per netns), or scale "
+                         "out. Watch it with `nsenter --net=" +
+                             input.spec.netns_path + " ss -ltn` (Recv-Q = queue, Send-Q = limit).";
+    return f;
+}
+
 std::vector<Finding> diagnose(const DiagnosisInput& input) {
     std::vector<Finding> findings;
     using Rule = std::optional<Finding> (*)(const DiagnosisInput&);
@@ -1260,7 +1333,8 @@ std::vector<Finding> diagnose(const DiagnosisInput& input) {
         rule_refused_before_listen, rule_no_inbound_listener, rule_proxy_wrong_uid,
         rule_app_runs_as_proxy_uid, rule_iptables_chains,     rule_foreign_connect_program,
         rule_orig_dst_unanswered,   rule_app_port_excluded,   rule_proxy_port_included,
-        rule_kernel_drops,          rule_tls_handshakes,      rule_peer_proxy_not_listening};
+        rule_kernel_drops,          rule_tls_handshakes,      rule_peer_proxy_not_listening,
+        rule_accept_queue_overflow};
     for (auto rule : rules)
         if (auto f = rule(input)) findings.push_back(std::move(*f));
     for (const auto& error : input.collection_errors) {

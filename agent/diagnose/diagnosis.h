@@ -56,7 +56,17 @@ struct ListenSocket {
     bool ipv6 = false;
     std::uint32_t uid = 0;  // socket owner uid
     std::uint64_t inode = 0;
-    std::vector<pid_t> pids;  // processes holding it (fd links)
+    std::vector<pid_t> pids;         // processes holding it (fd links)
+    std::uint32_t accept_queue = 0;  // connections waiting for accept() now
+    std::uint32_t backlog = 0;       // the accept queue's limit (listen() backlog)
+};
+
+// TcpExt counters of the pod's netns (/proc/net/netstat read inside it): per netns, since it
+// was created. ListenOverflows: a SYN or the handshake's last ACK dropped because a listener's
+// accept queue was full; ListenDrops: every drop at a listener, overflows included.
+struct ListenCounters {
+    std::uint64_t listen_overflows = 0;
+    std::uint64_t listen_drops = 0;
 };
 
 // A cgroup connect4/connect6 program in effect for the pod cgroup.
@@ -161,6 +171,7 @@ struct DiagnosisInput {
 
     std::vector<ProcessInfo> processes;
     std::optional<std::vector<ListenSocket>> listeners;  // nullopt: could not be read
+    std::optional<ListenCounters> listen_counters;       // nullopt: could not be read
     // `iptables-save -t nat` / `ip6tables-save -t nat` inside the netns; nullopt: not checked.
     std::optional<std::string> nat_v4;
     std::optional<std::string> nat_v6;
@@ -185,6 +196,10 @@ std::optional<Finding> rule_kernel_drops(const DiagnosisInput& input);
 std::optional<Finding> rule_tls_handshakes(const DiagnosisInput& input);
 // Connects of this workload refused by a peer workload whose proxy was not listening.
 std::optional<Finding> rule_peer_proxy_not_listening(const DiagnosisInput& input);
+// A listener's accept queue overflowed (ListenOverflows): an overloaded proxy or app.
+std::optional<Finding> rule_accept_queue_overflow(const DiagnosisInput& input);
+// TcpExt ListenOverflows / ListenDrops from a /proc/net/netstat text; nullopt: not found.
+std::optional<ListenCounters> parse_listen_counters(std::string_view netstat);
 
 // The operator's next step for a kfree_skb reason ("NETFILTER_DROP"), naming the netns.
 std::string drop_reason_fix(std::string_view reason, const std::string& netns);

@@ -256,3 +256,41 @@ def test_diagnose_all_workloads(topo, agent):
 def test_unknown_workload(agent):
     assert agent.cli("diagnose", "nope").returncode == 1
     assert agent.cli("verify", "nope").returncode == 1
+
+
+def test_diagnose_since_and_follow(topo, agent):
+    """`--since` sets the window from a duration or a UTC time; `--follow` re-evaluates and
+    prints each change as it happens: the startup refusals appear critical, then become
+    resolved when the proxy listens (an operator watching a rollout)."""
+    agent.enroll_ok(topo.b)
+    topo.b.start_app(ports=(APP_PORT,))
+    report = json.loads(agent.cli("diagnose", topo.b.name, "--since", "5m", "--json").stdout)
+    assert report["collected_at_unix_ms"] - report["window_start_unix_ms"] == 300_000, report
+    past = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 120))
+    report = json.loads(agent.cli("diagnose", topo.b.name, "--since", past, "--json").stdout)
+    assert 119_000 <= report["collected_at_unix_ms"] - report["window_start_unix_ms"] <= 122_000
+    bad = agent.cli("diagnose", topo.b.name, "--since", "yesterday")
+    assert bad.returncode == 2 and "--since yesterday" in bad.stderr, bad
+
+    out_path = os.path.join(topo.workdir, "follow.out")
+    with open(out_path, "w") as out:
+        follow = proc.spawn([agent.binary, "--server", agent.api_socket, "diagnose", topo.b.name,
+                             "--follow", "--interval", "1"], stdout=out, stderr=out,
+                            description="meshlane diagnose --follow")
+
+    def lines():
+        with open(out_path) as f:
+            return f.read()
+    try:
+        assert not topo.a.client(topo.b.ip4, APP_PORT)["ok"]
+        util.wait_until(lambda: "+ [CRITICAL] connection_refused_proxy_not_listening" in lines(),
+                        timeout=10, interval=0.3, message="follow prints the new finding")
+        topo.b.start_sidecar(kind="haproxy")
+        util.wait_until(lambda: "~ [INFO, RESOLVED] connection_refused_proxy_not_listening"
+                        in lines(), timeout=10, interval=0.3,
+                        message="follow prints the resolution")
+        util.wait_until(lambda: "- no_inbound_listener" in lines(), timeout=10, interval=0.3,
+                        message="follow prints the finding that went away")
+    finally:
+        proc.stop(follow)
+    print(f"\n$ meshlane diagnose {topo.b.name} --follow\n{lines()}")

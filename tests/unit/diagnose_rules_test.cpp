@@ -230,5 +230,49 @@ TEST(DiagnoseRules, DirectConnectsToTheProxyPortAreNotLostRecords) {
     EXPECT_NE(f->fix.find("orig_dst_by_tuple"), std::string::npos);
 }
 
+constexpr const char* kNetstat =
+    "TcpExt: SyncookiesSent SyncookiesRecv ListenOverflows ListenDrops TCPBacklogDrop\n"
+    "TcpExt: 0 0 7 9 0\n"
+    "IpExt: InNoRoutes InTruncatedPkts\n"
+    "IpExt: 0 0\n";
+
+TEST(DiagnoseRules, ListenCountersParse) {
+    const auto c = parse_listen_counters(kNetstat);
+    ASSERT_TRUE(c);
+    EXPECT_EQ(c->listen_overflows, 7u);
+    EXPECT_EQ(c->listen_drops, 9u);
+    EXPECT_FALSE(parse_listen_counters("IpExt: A\nIpExt: 1\n"));
+}
+
+// Accept-queue overflow: names the listener whose queue is full now (app or proxy).
+TEST(DiagnoseRules, AcceptQueueOverflow) {
+    auto in = healthy();
+    in.listen_counters = ListenCounters{0, 0};
+    EXPECT_FALSE(rule_accept_queue_overflow(in));  // healthy: no overflow
+    in.listen_counters = ListenCounters{0, 3};     // drops for other reasons only
+    EXPECT_FALSE(rule_accept_queue_overflow(in));
+    in.listen_counters = ListenCounters{7, 9};
+    auto f = rule_accept_queue_overflow(in);
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->severity, Severity::kWarning);  // nothing full now
+    EXPECT_NE(f->cause.find("No accept queue is full now"), std::string::npos);
+    (*in.listeners)[2].accept_queue = (*in.listeners)[2].backlog = 2;  // the app's 8080
+    f = rule_accept_queue_overflow(in);
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->severity, Severity::kCritical);
+    EXPECT_NE(f->cause.find("the app's listener"), std::string::npos) << f->cause;
+    EXPECT_NE(f->evidence[1].find("FULL now: 2 of 2"), std::string::npos) << f->evidence[1];
+    EXPECT_NE(f->evidence[1].find("0.0.0.0:8080"), std::string::npos);
+    EXPECT_NE(f->fix.find("backlog"), std::string::npos);
+    (*in.listeners)[2].accept_queue = 0;
+    (*in.listeners)[0].accept_queue = (*in.listeners)[0].backlog = 4;  // the proxy's 15001
+    in.spec.outbound_port = 15001;
+    in.spec.proxy_uid = 1337;
+    f = rule_accept_queue_overflow(in);
+    ASSERT_TRUE(f);
+    EXPECT_NE(f->cause.find("the proxy's listener"), std::string::npos) << f->cause;
+    EXPECT_NE(f->fix.find("sidecar is overloaded"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace meshlane::diagnose
