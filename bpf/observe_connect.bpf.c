@@ -19,6 +19,7 @@
 #define TCP_CLOSE 7
 #define ECONNREFUSED 111
 #define ETIMEDOUT 110
+#define EADDRNOTAVAIL 99
 #define BPF_SK_STORAGE_GET_F_CREATE 1
 
 char LICENSE[] SEC("license") = "GPL";
@@ -186,6 +187,14 @@ static __always_inline void connect_finished(struct sock* sk, int newstate,
     } else {
         outcome = MESHLANE_CONNECT_FAILED_OTHER;
         __sync_fetch_and_add(&stats->other_failures, 1);
+        /* tcp_v4_connect/tcp_v6_connect enter SYN_SENT before inet_hash_connect() picks the
+         * source port; when none is free they close the socket at once, sk_err untouched and
+         * no port ever assigned: that is connect()'s EADDRNOTAVAIL. */
+        if (error == 0 && BPF_CORE_READ((const struct inet_sock*)sk, inet_sport) == 0) {
+            error = EADDRNOTAVAIL;
+            __sync_fetch_and_add(&stats->no_local_port, 1);
+            stats->no_local_port_last_ns = bpf_ktime_get_ns();
+        }
     }
     stats->failed_last_ns = bpf_ktime_get_ns();
     emit_event(sk, config, cookie, side, outcome, latency_ns, state, error);

@@ -223,6 +223,9 @@ DiagnosisInput collect(const WorkloadStatus& status, const std::string& cgroup2_
     std::vector<std::string> errors;
     auto joined = in_netns(status.spec.netns_path, [&] {
         listeners = read_listeners_here();
+        // /proc/sys/net follows the opening thread's netns (setns above).
+        input.local_port_range = trim(read_text("/proc/sys/net/ipv4/ip_local_port_range"));
+        input.time_wait = parse_time_wait(read_text("/proc/thread-self/net/sockstat"));
         // thread-self: /proc/self/net is the netns of the process's main thread, not this one.
         input.listen_counters = parse_listen_counters(read_text("/proc/thread-self/net/netstat"));
         if (!input.listen_counters)

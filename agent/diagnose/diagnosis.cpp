@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <boost/json.hpp>
+#include <cerrno>
 #include <charconv>
 #include <cstdio>
 #include <cstring>
@@ -376,8 +377,8 @@ std::optional<Finding> rule_refused_before_listen(const DiagnosisInput& input) {
         f.severity = Severity::kInfo;
         f.resolved_unix_ms = ended;
         f.cause = "Resolved at " + utc_ms_text(ended) +
-                  " (the proxy listens again, no refusal "
-                  "since): " +
+                  (episode.stopped ? " (the proxy listens again, no refusal since): "
+                                   : " (the proxy listens now, no refusal since): ") +
                   f.cause;
         f.data["resolved_unix_ms"] = ended;
     } else {
@@ -1326,6 +1327,89 @@ std::optional<Finding> rule_accept_queue_overflow(const DiagnosisInput& input) {
     return f;
 }
 
+std::optional<std::uint64_t> parse_time_wait(std::string_view sockstat) {
+    // "TCP: inuse 5 orphan 0 tw 12 alloc 9 mem 1"
+    std::istringstream in{std::string(sockstat)};
+    for (std::string line; std::getline(in, line);) {
+        if (line.rfind("TCP:", 0) != 0) continue;
+        std::istringstream fields(line.substr(4));
+        std::string name, value;
+        while (fields >> name >> value)
+            if (name == "tw") return std::stoull(value);
+    }
+    return std::nullopt;
+}
+
+std::optional<Finding> rule_port_exhaustion(const DiagnosisInput& input) {
+    if (!input.observed) return std::nullopt;
+    const auto& app = input.observed->app_side;
+    const auto& upstream = input.observed->upstream_side;
+    if (app.no_local_port == 0 && upstream.no_local_port == 0) return std::nullopt;
+    Finding f;
+    f.code = "ephemeral_port_exhaustion";
+    const std::pair<const ConnectSideTotals*, const char*> sides[] = {
+        {&upstream, "by the proxy to its upstreams (and other connects leaving the pod)"},
+        {&app, "by the app to the proxy's outbound port"}};
+    std::int64_t last = 0, ok_after = 0;
+    bool ongoing = false;
+    for (const auto& [side, what] : sides) {
+        if (side->no_local_port == 0) continue;
+        const auto side_last = side->no_local_port_last_unix_ns / 1'000'000;
+        const auto side_ok = side->established_last_unix_ns / 1'000'000;
+        f.evidence.push_back(std::to_string(side->no_local_port) + " connect(s) " + what +
+                             " failed with EADDRNOTAVAIL (no free local port; kernel counters, "
+                             "since enrolment), last at " +
+                             utc_ms_text(side_last));
+        last = std::max(last, side_last);
+        if (side_ok > side_last)
+            ok_after = std::max(ok_after, side_ok);
+        else
+            ongoing = true;
+    }
+    std::size_t examples = 0;
+    for (const auto& c : input.observed->connects)
+        if (c.error == EADDRNOTAVAIL && examples++ < 3)
+            f.evidence.push_back("e.g. connect to " + c.destination +
+                                 (c.pid != 0
+                                      ? " by pid " + std::to_string(c.pid) + " (" + c.comm + ")"
+                                      : std::string()) +
+                                 " at " + utc_ms_text(c.unix_time_ns / 1'000'000));
+    if (!input.local_port_range.empty())
+        f.evidence.push_back("net.ipv4.ip_local_port_range in the pod netns: " +
+                             input.local_port_range);
+    if (input.time_wait)
+        f.evidence.push_back(
+            std::to_string(*input.time_wait) +
+            " TCP socket(s) in TIME_WAIT in the pod netns now (/proc/net/sockstat)");
+    f.data["no_local_port.upstream"] = static_cast<std::int64_t>(upstream.no_local_port);
+    f.data["no_local_port.app"] = static_cast<std::int64_t>(app.no_local_port);
+    if (input.time_wait) f.data["time_wait"] = static_cast<std::int64_t>(*input.time_wait);
+    f.cause =
+        "Ephemeral port exhaustion: connects failed because no local port was free "
+        "(EADDRNOTAVAIL, \"Cannot assign requested address\"): too many connections to "
+        "the same destination are open or in TIME_WAIT for the pod's local port range. "
+        "Envoy answers 503 UF (\"upstream connect error ... Cannot assign requested "
+        "address\").";
+    f.fix =
+        "Reuse connections instead of opening one per request (HTTP keep-alive; Istio "
+        "DestinationRule connectionPool: do not set maxRequestsPerConnection: 1); widen "
+        "net.ipv4.ip_local_port_range in the pod (a namespaced sysctl: pod "
+        "securityContext.sysctls) and allow net.ipv4.tcp_tw_reuse=1 for outgoing "
+        "connections.";
+    f.data["no_local_port_last_unix_ms"] = last;
+    if (!ongoing) {
+        f.severity = Severity::kInfo;
+        f.resolved_unix_ms = last;
+        f.data["resolved_unix_ms"] = last;
+        f.cause = "Resolved: the last failure was at " + utc_ms_text(last) +
+                  ", connects succeed again since (last at " + utc_ms_text(ok_after) + "). " +
+                  f.cause;
+    } else {
+        f.severity = Severity::kCritical;
+    }
+    return f;
+}
+
 std::vector<Finding> diagnose(const DiagnosisInput& input) {
     std::vector<Finding> findings;
     using Rule = std::optional<Finding> (*)(const DiagnosisInput&);
@@ -1334,7 +1418,7 @@ std::vector<Finding> diagnose(const DiagnosisInput& input) {
         rule_app_runs_as_proxy_uid, rule_iptables_chains,     rule_foreign_connect_program,
         rule_orig_dst_unanswered,   rule_app_port_excluded,   rule_proxy_port_included,
         rule_kernel_drops,          rule_tls_handshakes,      rule_peer_proxy_not_listening,
-        rule_accept_queue_overflow};
+        rule_accept_queue_overflow, rule_port_exhaustion};
     for (auto rule : rules)
         if (auto f = rule(input)) findings.push_back(std::move(*f));
     for (const auto& error : input.collection_errors) {

@@ -172,6 +172,10 @@ struct DiagnosisInput {
     std::vector<ProcessInfo> processes;
     std::optional<std::vector<ListenSocket>> listeners;  // nullopt: could not be read
     std::optional<ListenCounters> listen_counters;       // nullopt: could not be read
+    // net.ipv4.ip_local_port_range of the pod netns ("32768 60999") and its TIME_WAIT sockets
+    // (/proc/net/sockstat "tw"), read inside it; empty / nullopt: not read.
+    std::string local_port_range;
+    std::optional<std::uint64_t> time_wait;
     // `iptables-save -t nat` / `ip6tables-save -t nat` inside the netns; nullopt: not checked.
     std::optional<std::string> nat_v4;
     std::optional<std::string> nat_v6;
@@ -198,6 +202,10 @@ std::optional<Finding> rule_tls_handshakes(const DiagnosisInput& input);
 std::optional<Finding> rule_peer_proxy_not_listening(const DiagnosisInput& input);
 // A listener's accept queue overflowed (ListenOverflows): an overloaded proxy or app.
 std::optional<Finding> rule_accept_queue_overflow(const DiagnosisInput& input);
+// Connects that failed for want of a free local port (EADDRNOTAVAIL).
+std::optional<Finding> rule_port_exhaustion(const DiagnosisInput& input);
+// "tw N" from a /proc/net/sockstat text; nullopt: not found.
+std::optional<std::uint64_t> parse_time_wait(std::string_view sockstat);
 // TcpExt ListenOverflows / ListenDrops from a /proc/net/netstat text; nullopt: not found.
 std::optional<ListenCounters> parse_listen_counters(std::string_view netstat);
 

@@ -72,6 +72,8 @@ struct ConnectSideTotals {
     std::int64_t refused_last_unix_ns = 0;
     std::int64_t established_last_unix_ns = 0;
     std::int64_t failed_last_unix_ns = 0;
+    std::uint64_t no_local_port = 0;  // connects failed with EADDRNOTAVAIL (no free port)
+    std::int64_t no_local_port_last_unix_ns = 0;
 };
 
 struct TcpTotals {

@@ -102,6 +102,8 @@ ConnectSideTotals side_totals(const connect_stats& stats, std::int64_t realtime_
     totals.refused_last_unix_ns = unix_ns(stats.refused_last_ns);
     totals.established_last_unix_ns = unix_ns(stats.established_last_ns);
     totals.failed_last_unix_ns = unix_ns(stats.failed_last_ns);
+    totals.no_local_port = stats.no_local_port;
+    totals.no_local_port_last_unix_ns = unix_ns(stats.no_local_port_last_ns);
     totals.established = stats.established;
     totals.refused = stats.refused;
     totals.timed_out = stats.timed_out;

@@ -40,6 +40,10 @@ struct connect_stats {
     __u64 refused_last_ns;
     __u64 established_last_ns;
     __u64 failed_last_ns; /* any failure: refused, timed out or other */
+    /* connect() failed before a SYN left because no local port was free (EADDRNOTAVAIL:
+     * ephemeral port exhaustion); also counted in other_failures. */
+    __u64 no_local_port;
+    __u64 no_local_port_last_ns;
 };
 
 /* Value of tcp_counters (ARRAY indexed by workload_id); netns_cookie as in connect_stats. */

@@ -485,5 +485,37 @@ TEST(DiagnoseObserved, TlsServerPodIsNotTheSideThatRejected) {
     EXPECT_EQ(upstream.destinations.front().hop, TlsHop::kProxyUpstream);
 }
 
+TEST(DiagnoseObserved, EphemeralPortExhaustion) {
+    auto in = observed_pod();
+    EXPECT_FALSE(rule_port_exhaustion(in));
+    in.observed->upstream_side.no_local_port = 5;
+    in.observed->upstream_side.no_local_port_last_unix_ns = (kNow - 2000) * 1'000'000;
+    in.observed->upstream_side.established_last_unix_ns = (kNow - 3000) * 1'000'000;
+    in.local_port_range = "40000\t40003";
+    in.time_wait = parse_time_wait("sockets: used 9\nTCP: inuse 5 orphan 0 tw 12 alloc 9 mem 1\n");
+    ASSERT_TRUE(in.time_wait);
+    auto c = connect("failed", "upstream", kNow - 2000, "10.0.0.3:8080");
+    c.error = 99;
+    in.observed->connects = {c};
+    auto f = rule_port_exhaustion(in);
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->code, "ephemeral_port_exhaustion");
+    EXPECT_EQ(f->severity, Severity::kCritical);
+    EXPECT_EQ(f->data.at("no_local_port.upstream"), 5);
+    EXPECT_EQ(f->data.at("time_wait"), 12);
+    std::string all;
+    for (const auto& e : f->evidence) all += e + "\n";
+    EXPECT_NE(all.find("5 connect(s) by the proxy to its upstreams"), std::string::npos) << all;
+    EXPECT_NE(all.find("ip_local_port_range in the pod netns: 40000\t40003"), std::string::npos);
+    EXPECT_NE(all.find("12 TCP socket(s) in TIME_WAIT"), std::string::npos);
+    EXPECT_NE(all.find("e.g. connect to 10.0.0.3:8080"), std::string::npos);
+    // A connect succeeded after the last failure: resolved.
+    in.observed->upstream_side.established_last_unix_ns = (kNow - 1000) * 1'000'000;
+    f = rule_port_exhaustion(in);
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->severity, Severity::kInfo);
+    EXPECT_EQ(f->resolved_unix_ms, kNow - 2000);
+}
+
 }  // namespace
 }  // namespace meshlane::diagnose
