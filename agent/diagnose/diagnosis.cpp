@@ -1410,6 +1410,72 @@ std::optional<Finding> rule_port_exhaustion(const DiagnosisInput& input) {
     return f;
 }
 
+std::optional<ConntrackStats> parse_conntrack_stat(std::string_view text) {
+    std::istringstream in{std::string(text)};
+    std::string header;
+    if (!std::getline(in, header) || header.rfind("entries", 0) != 0) return std::nullopt;
+    std::vector<std::string> names;
+    std::istringstream h(header);
+    for (std::string name; h >> name;) names.push_back(name);
+    ConntrackStats stats;
+    for (std::string line; std::getline(in, line);) {
+        std::istringstream fields(line);
+        std::string value;
+        for (std::size_t i = 0; i < names.size() && fields >> value; ++i) {
+            const auto n = std::strtoull(value.c_str(), nullptr, 16);
+            if (names[i] == "drop") stats.drop += n;
+            if (names[i] == "early_drop") stats.early_drop += n;
+            if (names[i] == "insert_failed") stats.insert_failed += n;
+        }
+    }
+    return stats;
+}
+
+std::optional<Finding> rule_conntrack_full(const DiagnosisInput& input) {
+    if (!input.conntrack) return std::nullopt;
+    const auto& ct = *input.conntrack;
+    if (ct.drop == 0 && ct.early_drop == 0) return std::nullopt;
+    Finding f;
+    f.code = "conntrack_table_full";
+    const bool full_now = ct.max > 0 && ct.count * 100 >= ct.max * 95;
+    f.severity = full_now ? Severity::kCritical : Severity::kWarning;
+    f.evidence.push_back(std::to_string(ct.drop) +
+                         " packet(s) dropped because no conntrack entry could be made, " +
+                         std::to_string(ct.early_drop) +
+                         " entries evicted early to make room (/proc/net/stat/nf_conntrack of "
+                         "the pod netns, since it was created)");
+    f.evidence.push_back("conntrack entries in the pod netns now: " + std::to_string(ct.count) +
+                         " (nf_conntrack_count); table limit nf_conntrack_max " +
+                         std::to_string(ct.max) + " (node-wide on this kernel)");
+    std::size_t nat_rules = 0;
+    for (const auto* text : {&input.nat_v4, &input.nat_v6}) {
+        if (!*text) continue;
+        std::istringstream in(**text);
+        for (std::string line; std::getline(in, line);) nat_rules += line.rfind("-A ", 0) == 0;
+    }
+    if (nat_rules > 0)
+        f.evidence.push_back(std::to_string(nat_rules) +
+                             " iptables nat rule(s) in the pod netns: its connections are "
+                             "tracked (an iptables-based component is still present)");
+    f.data["conntrack_drop"] = static_cast<std::int64_t>(ct.drop);
+    f.data["conntrack_early_drop"] = static_cast<std::int64_t>(ct.early_drop);
+    f.data["conntrack_count"] = static_cast<std::int64_t>(ct.count);
+    f.data["conntrack_max"] = static_cast<std::int64_t>(ct.max);
+    f.cause =
+        "The connection-tracking table was full: the kernel dropped new connections' "
+        "packets (\"nf_conntrack: table full, dropping packet\" in the node's kernel "
+        "log); clients see connect timeouts and 503 UF. meshlane's datapath needs no "
+        "conntrack — iptables rules (istio-init leftovers, kube-proxy, a CNI) do." +
+        std::string(full_now ? "" : " The table is not full now.");
+    f.fix =
+        "Raise net.netfilter.nf_conntrack_max on the node (and nf_conntrack_buckets), "
+        "shorten nf_conntrack_tcp_timeout_time_wait / _established, or remove the "
+        "iptables rules that track this pod's traffic (`nsenter --net=" +
+        input.spec.netns_path +
+        " iptables-save`); check `conntrack -S` / `journalctl -k | grep conntrack`.";
+    return f;
+}
+
 std::vector<Finding> diagnose(const DiagnosisInput& input) {
     std::vector<Finding> findings;
     using Rule = std::optional<Finding> (*)(const DiagnosisInput&);
@@ -1418,7 +1484,7 @@ std::vector<Finding> diagnose(const DiagnosisInput& input) {
         rule_app_runs_as_proxy_uid, rule_iptables_chains,     rule_foreign_connect_program,
         rule_orig_dst_unanswered,   rule_app_port_excluded,   rule_proxy_port_included,
         rule_kernel_drops,          rule_tls_handshakes,      rule_peer_proxy_not_listening,
-        rule_accept_queue_overflow, rule_port_exhaustion};
+        rule_accept_queue_overflow, rule_port_exhaustion,     rule_conntrack_full};
     for (auto rule : rules)
         if (auto f = rule(input)) findings.push_back(std::move(*f));
     for (const auto& error : input.collection_errors) {

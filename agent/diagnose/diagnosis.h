@@ -61,6 +61,18 @@ struct ListenSocket {
     std::uint32_t backlog = 0;       // the accept queue's limit (listen() backlog)
 };
 
+// Connection tracking in the pod's netns: entries now (nf_conntrack_count, per netns), the
+// table limit (nf_conntrack_max, node-wide on this kernel) and the per-netns statistics of
+// /proc/net/stat/nf_conntrack summed over CPUs: packets dropped because a new entry could not
+// be made (table full: "nf_conntrack: table full, dropping packet").
+struct ConntrackStats {
+    std::uint64_t count = 0;
+    std::uint64_t max = 0;
+    std::uint64_t drop = 0;
+    std::uint64_t early_drop = 0;
+    std::uint64_t insert_failed = 0;
+};
+
 // TcpExt counters of the pod's netns (/proc/net/netstat read inside it): per netns, since it
 // was created. ListenOverflows: a SYN or the handshake's last ACK dropped because a listener's
 // accept queue was full; ListenDrops: every drop at a listener, overflows included.
@@ -176,6 +188,7 @@ struct DiagnosisInput {
     // (/proc/net/sockstat "tw"), read inside it; empty / nullopt: not read.
     std::string local_port_range;
     std::optional<std::uint64_t> time_wait;
+    std::optional<ConntrackStats> conntrack;  // nullopt: conntrack not loaded in the netns
     // `iptables-save -t nat` / `ip6tables-save -t nat` inside the netns; nullopt: not checked.
     std::optional<std::string> nat_v4;
     std::optional<std::string> nat_v6;
@@ -204,6 +217,11 @@ std::optional<Finding> rule_peer_proxy_not_listening(const DiagnosisInput& input
 std::optional<Finding> rule_accept_queue_overflow(const DiagnosisInput& input);
 // Connects that failed for want of a free local port (EADDRNOTAVAIL).
 std::optional<Finding> rule_port_exhaustion(const DiagnosisInput& input);
+// The conntrack table dropped packets of the pod (table full) while iptables is in use.
+std::optional<Finding> rule_conntrack_full(const DiagnosisInput& input);
+// /proc/net/stat/nf_conntrack (a header line, then one line of hex counters per CPU) summed
+// into drop / early_drop / insert_failed; nullopt: not that format.
+std::optional<ConntrackStats> parse_conntrack_stat(std::string_view text);
 // "tw N" from a /proc/net/sockstat text; nullopt: not found.
 std::optional<std::uint64_t> parse_time_wait(std::string_view sockstat);
 // TcpExt ListenOverflows / ListenDrops from a /proc/net/netstat text; nullopt: not found.

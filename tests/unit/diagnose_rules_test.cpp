@@ -274,5 +274,39 @@ TEST(DiagnoseRules, AcceptQueueOverflow) {
     EXPECT_NE(f->fix.find("sidecar is overloaded"), std::string::npos);
 }
 
+// conntrack table full: /proc/net/stat/nf_conntrack summed over CPUs (hex).
+TEST(DiagnoseRules, ConntrackTableFull) {
+    const auto stat = parse_conntrack_stat(
+        "entries  clashres found new invalid ignore delete chainlength insert insert_failed "
+        "drop early_drop icmp_error  expect_new expect_create expect_delete search_restart\n"
+        "00000010  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 "
+        "00000001 0000000a 00000002 00000000  00000000 00000000 00000000 00000000\n"
+        "00000010  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 "
+        "00000000 00000006 00000000 00000000  00000000 00000000 00000000 00000000\n");
+    ASSERT_TRUE(stat);
+    EXPECT_EQ(stat->drop, 16u);
+    EXPECT_EQ(stat->early_drop, 2u);
+    EXPECT_EQ(stat->insert_failed, 1u);
+    EXPECT_FALSE(parse_conntrack_stat("nothing here\n"));
+
+    auto in = healthy();
+    in.conntrack = ConntrackStats{10, 262144, 0, 0, 0};
+    EXPECT_FALSE(rule_conntrack_full(in));  // healthy: no drop
+    in.conntrack = ConntrackStats{262000, 262144, 16, 2, 1};
+    in.nat_v4 = "*nat\n-A OUTPUT -j KUBE-SERVICES\nCOMMIT\n";
+    auto f = rule_conntrack_full(in);
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->code, "conntrack_table_full");
+    EXPECT_EQ(f->severity, Severity::kCritical);
+    EXPECT_EQ(f->data.at("conntrack_drop"), 16);
+    EXPECT_NE(f->evidence.back().find("1 iptables nat rule(s)"), std::string::npos);
+    EXPECT_NE(f->fix.find("nf_conntrack_max"), std::string::npos);
+    in.conntrack->count = 100;  // not full now
+    f = rule_conntrack_full(in);
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->severity, Severity::kWarning);
+    EXPECT_NE(f->cause.find("not full now"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace meshlane::diagnose
