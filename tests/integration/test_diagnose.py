@@ -294,3 +294,20 @@ def test_diagnose_since_and_follow(topo, agent):
     finally:
         proc.stop(follow)
     print(f"\n$ meshlane diagnose {topo.b.name} --follow\n{lines()}")
+
+
+def test_direct_connects_to_the_proxy_port_are_not_lost_records(meshed, agent):
+    """Item 5: the app connects to 127.0.0.1:15001 itself (never redirected): the proxy's
+    SO_ORIGINAL_DST gets no answer (orig_dst_miss), counted as orig_dst_not_redirected, not as
+    orig_dst_tuple_lost; the finding says the datapath lost nothing. (HAProxy, with no original
+    destination, connects to its own listener address: the harness proxy then loops, so no
+    request is made after this one.)"""
+    b = meshed.b
+    result = b.client("127.0.0.1", 15001, timeout=3)
+    assert not result["ok"], result  # HAProxy has no destination for it
+    counters = agent.cli_json("workload", b.name)["counters"]
+    assert counters["orig_dst_not_redirected"] >= 1, counters
+    assert counters["orig_dst_tuple_lost"] == 0, counters
+    f = finding(diagnose(agent, b), "orig_dst_unanswered")
+    assert "the datapath lost nothing" in f["cause"], f
+    assert not any("orig_dst_tuple_lost" in e for e in f["evidence"]), f
