@@ -183,6 +183,10 @@ def test_other_connect_program_on_the_pod_cgroup(meshed, agent, tmp_path):
         util.run(["bpftool", "cgroup", "attach", cg, "connect4", "pinned", pin, "multi"])
         f = finding(diagnose(agent, meshed.b), "foreign_connect_program")
         assert any("other_connect4" in e and cg in e for e in f["evidence"]), f
+        # Issue 19 item 4: attached after meshlane's, it runs after it; the advice matches.
+        assert any("runs after meshlane's" in e for e in f["evidence"]), f
+        assert "BEFORE" not in f["cause"] and "make it run after" not in f["fix"], f
+        assert "the order is right" in f["fix"] and "127.0.0.1:15001" in f["fix"], f
     finally:
         util.run(["bpftool", "cgroup", "detach", cg, "connect4", "pinned", pin], check=False)
         os.unlink(pin)
