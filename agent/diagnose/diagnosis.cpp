@@ -841,6 +841,7 @@ std::optional<Finding> rule_peer_proxy_not_listening(const DiagnosisInput& input
     f.code = "peer_proxy_not_listening";
     std::string peers;
     std::int64_t last_refused = 0, peer_listened = 0;
+    bool all_listen = true;
     for (const auto& [peer, drops] : by_peer) {
         const auto& r = drops.front()->refusals;
         peers += (peers.empty() ? "" : ", ") + peer;
@@ -857,18 +858,20 @@ std::optional<Finding> rule_peer_proxy_not_listening(const DiagnosisInput& input
                              " (NO_SOCKET: the RST its sk_lookup answered with)");
         f.data["peer_refused." + peer] = static_cast<std::int64_t>(r.inbound_refused);
         last_refused = std::max(last_refused, r.last_unix_ms);
-        peer_listened = r.listener_registered_last_unix_ms > r.last_unix_ms
-                            ? std::max(peer_listened, r.listener_registered_last_unix_ms)
-                            : -1;
+        // Resolved only when every refusing peer listens again.
+        if (r.listener_registered_last_unix_ms > r.last_unix_ms)
+            peer_listened = std::max(peer_listened, r.listener_registered_last_unix_ms);
+        else
+            all_listen = false;
     }
     f.cause = "Connects of this workload were refused by " + peers +
               ": that workload's proxy was not listening on its inbound port (it started after "
-              "its app, or stopped), so its node answered with a reset. Not a fault of this "
+              "its app, or stopped), so its kernel answered with a reset. Not a fault of this "
               "workload, and not of the server app itself.";
     f.fix = "Diagnose the server side: `meshlane diagnose " + by_peer.begin()->first +
             "` (finding connection_refused_proxy_not_listening or proxy_stopped_listening names "
             "the cause and its fix). Clients retry; nothing to change here.";
-    if (peer_listened > 0) {
+    if (all_listen && peer_listened > 0) {
         f.severity = Severity::kInfo;
         f.resolved_unix_ms = peer_listened;
         f.data["resolved_unix_ms"] = peer_listened;
