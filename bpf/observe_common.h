@@ -68,6 +68,9 @@ static __always_inline void sock_tuple(const struct sock* sk, __u8 saddr[16], __
     __u16 fam = BPF_CORE_READ(sk, __sk_common.skc_family);
     *family = (__u8)fam;
     *sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+    /* At TCP_CLOSE inet_put_port() has already zeroed skc_num; inet_sport keeps the port the
+     * connection used, so a failed connect still names its source port (matchable to drops). */
+    if (*sport == 0) *sport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock*)sk, inet_sport));
     *dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
     if (fam == AF_INET) {
         addr_from_v4(saddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));

@@ -19,6 +19,7 @@
 #define TCP_CLOSE 7
 #define ECONNREFUSED 111
 #define ETIMEDOUT 110
+#define EADDRNOTAVAIL 99
 #define BPF_SK_STORAGE_GET_F_CREATE 1
 
 char LICENSE[] SEC("license") = "GPL";
@@ -163,6 +164,7 @@ static __always_inline void connect_finished(struct sock* sk, int newstate,
         if (bucket < MESHLANE_HIST_BUCKETS) __sync_fetch_and_add(&stats->latency_hist[bucket], 1);
         __sync_fetch_and_add(&stats->latency_sum_us, us);
         __sync_fetch_and_add(&stats->established, 1);
+        stats->established_last_ns = bpf_ktime_get_ns();
         if (latency_ns >= slow_connect_threshold_ns)
             emit_event(sk, config, cookie, side, MESHLANE_CONNECT_ESTABLISHED, latency_ns, state,
                        0);
@@ -175,13 +177,26 @@ static __always_inline void connect_finished(struct sock* sk, int newstate,
     if (state->rst_received || error == ECONNREFUSED) {
         outcome = MESHLANE_CONNECT_REFUSED;
         __sync_fetch_and_add(&stats->refused, 1);
+        /* Racy between CPUs by a few ns at most; the count stays exact. */
+        __u64 now = bpf_ktime_get_ns();
+        if (stats->refused_first_ns == 0) stats->refused_first_ns = now;
+        stats->refused_last_ns = now;
     } else if (error == ETIMEDOUT) {
         outcome = MESHLANE_CONNECT_TIMED_OUT;
         __sync_fetch_and_add(&stats->timed_out, 1);
     } else {
         outcome = MESHLANE_CONNECT_FAILED_OTHER;
         __sync_fetch_and_add(&stats->other_failures, 1);
+        /* tcp_v4_connect/tcp_v6_connect enter SYN_SENT before inet_hash_connect() picks the
+         * source port; when none is free they close the socket at once, sk_err untouched and
+         * no port ever assigned: that is connect()'s EADDRNOTAVAIL. */
+        if (error == 0 && BPF_CORE_READ((const struct inet_sock*)sk, inet_sport) == 0) {
+            error = EADDRNOTAVAIL;
+            __sync_fetch_and_add(&stats->no_local_port, 1);
+            stats->no_local_port_last_ns = bpf_ktime_get_ns();
+        }
     }
+    stats->failed_last_ns = bpf_ktime_get_ns();
     emit_event(sk, config, cookie, side, outcome, latency_ns, state, error);
 }
 

@@ -303,10 +303,16 @@ static __always_inline void on_app_connect(struct bpf_sock_ops* ctx) {
 /* The app's socket reaches CLOSE only after the proxy side acknowledged its FIN or after a
  * reset, i.e. after PASSIVE_ESTABLISHED consumed the entry if it ever will. */
 static __always_inline void on_app_close(struct bpf_sock_ops* ctx) {
-    if (!app_orig_dst(ctx->sk)) return;
+    struct orig_dst* orig = app_orig_dst(ctx->sk);
+    if (!orig) return;
     struct proxy_tuple_key key = {};
     tuple_from_app(ctx, &key);
-    bpf_map_delete_elem(&orig_dst_by_tuple, &key);
+    /* A record still here after the connection was established (old state not SYN_SENT: the
+     * proxy completed the handshake, so PASSIVE_ESTABLISHED ran) was not found by the proxy's
+     * accept: that is the hand-over really lost. One that never connected (refused, timed
+     * out) is only cleaned up. */
+    if (bpf_map_delete_elem(&orig_dst_by_tuple, &key) == 0 && ctx->args[0] != BPF_TCP_SYN_SENT)
+        count(orig->workload_id, MESHLANE_CNT_ORIG_DST_TUPLE_LOST);
 }
 
 /* PASSIVE_ESTABLISHED runs before the child socket is queued for accept(): the answer is in
@@ -324,7 +330,7 @@ static __always_inline void on_proxy_accept(struct bpf_sock_ops* ctx) {
     struct orig_dst* handed = bpf_map_lookup_elem(&orig_dst_by_tuple, &key);
     if (!handed) {
         if (local_port == cfg->outbound_port)
-            count(cfg->workload_id, MESHLANE_CNT_ORIG_DST_TUPLE_LOST);
+            count(cfg->workload_id, MESHLANE_CNT_ORIG_DST_NOT_REDIRECTED);
         return;
     }
     struct bpf_sock* sk = ctx->sk;

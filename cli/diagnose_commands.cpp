@@ -1,9 +1,11 @@
 #include "cli/diagnose_commands.h"
 
 #include <boost/json.hpp>
+#include <chrono>
 #include <ctime>
 #include <iostream>
 #include <map>
+#include <thread>
 #include <vector>
 
 #include "api/client/unix_http_client.h"
@@ -92,8 +94,10 @@ int run_diagnose(const GlobalOptions& global, const std::string& name, bool as_j
     }
     for (const auto& value : findings) {
         const auto& f = value.as_object();
-        std::cout << "\n[" << upper(std::string(f.at("severity").as_string())) << "] "
-                  << f.at("code").as_string().c_str() << "\n";
+        const bool resolved = field_text(value, "status") == "resolved";
+        std::cout << "\n[" << upper(std::string(f.at("severity").as_string()))
+                  << (resolved ? ", RESOLVED" : "") << "] " << f.at("code").as_string().c_str()
+                  << "\n";
         std::cout << "  Cause:    " << f.at("cause").as_string().c_str() << "\n";
         std::cout << "  Evidence:\n";
         for (const auto& e : f.at("evidence").as_array())
@@ -101,6 +105,84 @@ int run_diagnose(const GlobalOptions& global, const std::string& name, bool as_j
         std::cout << "  Fix:      " << f.at("fix").as_string().c_str() << "\n";
     }
     return critical > 0 ? kExitProblemFound : kExitOk;
+}
+
+std::optional<unsigned> since_to_window(const std::string& since, std::int64_t now_unix_s) {
+    if (since.empty()) return std::nullopt;
+    std::int64_t seconds = 0;
+    if (since.find('T') != std::string::npos) {
+        std::tm tm{};
+        const char* end = ::strptime(since.c_str(), "%Y-%m-%dT%H:%M:%S", &tm);
+        if (end == nullptr || (*end != '\0' && std::string(end) != "Z")) return std::nullopt;
+        seconds = now_unix_s - static_cast<std::int64_t>(::timegm(&tm));
+    } else {
+        std::size_t used = 0;
+        long long value = 0;
+        try {
+            value = std::stoll(since, &used);
+        } catch (const std::exception&) {
+            return std::nullopt;
+        }
+        const std::string unit = since.substr(used);
+        const std::map<std::string, std::int64_t> units = {
+            {"", 1}, {"s", 1}, {"m", 60}, {"h", 3600}, {"d", 86400}};
+        const auto it = units.find(unit);
+        if (it == units.end() || value < 0) return std::nullopt;
+        seconds = value * it->second;
+    }
+    if (seconds < 1) return std::nullopt;
+    return static_cast<unsigned>(std::min<std::int64_t>(seconds, 0xffffffffLL));
+}
+
+namespace {
+
+struct FollowState {
+    std::string severity, status, cause;
+};
+
+std::string label(const FollowState& s) {
+    return "[" + upper(s.severity) + (s.status == "resolved" ? ", RESOLVED" : "") + "]";
+}
+
+}  // namespace
+
+int run_diagnose_follow(const GlobalOptions& global, const std::string& name, bool as_json,
+                        unsigned window_seconds, unsigned interval_seconds) {
+    std::string target = "/v1/workloads/" + name + "/diagnose";
+    if (window_seconds != 0) target += "?window=" + std::to_string(window_seconds);
+    std::map<std::string, FollowState> shown;
+    for (bool first = true;; first = false) {
+        int exit_code = kExitOk;
+        auto body = call(global, http::verb::get, target, exit_code);
+        if (!body) return exit_code;
+        const auto& object = body->as_object();
+        const auto at = utc(object.at("collected_at_unix_ms").to_number<std::int64_t>());
+        if (as_json) {
+            std::cout << json::serialize(*body) << std::endl;
+        } else {
+            std::map<std::string, FollowState> now;
+            for (const auto& value : object.at("findings").as_array())
+                now[field_text(value, "code")] = {field_text(value, "severity"),
+                                                  field_text(value, "status"),
+                                                  field_text(value, "cause")};
+            for (const auto& [code, state] : now) {
+                auto it = shown.find(code);
+                if (it == shown.end())
+                    std::cout << at << " + " << label(state) << " " << code << ": " << state.cause
+                              << "\n";
+                else if (it->second.severity != state.severity || it->second.status != state.status)
+                    std::cout << at << " ~ " << label(state) << " " << code << " (was "
+                              << label(it->second) << "): " << state.cause << "\n";
+            }
+            for (const auto& [code, state] : shown)
+                if (now.count(code) == 0)
+                    std::cout << at << " - " << code << ": no longer in the window\n";
+            if (first && now.empty()) std::cout << at << " no finding\n";
+            std::cout << std::flush;
+            shown = std::move(now);
+        }
+        std::this_thread::sleep_for(std::chrono::seconds(interval_seconds));
+    }
 }
 
 int run_diagnose_all(const GlobalOptions& global, bool as_json, unsigned window_seconds) {

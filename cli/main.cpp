@@ -3,6 +3,7 @@
 // TLS listener with --server https://HOST:PORT.
 #include <CLI/CLI.hpp>
 #include <cstdlib>
+#include <ctime>
 #include <iostream>
 #include <optional>
 
@@ -298,9 +299,23 @@ int main(int argc, char** argv) {
         ->excludes(diagnose_name);
     diagnose->add_flag("--json", json, "Print the agent's JSON reply");
     unsigned diagnose_window = 0;
-    diagnose->add_option("--window", diagnose_window,
-                         "Seconds of observations (drops, refused connects, TLS) to consider "
-                         "(default 600)");
+    auto* diagnose_window_option =
+        diagnose->add_option("--window", diagnose_window,
+                             "Seconds of observations (drops, refused connects, TLS) to consider "
+                             "(default 600)");
+    std::string diagnose_since;
+    diagnose
+        ->add_option("--since", diagnose_since,
+                     "Consider observations since a duration ago (90s, 10m, 2h, 1d) or a UTC "
+                     "time (2026-12-07T23:00:00Z); instead of --window")
+        ->excludes(diagnose_window_option);
+    bool diagnose_follow = false;
+    diagnose->add_flag("--follow", diagnose_follow,
+                       "Re-evaluate every --interval seconds and print what changed (a finding "
+                       "appears, changes severity, is resolved, leaves the window)");
+    unsigned diagnose_interval = 2;
+    diagnose->add_option("--interval", diagnose_interval, "Seconds between --follow evaluations")
+        ->check(CLI::Range(1u, 3600u));
     auto* verify = app.add_subcommand(
         "verify", "Check interception hop by hop with an in-pod probe (exit 4 when a check fails)");
     verify->add_option("name", name, "Workload name")->required()->type_name("WORKLOAD");
@@ -354,6 +369,22 @@ int main(int argc, char** argv) {
     if (workload->parsed()) return cli::run_workload(global, name, json);
     if (status->parsed()) return cli::run_status(global, json);
     if (uninstall->parsed()) return cli::run_uninstall(config);
+    if (diagnose->parsed() && !diagnose_since.empty()) {
+        const auto window = cli::since_to_window(diagnose_since, std::time(nullptr));
+        if (!window) {
+            std::cerr << "meshlane diagnose: --since " << diagnose_since
+                      << ": give a duration (90s, 10m, 2h, 1d) or a past UTC time "
+                         "(2026-12-07T23:00:00Z)\n";
+            return cli::kExitUsage;
+        }
+        diagnose_window = *window;
+    }
+    if (diagnose->parsed() && diagnose_follow && (diagnose_all || name.empty())) {
+        std::cerr << "meshlane diagnose: --follow takes one workload NAME\n";
+        return cli::kExitUsage;
+    }
+    if (diagnose->parsed() && diagnose_follow)
+        return cli::run_diagnose_follow(global, name, json, diagnose_window, diagnose_interval);
     if (diagnose->parsed() && diagnose_all)
         return cli::run_diagnose_all(global, json, diagnose_window);
     if (diagnose->parsed() && name.empty()) {

@@ -34,6 +34,8 @@ TcpSocket socket_of(const inet_diag_msg& entry) {
     socket.state = entry.idiag_state;
     socket.uid = entry.idiag_uid;
     socket.inode = entry.idiag_inode;
+    socket.receive_queue = entry.idiag_rqueue;
+    socket.send_queue = entry.idiag_wqueue;
     return socket;
 }
 
@@ -105,7 +107,8 @@ Result<std::vector<TcpListener>> list_tcp_listeners() {
     std::vector<TcpListener> listeners;
     listeners.reserve(sockets->size());
     for (auto& s : *sockets)
-        listeners.push_back(TcpListener{std::move(s.local), s.local_port, s.ipv6, s.uid, s.inode});
+        listeners.push_back(TcpListener{std::move(s.local), s.local_port, s.ipv6, s.uid, s.inode,
+                                        s.receive_queue, s.send_queue});
     return listeners;
 }
 

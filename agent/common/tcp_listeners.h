@@ -20,6 +20,10 @@ struct TcpListener {
     bool ipv6 = false;
     std::uint32_t uid = 0;    // the socket's owner (the creating process's fsuid)
     std::uint64_t inode = 0;  // matches the "socket:[INODE]" fd links in /proc/PID/fd
+    // For a LISTEN socket inet_diag reports the accept queue: connections waiting for accept()
+    // (idiag_rqueue) and its limit, the listen() backlog (idiag_wqueue).
+    std::uint32_t accept_queue = 0;
+    std::uint32_t backlog = 0;
 };
 
 // Every LISTEN socket, IPv4 and IPv6, of the calling thread's netns.
@@ -35,6 +39,10 @@ struct TcpSocket {
     std::uint8_t state = 0;  // TCP_ESTABLISHED, TCP_LISTEN, ... (netinet/tcp.h)
     std::uint32_t uid = 0;
     std::uint64_t inode = 0;
+    // inet_diag's idiag_rqueue / idiag_wqueue: for a LISTEN socket the accept queue and the
+    // listen() backlog, otherwise unread and unsent bytes.
+    std::uint32_t receive_queue = 0;
+    std::uint32_t send_queue = 0;
 };
 
 // The TCP sockets, IPv4 and IPv6, of the calling thread's netns whose state is in `state_mask`

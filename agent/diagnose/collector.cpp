@@ -201,7 +201,9 @@ Result<std::vector<ListenSocket>> read_listeners_here() {
                                    .ipv6 = l.ipv6,
                                    .uid = l.uid,
                                    .inode = l.inode,
-                                   .pids = {}});
+                                   .pids = {},
+                                   .accept_queue = l.accept_queue,
+                                   .backlog = l.backlog});
     return all;
 }
 
@@ -221,6 +223,21 @@ DiagnosisInput collect(const WorkloadStatus& status, const std::string& cgroup2_
     std::vector<std::string> errors;
     auto joined = in_netns(status.spec.netns_path, [&] {
         listeners = read_listeners_here();
+        // /proc/sys/net follows the opening thread's netns (setns above).
+        input.local_port_range = trim(read_text("/proc/sys/net/ipv4/ip_local_port_range"));
+        input.time_wait = parse_time_wait(read_text("/proc/thread-self/net/sockstat"));
+        if (auto ct = parse_conntrack_stat(read_text("/proc/thread-self/net/stat/nf_conntrack"))) {
+            const auto number = [](const std::string& text) -> std::uint64_t {
+                return text.empty() ? 0 : std::strtoull(text.c_str(), nullptr, 10);
+            };
+            ct->count = number(read_text("/proc/sys/net/netfilter/nf_conntrack_count"));
+            ct->max = number(read_text("/proc/sys/net/netfilter/nf_conntrack_max"));
+            input.conntrack = ct;
+        }
+        // thread-self: /proc/self/net is the netns of the process's main thread, not this one.
+        input.listen_counters = parse_listen_counters(read_text("/proc/thread-self/net/netstat"));
+        if (!input.listen_counters)
+            errors.push_back("TcpExt counters: /proc/net/netstat unreadable");
         const std::pair<const char*, std::optional<std::string>*> tools[] = {
             {"iptables-save", &input.nat_v4}, {"ip6tables-save", &input.nat_v6}};
         for (const auto& [tool, out] : tools) {

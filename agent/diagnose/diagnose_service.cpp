@@ -14,8 +14,17 @@ constexpr std::size_t kMaxPeerDrops = 20;
 
 std::int64_t to_ms(std::int64_t unix_ns) { return unix_ns / 1'000'000; }
 
-bool connect_failed(const ConnectionRecord& c) {
-    return c.outcome == "timed_out" || c.outcome == "refused" || c.outcome == "failed";
+bool connect_failed(const ConnectionRecord& c) { return c.outcome != ConnectOutcome::kEstablished; }
+
+PeerRefusals refusals_of(const WorkloadStatus& peer) {
+    PeerRefusals r;
+    if (auto it = peer.counters.find("inbound_refused_no_listener"); it != peer.counters.end())
+        r.inbound_refused = it->second;
+    r.first_unix_ms = to_ms(peer.inbound_refused_first_unix_ns);
+    r.last_unix_ms = to_ms(peer.inbound_refused_last_unix_ns);
+    r.listener_registered_last_unix_ms = to_ms(peer.listener_registered_last_unix_ns);
+    r.inbound_port = peer.spec.inbound_port;
+    return r;
 }
 
 }  // namespace
@@ -26,13 +35,16 @@ ObservedTraffic observe_workload(const ObservationSource& observations,
                                  std::int64_t window_start_unix_ms) {
     ObservedTraffic traffic;
     const auto connections = observations.connections(status.workload_id, status.netns_cookie);
-    traffic.app_refused_total = connections.sides[MESHLANE_SIDE_APP].refused;
+    traffic.app_side = connections.sides[MESHLANE_SIDE_APP];
+    traffic.upstream_side = connections.sides[MESHLANE_SIDE_UPSTREAM];
+    traffic.app_refused_total = traffic.app_side.refused;
     std::set<std::string> failed_destinations;
     for (const auto& c : connections.recent) {
         if (to_ms(c.unix_time_ns) < window_start_unix_ms) continue;
         traffic.connects.push_back(c);
         // verify's probes go to TEST-NET-1 on purpose.
-        if (connect_failed(c) && c.side != "app" && !is_verify_probe_endpoint(c.destination))
+        if (connect_failed(c) && c.side != ConnectSide::kApp &&
+            !is_verify_probe_endpoint(c.destination))
             failed_destinations.insert(c.destination);
     }
     DropQuery query;
@@ -51,7 +63,8 @@ ObservedTraffic observe_workload(const ObservationSource& observations,
             if (failed_destinations.count(d.destination) == 0 &&
                 failed_destinations.count(d.source) == 0)
                 continue;
-            traffic.peer_drops.push_back(PeerDrop{other.spec.name, other.spec.netns_path, d});
+            traffic.peer_drops.push_back(
+                PeerDrop{other.spec.name, other.spec.netns_path, d, refusals_of(other)});
         }
     }
     return traffic;

@@ -35,8 +35,11 @@ using TlsStatsReader =
 // observer has none. Threshold: config tls_slow_handshake_threshold_ms.
 TlsStatsReader tls_stats_reader(const ObservationSource* observations);
 // Per destination in the window: handshakes, failures (last reason), slow ones, p99, max.
+// pod_addresses: the pod's own addresses, to tell the inbound proxy's delivery to its own app
+// (this pod is the TLS server) from its upstream connections to other pods.
 TlsObservation summarize_tls(const WorkloadTls& tls, std::chrono::milliseconds threshold,
-                             std::int64_t window_start_unix_ms);
+                             std::int64_t window_start_unix_ms,
+                             const std::vector<std::string>& pod_addresses = {});
 
 struct DiagnoseEnvironment {
     WorkloadRegistry* registry = nullptr;

@@ -30,6 +30,11 @@ struct Finding {
     std::string fix;
     // The evidence's numbers for tools (counts, unix ms times), e.g. "inbound_refused": 3.
     std::map<std::string, std::int64_t> data;
+    // Findings describe the present: a problem that stopped inside the window (the proxy
+    // listens again, connects succeed since) is reported as resolved, severity info, with the
+    // time it ended, instead of staying critical for the rest of the window. 0: ongoing.
+    std::int64_t resolved_unix_ms = 0;
+    bool resolved() const { return resolved_unix_ms != 0; }
 };
 
 // A process in the pod's netns or cgroup.
@@ -51,7 +56,29 @@ struct ListenSocket {
     bool ipv6 = false;
     std::uint32_t uid = 0;  // socket owner uid
     std::uint64_t inode = 0;
-    std::vector<pid_t> pids;  // processes holding it (fd links)
+    std::vector<pid_t> pids;         // processes holding it (fd links)
+    std::uint32_t accept_queue = 0;  // connections waiting for accept() now
+    std::uint32_t backlog = 0;       // the accept queue's limit (listen() backlog)
+};
+
+// Connection tracking in the pod's netns: entries now (nf_conntrack_count, per netns), the
+// table limit (nf_conntrack_max, node-wide on this kernel) and the per-netns statistics of
+// /proc/net/stat/nf_conntrack summed over CPUs: packets dropped because a new entry could not
+// be made (table full: "nf_conntrack: table full, dropping packet").
+struct ConntrackStats {
+    std::uint64_t count = 0;
+    std::uint64_t max = 0;
+    std::uint64_t drop = 0;
+    std::uint64_t early_drop = 0;
+    std::uint64_t insert_failed = 0;
+};
+
+// TcpExt counters of the pod's netns (/proc/net/netstat read inside it): per netns, since it
+// was created. ListenOverflows: a SYN or the handshake's last ACK dropped because a listener's
+// accept queue was full; ListenDrops: every drop at a listener, overflows included.
+struct ListenCounters {
+    std::uint64_t listen_overflows = 0;
+    std::uint64_t listen_drops = 0;
 };
 
 // A cgroup connect4/connect6 program in effect for the pod cgroup.
@@ -72,22 +99,48 @@ struct StartupTimes {
     std::int64_t listener_registered_last_unix_ms = 0;
 };
 
+// The peer workload's own record of refusing inbound connections because its proxy was not
+// listening (sk_lookup found no listener: it sends the RST, the kernel counts NO_SOCKET).
+struct PeerRefusals {
+    std::uint64_t inbound_refused = 0;  // exact, counter inbound_refused_no_listener
+    std::int64_t first_unix_ms = 0;
+    std::int64_t last_unix_ms = 0;
+    std::int64_t listener_registered_last_unix_ms = 0;
+    std::uint16_t inbound_port = 0;
+};
+
 // A drop seen in ANOTHER enrolled workload that matches a connect of this one that failed.
 struct PeerDrop {
     std::string workload;
     std::string netns;
     DropRecord drop;
+    PeerRefusals refusals;
 };
 
 // What the observer (agent/observe) saw for the workload: exact totals since enrolment and the
 // sampled recent events inside the diagnosis window.
 struct ObservedTraffic {
-    std::uint64_t app_refused_total = 0;     // app connects redirected to the proxy and refused
-    std::vector<ConnectionRecord> connects;  // failed or slow connects, in the window
+    std::uint64_t app_refused_total = 0;  // app connects redirected to the proxy and refused
+    // Exact totals and outcome times per hop (kernel counters, not the bounded event ring).
+    ConnectSideTotals app_side;
+    ConnectSideTotals upstream_side;
+    std::vector<ConnectionRecord> connects;        // failed or slow connects, in the window
     std::vector<DropReasonCount> drops_by_reason;  // exact, since enrolment
     std::vector<DropRecord> drops;                 // sampled, in the window
     std::vector<PeerDrop> peer_drops;
 };
+
+// Where a TLS handshake was measured. The wire observer sees every TCP connection of the pod
+// cgroup; which party the pod is depends on the hop.
+enum class TlsHop {
+    kApp,              // the app's own TLS, app -> its outbound proxy: the app is the client
+    kProxyUpstream,    // the proxy's connection to another pod (sidecar mTLS, or pass-through)
+    kInboundDelivery,  // the inbound proxy passing a client's TLS to this pod's own app: the
+                       // app is the SERVER, the client is another workload
+    kWire,             // wire stats without the side (older than the recent-event ring)
+    kLibssl,           // libssl uprobes in a process of the pod
+};
+std::string_view to_string(TlsHop hop);
 
 // TLS handshakes of the workload to one destination, in the diagnosis window, as measured on
 // one hop (the one that saw the most: the app's own TLS and a pass-through proxy's upstream
@@ -108,7 +161,7 @@ struct TlsDestination {
     int last_alert_description = -1;  // RFC 8446 AlertDescription; -1: none or encrypted
     std::map<std::string, std::uint64_t> failures_by_kind;  // kind -> count
     std::string address;  // "10.1.2.3:8080": where the handshakes went (for s_client)
-    std::string hop;      // "app": the app's own TLS; "upstream": the proxy's; "libssl"
+    TlsHop hop = TlsHop::kWire;
 };
 
 struct TlsObservation {
@@ -130,6 +183,12 @@ struct DiagnosisInput {
 
     std::vector<ProcessInfo> processes;
     std::optional<std::vector<ListenSocket>> listeners;  // nullopt: could not be read
+    std::optional<ListenCounters> listen_counters;       // nullopt: could not be read
+    // net.ipv4.ip_local_port_range of the pod netns ("32768 60999") and its TIME_WAIT sockets
+    // (/proc/net/sockstat "tw"), read inside it; empty / nullopt: not read.
+    std::string local_port_range;
+    std::optional<std::uint64_t> time_wait;
+    std::optional<ConntrackStats> conntrack;  // nullopt: conntrack not loaded in the netns
     // `iptables-save -t nat` / `ip6tables-save -t nat` inside the netns; nullopt: not checked.
     std::optional<std::string> nat_v4;
     std::optional<std::string> nat_v6;
@@ -152,6 +211,21 @@ std::optional<Finding> rule_app_port_excluded(const DiagnosisInput& input);
 std::optional<Finding> rule_proxy_port_included(const DiagnosisInput& input);
 std::optional<Finding> rule_kernel_drops(const DiagnosisInput& input);
 std::optional<Finding> rule_tls_handshakes(const DiagnosisInput& input);
+// Connects of this workload refused by a peer workload whose proxy was not listening.
+std::optional<Finding> rule_peer_proxy_not_listening(const DiagnosisInput& input);
+// A listener's accept queue overflowed (ListenOverflows): an overloaded proxy or app.
+std::optional<Finding> rule_accept_queue_overflow(const DiagnosisInput& input);
+// Connects that failed for want of a free local port (EADDRNOTAVAIL).
+std::optional<Finding> rule_port_exhaustion(const DiagnosisInput& input);
+// The conntrack table dropped packets of the pod (table full) while iptables is in use.
+std::optional<Finding> rule_conntrack_full(const DiagnosisInput& input);
+// /proc/net/stat/nf_conntrack (a header line, then one line of hex counters per CPU) summed
+// into drop / early_drop / insert_failed; nullopt: not that format.
+std::optional<ConntrackStats> parse_conntrack_stat(std::string_view text);
+// "tw N" from a /proc/net/sockstat text; nullopt: not found.
+std::optional<std::uint64_t> parse_time_wait(std::string_view sockstat);
+// TcpExt ListenOverflows / ListenDrops from a /proc/net/netstat text; nullopt: not found.
+std::optional<ListenCounters> parse_listen_counters(std::string_view netstat);
 
 // The operator's next step for a kfree_skb reason ("NETFILTER_DROP"), naming the netns.
 std::string drop_reason_fix(std::string_view reason, const std::string& netns);

@@ -30,7 +30,26 @@ std::uint64_t percentile(std::vector<std::uint64_t> values, double q) {
 bool better(const Group& a, const Group& b) {
     if (a.out.handshakes != b.out.handshakes) return a.out.handshakes > b.out.handshakes;
     if (a.source != b.source) return a.source == "wire";
-    return a.out.hop == "app" && b.out.hop != "app";
+    return a.out.hop == TlsHop::kApp && b.out.hop != TlsHop::kApp;
+}
+
+std::string host_of(const std::string& endpoint) {
+    auto host = endpoint.substr(0, endpoint.rfind(':'));
+    if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+    return host;
+}
+
+// The wire's "upstream" side is any connect that is not app -> outbound proxy. When it goes to
+// this pod's own address, or leaves from the inbound passthrough source 127.0.0.6 / ::6, it is
+// the inbound proxy delivering a client's connection to this pod's app: the app is the server.
+TlsHop wire_hop(const TlsHandshakeRecord& h, const std::vector<std::string>& pod_addresses) {
+    if (h.side == "app") return TlsHop::kApp;
+    const auto local = host_of(h.local);
+    if (local == "127.0.0.6" || local == "::6") return TlsHop::kInboundDelivery;
+    const auto peer = host_of(h.peer);
+    if (std::find(pod_addresses.begin(), pod_addresses.end(), peer) != pod_addresses.end())
+        return TlsHop::kInboundDelivery;
+    return TlsHop::kProxyUpstream;
 }
 
 std::string kind_of_reason(const std::string& reason) {
@@ -43,18 +62,19 @@ std::string kind_of_reason(const std::string& reason) {
 }  // namespace
 
 TlsObservation summarize_tls(const WorkloadTls& tls, std::chrono::milliseconds threshold,
-                             std::int64_t window_start_unix_ms) {
+                             std::int64_t window_start_unix_ms,
+                             const std::vector<std::string>& pod_addresses) {
     TlsObservation observation;
     observation.threshold_ms = static_cast<std::uint64_t>(threshold.count());
     const auto threshold_us = static_cast<std::uint64_t>(threshold.count()) * 1000;
     // One handshake is seen by several hops: the wire on the app's connection and on a
     // pass-through proxy's upstream connection, and libssl. Per destination, the hop that saw
     // the most, never a sum.
-    std::map<std::tuple<std::string, std::string, std::string>, Group> by_hop;
+    std::map<std::tuple<std::string, std::string, TlsHop>, Group> by_hop;
     for (const auto& h : tls.recent) {
         const auto ms = h.unix_time_ns / 1'000'000;
         if (ms < window_start_unix_ms) continue;
-        const auto hop = h.source == "libssl" ? std::string("libssl") : h.side;
+        const auto hop = h.source == "libssl" ? TlsHop::kLibssl : wire_hop(h, pod_addresses);
         auto& g = by_hop[{h.destination, h.source, hop}];
         g.source = h.source;
         g.out.destination = h.destination;
@@ -110,7 +130,7 @@ TlsObservation summarize_tls(const WorkloadTls& tls, std::chrono::milliseconds t
             continue;
         TlsDestination out;
         out.destination = d.destination;
-        out.hop = d.source;  // "wire" (side not kept) or "libssl"
+        out.hop = d.source == "libssl" ? TlsHop::kLibssl : TlsHop::kWire;  // side not kept
         out.handshakes = d.handshakes + d.failures;
         out.failures = d.failures;
         out.p50_us = static_cast<std::uint64_t>(d.p50_us());
@@ -132,7 +152,8 @@ TlsStatsReader tls_stats_reader(const ObservationSource* observations) {
         const auto health = observations->health();
         if (!health.tls_wire_tracking && !health.tls_libssl_tracking) return std::nullopt;
         return summarize_tls(observations->tls(status.workload_id, status.netns_cookie),
-                             observations->tls_slow_handshake_threshold(), window_start_unix_ms);
+                             observations->tls_slow_handshake_threshold(), window_start_unix_ms,
+                             status.pod_addresses);
     };
 }
 

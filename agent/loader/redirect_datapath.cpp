@@ -95,6 +95,7 @@ constexpr const char* kCounterNames[MESHLANE_REDIRECT_COUNTER_MAX] = {
     "dns_pass_proxy_owner",
     "dns_pass_not_nameserver",
     "dns_reply_source_restored",
+    "orig_dst_not_redirected",
 };
 
 // The names mirror enum meshlane_redirect_counter; a counter added there without a name here

@@ -18,16 +18,42 @@
 
 namespace meshlane {
 
+// Which hop a connect is on: the app's connect to the proxy's outbound port, or any other
+// (the proxy's upstream connect, or an unmeshed connect). Values of enum meshlane_connect_side.
+enum class ConnectSide : std::uint8_t {
+    kApp = MESHLANE_SIDE_APP,
+    kUpstream = MESHLANE_SIDE_UPSTREAM
+};
+enum class ConnectOutcome : std::uint8_t { kEstablished, kRefused, kTimedOut, kFailed };
+
+// Stable names for the views ("app", "refused", ...).
+inline std::string_view to_string(ConnectSide side) {
+    return side == ConnectSide::kApp ? "app" : "upstream";
+}
+inline std::string_view to_string(ConnectOutcome outcome) {
+    switch (outcome) {
+        case ConnectOutcome::kEstablished:
+            return "established";
+        case ConnectOutcome::kRefused:
+            return "refused";
+        case ConnectOutcome::kTimedOut:
+            return "timed_out";
+        case ConnectOutcome::kFailed:
+            return "failed";
+    }
+    return "failed";
+}
+
 // One slow or failed connect, decoded.
 struct ConnectionRecord {
     std::int64_t unix_time_ns = 0;
     std::uint64_t latency_ns = 0;
     std::uint32_t pid = 0;  // 0: unknown
     std::string comm;
-    std::string side;     // "app" | "upstream"
-    std::string outcome;  // "established" (slow) | "refused" | "timed_out" | "failed"
-    int error = 0;        // errno the socket failed with
-    std::string source;   // "10.1.2.3:41234", "[fd00::1]:41234"
+    ConnectSide side = ConnectSide::kUpstream;
+    ConnectOutcome outcome = ConnectOutcome::kFailed;  // kEstablished: a slow one
+    int error = 0;                                     // errno the socket failed with
+    std::string source;                                // "10.1.2.3:41234", "[fd00::1]:41234"
     std::string destination;
     std::string original_destination;  // app side, when the redirect recorded it; else empty
     unsigned syn_retransmits = 0;
@@ -41,6 +67,13 @@ struct ConnectSideTotals {
     std::uint64_t syn_retransmits = 0;
     std::uint64_t latency_sum_us = 0;
     Log2Histogram latency;
+    // Wall-clock times of the outcomes, exact (kernel counters, not the event ring); 0: never.
+    std::int64_t refused_first_unix_ns = 0;
+    std::int64_t refused_last_unix_ns = 0;
+    std::int64_t established_last_unix_ns = 0;
+    std::int64_t failed_last_unix_ns = 0;
+    std::uint64_t no_local_port = 0;  // connects failed with EADDRNOTAVAIL (no free port)
+    std::int64_t no_local_port_last_unix_ns = 0;
 };
 
 struct TcpTotals {

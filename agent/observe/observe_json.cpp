@@ -26,8 +26,8 @@ json::object record_json(const ConnectionRecord& r) {
     return json::object{
         {"time_unix_ms", r.unix_time_ns / 1'000'000},
         {"latency_ms", static_cast<double>(r.latency_ns) / 1e6},
-        {"side", r.side},
-        {"outcome", r.outcome},
+        {"side", to_string(r.side)},
+        {"outcome", to_string(r.outcome)},
         {"error", r.error},
         {"error_text", r.error ? std::string(std::strerror(r.error)) : std::string()},
         {"source", r.source},

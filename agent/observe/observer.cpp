@@ -60,23 +60,34 @@ std::int64_t clock_ns(clockid_t clock) {
     return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
-const char* side_name(unsigned side) { return side == MESHLANE_SIDE_APP ? "app" : "upstream"; }
+ConnectSide side_of(unsigned side) {
+    return side == MESHLANE_SIDE_APP ? ConnectSide::kApp : ConnectSide::kUpstream;
+}
 
-const char* outcome_name(unsigned outcome) {
+ConnectOutcome outcome_of(unsigned outcome) {
     switch (outcome) {
         case MESHLANE_CONNECT_ESTABLISHED:
-            return "established";
+            return ConnectOutcome::kEstablished;
         case MESHLANE_CONNECT_REFUSED:
-            return "refused";
+            return ConnectOutcome::kRefused;
         case MESHLANE_CONNECT_TIMED_OUT:
-            return "timed_out";
+            return ConnectOutcome::kTimedOut;
         default:
-            return "failed";
+            return ConnectOutcome::kFailed;
     }
 }
 
-ConnectSideTotals side_totals(const connect_stats& stats) {
+ConnectSideTotals side_totals(const connect_stats& stats, std::int64_t realtime_offset_ns) {
+    const auto unix_ns = [realtime_offset_ns](std::uint64_t ktime_ns) -> std::int64_t {
+        return ktime_ns == 0 ? 0 : static_cast<std::int64_t>(ktime_ns) + realtime_offset_ns;
+    };
     ConnectSideTotals totals;
+    totals.refused_first_unix_ns = unix_ns(stats.refused_first_ns);
+    totals.refused_last_unix_ns = unix_ns(stats.refused_last_ns);
+    totals.established_last_unix_ns = unix_ns(stats.established_last_ns);
+    totals.failed_last_unix_ns = unix_ns(stats.failed_last_ns);
+    totals.no_local_port = stats.no_local_port;
+    totals.no_local_port_last_unix_ns = unix_ns(stats.no_local_port_last_ns);
     totals.established = stats.established;
     totals.refused = stats.refused;
     totals.timed_out = stats.timed_out;
@@ -94,8 +105,8 @@ ConnectionRecord decode_connect(const connect_event& e, std::int64_t unix_time_n
     record.pid = e.pid;
     record.comm.assign(reinterpret_cast<const char*>(e.comm),
                        strnlen(reinterpret_cast<const char*>(e.comm), sizeof(e.comm)));
-    record.side = side_name(e.side);
-    record.outcome = outcome_name(e.outcome);
+    record.side = side_of(e.side);
+    record.outcome = outcome_of(e.outcome);
     record.error = e.error;
     record.source = endpoint_text(e.saddr, e.sport);
     record.destination = endpoint_text(e.daddr, e.dport);
@@ -422,6 +433,7 @@ void Observer::Impl::snapshot() {
         key = next;
         previous = &key;
     }
+    const std::int64_t realtime_offset_ns = clock_ns(CLOCK_REALTIME) - clock_ns(CLOCK_MONOTONIC);
     for (auto& [cookie, t] : totals) {
         if (connect_stats_map >= 0) {
             for (std::uint32_t side = 0; side < MESHLANE_SIDE_MAX; ++side) {
@@ -429,7 +441,7 @@ void Observer::Impl::snapshot() {
                 connect_stats stats{};
                 if (bpf_map_lookup_elem(connect_stats_map, &index, &stats) == 0 &&
                     stats.netns_cookie == cookie)
-                    t.sides[side] = side_totals(stats);
+                    t.sides[side] = side_totals(stats, realtime_offset_ns);
             }
         }
         if (tcp_counters_map >= 0) {

@@ -138,9 +138,12 @@ void write_workload_metrics(MetricsWriter& out, WorkloadRegistry& registry) {
     write_family(out, true, "meshlane_redirect_decisions_total",
                  "Connections by capture decision (the istio-iptables rule that applied).",
                  decisions);
-    write_family(out, true, "meshlane_original_dst_lookups_total",
-                 "SO_ORIGINAL_DST queries by the proxy: answered, miss (no record), tuple_lost.",
-                 orig_dst);
+    write_family(
+        out, true, "meshlane_original_dst_lookups_total",
+        "SO_ORIGINAL_DST by the proxy: answered, miss (no record), tuple_lost (a redirected "
+        "connection's record not found at accept), not_redirected (accepted on the "
+        "outbound port without a redirect).",
+        orig_dst);
     write_family(out, true, "meshlane_proxy_listener_registrations_total",
                  "Times the proxy's inbound listener was registered by the sockops program.",
                  registrations);

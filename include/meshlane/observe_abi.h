@@ -34,6 +34,16 @@ struct connect_stats {
     __u64 timed_out;      /* SYN_SENT -> CLOSE with ETIMEDOUT: SYN retries exhausted */
     __u64 other_failures; /* SYN_SENT -> CLOSE otherwise: ICMP errors, closed by the app */
     __u64 syn_retransmits;
+    /* bpf_ktime_get_ns() of the outcomes (0 = never), so the diagnosis dates an episode
+     * exactly even when the bounded event ring lost its oldest events. */
+    __u64 refused_first_ns;
+    __u64 refused_last_ns;
+    __u64 established_last_ns;
+    __u64 failed_last_ns; /* any failure: refused, timed out or other */
+    /* connect() failed before a SYN left because no local port was free (EADDRNOTAVAIL:
+     * ephemeral port exhaustion); also counted in other_failures. */
+    __u64 no_local_port;
+    __u64 no_local_port_last_ns;
 };
 
 /* Value of tcp_counters (ARRAY indexed by workload_id); netns_cookie as in connect_stats. */

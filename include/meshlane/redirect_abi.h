@@ -218,6 +218,11 @@ enum meshlane_redirect_counter {
     MESHLANE_CNT_DNS_PASS_PROXY_OWNER,
     MESHLANE_CNT_DNS_PASS_NOT_NAMESERVER,
     MESHLANE_CNT_DNS_REPLY_SOURCE_RESTORED,
+    /* Accepted on the outbound port with no redirect record: a direct connect to the proxy
+     * port (health check, a client configured with 127.0.0.1:15001) or a connect from outside
+     * the pod cgroup. ORIG_DST_TUPLE_LOST counts only records that existed and were not found
+     * by the proxy's accept (the app's redirected socket established, its record unconsumed). */
+    MESHLANE_CNT_ORIG_DST_NOT_REDIRECTED,
     MESHLANE_REDIRECT_COUNTER_MAX
 };
 /* Kernel times (bpf_ktime_get_ns, CLOCK_MONOTONIC) kept in the LAST slots of each workload's

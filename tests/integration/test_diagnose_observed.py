@@ -3,12 +3,14 @@
 (finding 9: reason, where, counts, first/last), and the verify hops that probe inbound steering,
 the no-loop rule and the fast-path state."""
 import json
+import os
+import signal
 import time
 
-from harness import util
+from harness import proc, util
 from harness.topology import APP_PORT
 
-from test_diagnose import check, diagnose, finding, verify
+from test_diagnose import check, codes, diagnose, finding, verify
 
 
 def test_startup_refusals_are_dated_by_the_kernel(topo, agent):
@@ -42,7 +44,9 @@ def test_startup_refusals_are_dated_by_the_kernel(topo, agent):
     assert "3 inbound connection(s) refused" in text and "first at" in text, text
     assert "2 outbound connect(s) by the app refused" in text, text
     assert "registered at" in text, text
-    assert f["severity"] == "warning"  # the proxy listens now
+    # The proxy listens now and nothing was refused since: resolved, info.
+    assert f["severity"] == "info" and f["status"] == "resolved", f
+    assert f["resolved_at_unix_ms"] == t3, f
     assert "kernel_dropped_packets" not in [x["code"] for x in diagnose(agent, topo.b)["findings"]]
 
 
@@ -111,3 +115,122 @@ def test_verify_names_a_loop_without_starting_it(topo, agent):
     assert "LOOP" in no_loop and "uid 1000" in no_loop, no_loop
     outbound = " ".join(check(report, "outbound")["evidence"])
     assert "probe not sent" in outbound, outbound
+
+
+# -- issue 19: findings true in every word ---------------------------------------------------------
+
+CONNECT_LOOP = """
+import socket, sys
+refused = 0
+for _ in range(int(sys.argv[3])):
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect((sys.argv[1], int(sys.argv[2])))
+    except ConnectionRefusedError:
+        refused += 1
+    except OSError:
+        pass
+    s.close()
+print(refused)
+"""
+
+
+def connect_loop(pod, host, port, count):
+    """`count` bare TCP connects from pod's app cgroup; returns how many were refused."""
+    result = pod.run([util.PYTHON, "-c", CONNECT_LOOP, host, str(port), str(count)], timeout=120)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.strip())
+
+
+def test_outbound_only_startup_refusals_name_the_outbound_port(topo, agent):
+    """Item 1: the app's connects refused at 127.0.0.1:15001 before the proxy listened are
+    described as the OUTBOUND side, not as the proxy's inbound port 15006."""
+    agent.enroll_ok(topo.b)
+    topo.a.start_app(ports=(APP_PORT,))
+    assert connect_loop(topo.b, topo.a.ip4, APP_PORT, 2) == 2
+
+    def dated():
+        f = finding(diagnose(agent, topo.b), "connection_refused_proxy_not_listening")
+        return f if f["data"].get("outbound_refused") == 2 else None
+    f = util.wait_until(dated, timeout=5, interval=0.5, message="outbound refusals counted")
+    assert "outbound port 127.0.0.1:15001" in f["cause"], f["cause"]
+    assert "15006" not in f["cause"] and "inbound_refused" not in f["data"], f
+    assert "started before the proxy" in f["cause"], f["cause"]
+    assert "holdApplicationUntilProxyStarts" in f["fix"], f["fix"]
+
+
+def test_crashed_proxy_is_not_a_startup_problem(meshed, agent):
+    """Item 2: A's proxy is killed mid-traffic; the app's connects refused afterwards are a
+    stopped proxy (not "the app started before the proxy"), counted exactly past the 256-event
+    ring, dated by the kernel; after the restart the finding is resolved (info, exit 0)."""
+    a, b = meshed.a, meshed.b
+    assert a.client(b.ip4, APP_PORT)["ok"]
+    os.kill(a.sidecar.process.pid, signal.SIGKILL)
+    proc.stop(a.sidecar.process)
+    before_ms = time.time() * 1000
+    refused = connect_loop(a, b.ip4, APP_PORT, 300)
+    after_ms = time.time() * 1000
+    assert refused == 300
+
+    last = {}
+
+    def counted():
+        report = last["report"] = diagnose(agent, a)
+        f = next((x for x in report["findings"] if x["code"] == "proxy_stopped_listening"), None)
+        return (report, f) if f and f["data"].get("outbound_refused") == refused else None
+    try:
+        report, f = util.wait_until(counted, timeout=10, interval=0.5,
+                                    message="all refusals counted")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}: {json.dumps(last.get('report'), indent=1)}") from None
+    print(f"\n$ meshlane diagnose {a.name}\n{agent.cli('diagnose', a.name).stdout}")
+    assert f["severity"] == "critical" and report["critical"] >= 1, f
+    data = f["data"]
+    assert before_ms - 1000 <= data["outbound_refused_first_unix_ms"] <= \
+        data["outbound_refused_last_unix_ms"] <= after_ms + 1000, (before_ms, data, after_ms)
+    assert data["listener_registered_first_unix_ms"] < data["outbound_refused_first_unix_ms"]
+    assert f"{refused} outbound connect(s)" in " ".join(f["evidence"]), f["evidence"]
+    assert "crashed, was killed or restarted" in f["cause"], f["cause"]
+    assert "started before the proxy" not in f["cause"], f["cause"]
+    assert "holdApplicationUntilProxyStarts" not in f["fix"] and "--previous" in f["fix"], f
+
+    a.start_sidecar(kind="haproxy")
+    assert a.client(b.ip4, APP_PORT)["ok"]
+    report = diagnose(agent, a)
+    f = finding(report, "proxy_stopped_listening")
+    assert f["severity"] == "info" and f["status"] == "resolved", f
+    assert data["outbound_refused_last_unix_ms"] < f["resolved_at_unix_ms"], f
+    assert report["critical"] == 0, json.dumps(report, indent=1)
+
+
+def test_client_is_not_blamed_for_the_servers_startup_refusals(topo, agent):
+    """Item 3: B's app listens but B's proxy does not yet: A's requests are refused by B's
+    sk_lookup (NO_SOCKET in B's netns). A gets no critical kernel_dropped_packets with "start
+    the server", but a peer_proxy_not_listening naming B; resolved once B's proxy listens."""
+    agent.enroll_ok(topo.a)
+    agent.enroll_ok(topo.b)
+    topo.a.start_sidecar(kind="haproxy")
+    topo.b.start_app(ports=(APP_PORT,))
+    assert not topo.a.client(topo.b.ip4, APP_PORT, timeout=3)["ok"]
+
+    def peer_finding():
+        report = diagnose(agent, topo.a)
+        f = next((x for x in report["findings"] if x["code"] == "peer_proxy_not_listening"), None)
+        return (report, f) if f else None
+    report, f = util.wait_until(peer_finding, timeout=10, interval=0.5,
+                                message="A names B's proxy")
+    print(f"\n$ meshlane diagnose {topo.a.name}\n{agent.cli('diagnose', topo.a.name).stdout}")
+    assert "kernel_dropped_packets" not in codes(report), json.dumps(report, indent=1)
+    assert report["critical"] == 0 and f["severity"] == "warning", f
+    assert topo.b.name in f["cause"] and "start the server" not in f["fix"], f
+    assert f"meshlane diagnose {topo.b.name}" in f["fix"], f["fix"]
+
+    topo.b.start_sidecar(kind="haproxy")
+    for _ in range(5):
+        assert topo.a.client(topo.b.ip4, APP_PORT)["ok"]
+    report = diagnose(agent, topo.a)
+    f = finding(report, "peer_proxy_not_listening")
+    assert f["severity"] == "info" and f["status"] == "resolved", f
+    assert report["critical"] == 0 and "kernel_dropped_packets" not in codes(report), report
+    assert agent.cli("diagnose", topo.a.name).returncode == 0

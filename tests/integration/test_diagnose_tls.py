@@ -182,3 +182,39 @@ def test_healthy_tls_pair_has_no_finding(meshed, agent, rpc):  # noqa: F811 (fix
         assert list(reply.findings) == [] and reply.checked.tls, reply
     text = agent.cli("diagnose", topo.a.name)
     assert text.returncode == 0 and "TLS handshakes" in text.stdout, text.stdout
+
+
+def test_tls_server_pod_rejected_nothing(meshed, agent):
+    """Issue 19 item 6. A's app does not trust B's self-signed certificate: A's openssl aborts
+    every handshake with alert unknown_ca. A (the client) gets the critical finding; B (the
+    server) sees the same handshakes where its inbound proxy passes them to its app: labelled
+    as that hop, never "the proxy's upstream connection (sidecar mTLS)", never "this side
+    rejected the server's certificate", and not critical (B rejected nothing)."""
+    topo = meshed
+    cert, key = self_signed_cert(topo.workdir, prefix="untrusted")
+    start_tls_server(topo.b, TLS_PORT, cert, key)
+    wait_attached(agent)
+    other = make_ca_certs(topo.workdir, prefix="unrelated", roles=())
+    seen_a, seen_b = all_keys(agent, topo.a), all_keys(agent, topo.b)
+    verify = ["-CAfile", other["ca"], "-verify_return_error"]
+    for _ in range(ATTEMPTS):
+        run_client(topo.a, openssl_client(topo.b.ip4, TLS_PORT, "1.2", extra=verify),
+                   check=False)
+    new_events(agent, topo.a, seen_a, lambda e: e["source"] == "wire" and e["outcome"] != "ok",
+               ATTEMPTS, "A's failed handshakes")
+    new_events(agent, topo.b, seen_b, lambda e: e["source"] == "wire" and e["outcome"] != "ok",
+               ATTEMPTS, "B's view of the same handshakes")
+    _, fa = tls_finding(agent, topo.a, lambda f: f["data"]["tls_failures"] >= ATTEMPTS,
+                        "A names the failed handshakes")
+    assert fa["severity"] == "critical", fa
+    assert "this side rejected the server's certificate" in fa["cause"], fa["cause"]
+    report, fb = tls_finding(agent, topo.b, lambda f: f["data"]["tls_failures"] >= ATTEMPTS,
+                             "B names its clients' failed handshakes")
+    print(f"\n$ meshlane diagnose {topo.b.name}\n{agent.cli('diagnose', topo.b.name).stdout}")
+    assert fb["severity"] == "warning" and report["critical"] == 0, fb
+    assert "this side rejected" not in fb["cause"], fb["cause"]
+    assert "rejected nothing itself" in fb["cause"], fb["cause"]
+    evidence = "\n".join(fb["evidence"])
+    assert "sidecar mTLS" not in evidence, evidence
+    assert "inbound proxy passing a client's TLS to this pod's app" in evidence, evidence
+    cli_text(agent, topo.b, exit_code=0)

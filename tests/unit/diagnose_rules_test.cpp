@@ -150,7 +150,7 @@ TEST(DiagnoseRules, OrigDstUnanswered) {
     in.counters["orig_dst_tuple_lost"] = 2;
     auto f = rule_orig_dst_unanswered(in);
     ASSERT_TRUE(f);
-    EXPECT_NE(f->evidence[1].find("2 connections"), std::string::npos);
+    EXPECT_NE(f->evidence[1].find("2 redirected connection(s)"), std::string::npos);
 }
 
 TEST(DiagnoseRules, AppPortExcludedAndProxyPortIncluded) {
@@ -185,6 +185,127 @@ TEST(DiagnoseRules, CriticalFirst) {
     const auto findings = diagnose(in);
     ASSERT_GE(findings.size(), 2u);
     EXPECT_EQ(findings[0].severity, Severity::kCritical);
+}
+
+// Issue 19 item 4: a program that already runs after meshlane's is not told to run after it.
+TEST(DiagnoseRules, ForeignProgramAfterOursGetsConsistentAdvice) {
+    auto in = healthy();
+    in.spec.outbound_port = 15001;
+    in.connect_programs->push_back({"connect4", 9, "cil_sock4_conne", 1, false, "/"});
+    auto f = rule_foreign_connect_program(in);
+    ASSERT_TRUE(f);
+    EXPECT_NE(f->evidence.front().find("runs after meshlane's"), std::string::npos);
+    EXPECT_EQ(f->fix.find("make it run after meshlane"), std::string::npos) << f->fix;
+    EXPECT_EQ(f->cause.find("BEFORE"), std::string::npos) << f->cause;
+    EXPECT_NE(f->fix.find("the order is right"), std::string::npos) << f->fix;
+    EXPECT_NE(f->fix.find("127.0.0.1:15001"), std::string::npos) << f->fix;
+    // Before meshlane's: the VIP is translated first; the advice is to skip the pods.
+    (*in.connect_programs)[2].position = 0;
+    (*in.connect_programs)[0].position = 1;
+    f = rule_foreign_connect_program(in);
+    ASSERT_TRUE(f);
+    EXPECT_NE(f->cause.find("runs BEFORE meshlane's"), std::string::npos) << f->cause;
+    EXPECT_NE(f->fix.find("hostNamespaceOnly"), std::string::npos);
+    EXPECT_EQ(f->fix.find("the order is right"), std::string::npos);
+}
+
+// Issue 19 item 5: direct connects to 15001 (never redirected) are no datapath loss.
+TEST(DiagnoseRules, DirectConnectsToTheProxyPortAreNotLostRecords) {
+    auto in = healthy();
+    in.spec.outbound_port = 15001;
+    in.counters["orig_dst_miss"] = 4;
+    in.counters["orig_dst_not_redirected"] = 4;
+    auto f = rule_orig_dst_unanswered(in);
+    ASSERT_TRUE(f);
+    for (const auto& e : f->evidence) {
+        EXPECT_EQ(e.find("lost"), std::string::npos) << e;
+        EXPECT_EQ(e.find("orig_dst_tuple_lost"), std::string::npos) << e;
+    }
+    EXPECT_NE(f->cause.find("the datapath lost nothing"), std::string::npos) << f->cause;
+    EXPECT_EQ(f->data.at("orig_dst_not_redirected"), 4);
+    in.counters["orig_dst_tuple_lost"] = 1;
+    f = rule_orig_dst_unanswered(in);
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->cause.find("lost nothing"), std::string::npos);
+    EXPECT_NE(f->fix.find("orig_dst_by_tuple"), std::string::npos);
+}
+
+constexpr const char* kNetstat =
+    "TcpExt: SyncookiesSent SyncookiesRecv ListenOverflows ListenDrops TCPBacklogDrop\n"
+    "TcpExt: 0 0 7 9 0\n"
+    "IpExt: InNoRoutes InTruncatedPkts\n"
+    "IpExt: 0 0\n";
+
+TEST(DiagnoseRules, ListenCountersParse) {
+    const auto c = parse_listen_counters(kNetstat);
+    ASSERT_TRUE(c);
+    EXPECT_EQ(c->listen_overflows, 7u);
+    EXPECT_EQ(c->listen_drops, 9u);
+    EXPECT_FALSE(parse_listen_counters("IpExt: A\nIpExt: 1\n"));
+}
+
+// Accept-queue overflow: names the listener whose queue is full now (app or proxy).
+TEST(DiagnoseRules, AcceptQueueOverflow) {
+    auto in = healthy();
+    in.listen_counters = ListenCounters{0, 0};
+    EXPECT_FALSE(rule_accept_queue_overflow(in));  // healthy: no overflow
+    in.listen_counters = ListenCounters{0, 3};     // drops for other reasons only
+    EXPECT_FALSE(rule_accept_queue_overflow(in));
+    in.listen_counters = ListenCounters{7, 9};
+    auto f = rule_accept_queue_overflow(in);
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->severity, Severity::kWarning);  // nothing full now
+    EXPECT_NE(f->cause.find("No accept queue is full now"), std::string::npos);
+    (*in.listeners)[2].accept_queue = (*in.listeners)[2].backlog = 2;  // the app's 8080
+    f = rule_accept_queue_overflow(in);
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->severity, Severity::kCritical);
+    EXPECT_NE(f->cause.find("the app's listener"), std::string::npos) << f->cause;
+    EXPECT_NE(f->evidence[1].find("FULL now: 2 of 2"), std::string::npos) << f->evidence[1];
+    EXPECT_NE(f->evidence[1].find("0.0.0.0:8080"), std::string::npos);
+    EXPECT_NE(f->fix.find("backlog"), std::string::npos);
+    (*in.listeners)[2].accept_queue = 0;
+    (*in.listeners)[0].accept_queue = (*in.listeners)[0].backlog = 4;  // the proxy's 15001
+    in.spec.outbound_port = 15001;
+    in.spec.proxy_uid = 1337;
+    f = rule_accept_queue_overflow(in);
+    ASSERT_TRUE(f);
+    EXPECT_NE(f->cause.find("the proxy's listener"), std::string::npos) << f->cause;
+    EXPECT_NE(f->fix.find("sidecar is overloaded"), std::string::npos);
+}
+
+// conntrack table full: /proc/net/stat/nf_conntrack summed over CPUs (hex).
+TEST(DiagnoseRules, ConntrackTableFull) {
+    const auto stat = parse_conntrack_stat(
+        "entries  clashres found new invalid ignore delete chainlength insert insert_failed "
+        "drop early_drop icmp_error  expect_new expect_create expect_delete search_restart\n"
+        "00000010  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 "
+        "00000001 0000000a 00000002 00000000  00000000 00000000 00000000 00000000\n"
+        "00000010  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 "
+        "00000000 00000006 00000000 00000000  00000000 00000000 00000000 00000000\n");
+    ASSERT_TRUE(stat);
+    EXPECT_EQ(stat->drop, 16u);
+    EXPECT_EQ(stat->early_drop, 2u);
+    EXPECT_EQ(stat->insert_failed, 1u);
+    EXPECT_FALSE(parse_conntrack_stat("nothing here\n"));
+
+    auto in = healthy();
+    in.conntrack = ConntrackStats{10, 262144, 0, 0, 0};
+    EXPECT_FALSE(rule_conntrack_full(in));  // healthy: no drop
+    in.conntrack = ConntrackStats{262000, 262144, 16, 2, 1};
+    in.nat_v4 = "*nat\n-A OUTPUT -j KUBE-SERVICES\nCOMMIT\n";
+    auto f = rule_conntrack_full(in);
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->code, "conntrack_table_full");
+    EXPECT_EQ(f->severity, Severity::kCritical);
+    EXPECT_EQ(f->data.at("conntrack_drop"), 16);
+    EXPECT_NE(f->evidence.back().find("1 iptables nat rule(s)"), std::string::npos);
+    EXPECT_NE(f->fix.find("nf_conntrack_max"), std::string::npos);
+    in.conntrack->count = 100;  // not full now
+    f = rule_conntrack_full(in);
+    ASSERT_TRUE(f);
+    EXPECT_EQ(f->severity, Severity::kWarning);
+    EXPECT_NE(f->cause.find("not full now"), std::string::npos);
 }
 
 }  // namespace

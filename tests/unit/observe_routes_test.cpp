@@ -26,7 +26,7 @@ class FakeObservations : public ObservationSource {
         view.sides[MESHLANE_SIDE_UPSTREAM].latency.add(1'000'000);
         view.tcp.syn_retransmits = 1;
         ConnectionRecord record;
-        record.outcome = "refused";
+        record.outcome = ConnectOutcome::kRefused;
         record.error = 111;
         record.destination = "10.0.0.2:9";
         view.recent.push_back(record);
