@@ -14,12 +14,11 @@
  * stream is not TLS), so a connection costs memory only while it handshakes.
  *
  *   sk_msg (observe_tls_msg), tail-called by the fast path's fastpath_msg
- *                      (features/fastpath/fastpath_sockmap.bpf.c) for each message it redirects: those bytes
- *                      (app <-> proxy, proxy <-> proxy on this node) never reach an skb. The
- *                      same socket state, created by the same egress SYN (an accelerated
- *                      connection's handshake still goes through TCP), so one parse continues
- *                      over both hooks and nothing is fed twice: a message the fast path leaves
- *                      on TCP is not passed here, egress sees it.
+ *                      (features/fastpath/fastpath_sockmap.bpf.c) for each message it redirects:
+ * those bytes (app <-> proxy, proxy <-> proxy on this node) never reach an skb. The same socket
+ * state, created by the same egress SYN (an accelerated connection's handshake still goes through
+ * TCP), so one parse continues over both hooks and nothing is fed twice: a message the fast path
+ * leaves on TCP is not passed here, egress sees it.
  */
 #include "observe_tls_common.h"
 
@@ -281,7 +280,8 @@ int observe_tls_egress(struct __sk_buff* skb) {
     if (!sk || sk->protocol != IPPROTO_TCP) return 1;
     /* Only a connecting socket (SYN_SENT) can start a stream; any other socket without state
      * (accepted sockets, streams already decided) leaves before the netns lookup and the header
-     * parse: most segments of a pod take this exit (docs/fastpath-measurements.md, "where the time goes"). */
+     * parse: most segments of a pod take this exit (docs/fastpath-measurements.md, "where the time
+     * goes"). */
     struct tls_conn_state* state = NULL;
     if (sk->state != BPF_TCP_SYN_SENT) {
         state = bpf_sk_storage_get(&tls_state_by_socket, sk, 0, 0);

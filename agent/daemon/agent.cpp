@@ -28,8 +28,6 @@
 #include "agent/daemon/prerequisites.h"
 #include "agent/daemon/sd_notify.h"
 #include "agent/events/event_bus.h"
-#include "features/fastpath/fastpath_selftest.h"
-#include "features/fastpath/fastpath_datapath.h"
 #include "agent/loader/libbpf_log.h"
 #include "agent/loader/mounts.h"
 #include "agent/loader/redirect_datapath.h"
@@ -40,6 +38,8 @@
 #include "api/rest/rest_server.h"
 #include "api/rest/scrape_server.h"
 #include "api/tls/tls_config.h"
+#include "features/fastpath/fastpath_datapath.h"
+#include "features/fastpath/fastpath_selftest.h"
 
 namespace meshlane {
 

@@ -3,8 +3,8 @@
 #include <set>
 
 #include "agent/diagnose/collector.h"
-#include "agent/observe/observation_source.h"
 #include "agent/model/workload_spec.h"
+#include "agent/observe/observation_source.h"
 
 namespace meshlane::diagnose {
 

@@ -14,8 +14,8 @@
 #include "agent/common/result.h"
 #include "agent/diagnose/diagnosis.h"
 #include "agent/diagnose/verify.h"
-#include "agent/observe/tls_aggregate.h"
 #include "agent/model/workload_registry.h"
+#include "agent/observe/tls_aggregate.h"
 
 namespace meshlane {
 class ObservationSource;

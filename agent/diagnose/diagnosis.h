@@ -14,8 +14,8 @@
 #include <string_view>
 #include <vector>
 
-#include "agent/observe/observation_source.h"
 #include "agent/model/workload_spec.h"
+#include "agent/observe/observation_source.h"
 
 namespace meshlane::diagnose {
 

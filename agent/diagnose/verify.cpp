@@ -31,9 +31,9 @@
 #include "agent/common/tcp_listeners.h"
 #include "agent/common/unique_fd.h"
 #include "agent/diagnose/collector.h"
-#include "features/fastpath/fastpath_conn_state.h"
 #include "agent/workload/listener_adoption.h"
 #include "features/fastpath/fastpath_abi.h"
+#include "features/fastpath/fastpath_conn_state.h"
 #include "meshlane/redirect_abi.h"
 
 namespace meshlane::diagnose {
@@ -433,7 +433,8 @@ std::string fastpath_key_text(const fastpath_key& key) {
 }
 
 // Hop 5b: is the probe's connection in the fast path's SOCKHASH (both ends), and how was it
-// decided? Read from the pinned maps of features/fastpath/fastpath_sockmap.bpf.c (absent: fast path not loaded).
+// decided? Read from the pinned maps of features/fastpath/fastpath_sockmap.bpf.c (absent: fast path
+// not loaded).
 VerifyCheck check_fast_path(const WorkloadStatus& status, const VerifyOptions& options,
                             const TcpEntry* probe_socket) {
     VerifyCheck check{"fast_path", "fast path state of the probe's sockets", true, {}};

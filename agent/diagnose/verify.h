@@ -16,7 +16,8 @@
 //      pod), connects to the TEST-NET address and must NOT be redirected (stays in SYN_SENT to
 //      it; counter outbound_pass_proxy_owner grows);
 //   5. fast path: whether the outbound probe's two sockets are in the fast path's SOCKHASH
-//      (pinned maps of features/fastpath/fastpath_sockmap.bpf.c), or "fast path off for this workload".
+//      (pinned maps of features/fastpath/fastpath_sockmap.bpf.c), or "fast path off for this
+//      workload".
 // Before the proxy listens, the outbound probe is not sent at all ("proxy not listening"); every
 // wait is bounded (1 s connect, 2 s SO_ORIGINAL_DST, 0.3 s for the no-loop probe).
 #pragma once

@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "agent/events/event_bus.h"
-#include "features/fastpath/fastpath_datapath.h"
 #include "agent/loader/redirect_datapath.h"
 #include "agent/model/workload_registry.h"
+#include "features/fastpath/fastpath_datapath.h"
 
 namespace meshlane {
 

@@ -7,8 +7,8 @@
 
 #include "agent/common/result.h"
 #include "agent/events/event_bus.h"
-#include "agent/observe/observation_source.h"
 #include "agent/model/workload_registry.h"
+#include "agent/observe/observation_source.h"
 #include "api/meshlane.pb.h"
 
 namespace meshlane::grpc_api {

@@ -4,8 +4,8 @@
 // the ObservationSource and the WorkloadRegistry.
 #pragma once
 
-#include "agent/observe/observation_source.h"
 #include "agent/model/workload_registry.h"
+#include "agent/observe/observation_source.h"
 #include "api/metrics/metrics_options.h"
 #include "api/metrics/metrics_writer.h"
 

@@ -5,10 +5,10 @@
 #include <optional>
 #include <vector>
 
+#include "agent/model/workload_spec.h"
 #include "agent/observe/observation_source.h"
 #include "agent/observe/observe_json.h"
 #include "agent/observe/tls_json.h"
-#include "agent/model/workload_spec.h"
 
 namespace meshlane::rest {
 

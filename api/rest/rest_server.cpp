@@ -39,8 +39,8 @@
 #include <map>
 #include <optional>
 
-#include "agent/common/unix_socket_path.h"
 #include "agent/common/log_limiter.h"
+#include "agent/common/unix_socket_path.h"
 #include "api/rest/rest_router.h"
 #include "api/tls/tls_auth.h"
 

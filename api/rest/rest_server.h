@@ -81,7 +81,6 @@ struct RestServerOptions {
     std::optional<Tcp> tcp;
 };
 
-
 class RestServer {
   public:
     // `registry` and `io` must outlive the server and every coroutine it spawned, i.e. keep

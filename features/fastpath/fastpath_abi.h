@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
  * The structs and constants that cross the BPF / agent boundary for the sk_msg fast path
- * (features/fastpath/fastpath_sockmap.bpf.c, features/fastpath/fastpath_datapath.*). Defined once here. Every struct
- * is a map key or value: explicit layouts, grow only at the end.
+ * (features/fastpath/fastpath_sockmap.bpf.c, features/fastpath/fastpath_datapath.*). Defined once
+ * here. Every struct is a map key or value: explicit layouts, grow only at the end.
  */
 #ifndef MESHLANE_FASTPATH_ABI_H
 #define MESHLANE_FASTPATH_ABI_H
@@ -110,8 +110,8 @@ enum meshlane_fastpath_policy {
  * fails with ENOMEM. Above this many unread bytes on the receiver's psock that direction of the
  * connection spills to the TCP path (order-safe: the receiver drains its psock queue before its
  * TCP receive queue), where TCP's flow control applies; it comes back to the fast path once the
- * receiver has read every byte sent on TCP (features/fastpath/fastpath_sockmap.bpf.c). 4 MiB: above the
- * default TCP receive buffer's autotuning start, below tcp_rmem's 6 MiB maximum. */
+ * receiver has read every byte sent on TCP (features/fastpath/fastpath_sockmap.bpf.c). 4 MiB: above
+ * the default TCP receive buffer's autotuning start, below tcp_rmem's 6 MiB maximum. */
 #define MESHLANE_FASTPATH_MAX_QUEUED_BYTES (4u << 20)
 enum meshlane_fastpath_counter {
     MESHLANE_FP_CNT_REDIRECTED_MSGS = 0,

@@ -1,6 +1,6 @@
-// The sk_msg fast path in the kernel (features/fastpath/fastpath_sockmap.bpf.c, docs/fastpath.md): loads the
-// object once, its maps pinned under <pin_root>/maps next to the redirect datapath's (it shares
-// workload_by_netns), the sk_msg program attached to the SOCKHASH by a link pinned at
+// The sk_msg fast path in the kernel (features/fastpath/fastpath_sockmap.bpf.c, docs/fastpath.md):
+// loads the object once, its maps pinned under <pin_root>/maps next to the redirect datapath's (it
+// shares workload_by_netns), the sk_msg program attached to the SOCKHASH by a link pinned at
 // <pin_root>/fastpath/sk_msg, and per workload a sockops link pinned in the workload's pin
 // directory (<pin_root>/workloads/<name>/fastpath_sockops), next to redirect_sockops on the same
 // cgroup (multi-attach). Restarted agents re-point the pinned links with BPF_LINK_UPDATE.

@@ -25,10 +25,10 @@
 #include <vector>
 
 #include "agent/common/unique_fd.h"
-#include "features/fastpath/fastpath_selftest_readers.h"
 #include "agent/loader/bpf_skeleton.h"
 #include "fastpath_sockmap.skel.h"
 #include "features/fastpath/fastpath_abi.h"
+#include "features/fastpath/fastpath_selftest_readers.h"
 
 namespace meshlane {
 

@@ -19,8 +19,8 @@
 #include <cstdint>
 #include <string>
 
-#include "features/fastpath/fastpath_selftest_readers.h"
 #include "features/fastpath/fastpath_abi.h"
+#include "features/fastpath/fastpath_selftest_readers.h"
 
 namespace meshlane {
 

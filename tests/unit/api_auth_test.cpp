@@ -17,13 +17,13 @@
 #include <thread>
 
 #include "agent/daemon/config.h"
+#include "api/client/unix_http_client.h"
 #include "api/grpc/grpc_server.h"
 #include "api/grpc/tcp_auth.h"
 #include "api/meshlane.grpc.pb.h"
 #include "api/rest/rest_server.h"
 #include "api/tls/tls_auth.h"
 #include "api/tls/tls_config.h"
-#include "api/client/unix_http_client.h"
 #include "fake_workload_registry.h"
 
 namespace meshlane {
