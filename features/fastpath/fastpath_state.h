@@ -10,19 +10,8 @@
 #ifndef MESHLANE_FASTPATH_STATE_H
 #define MESHLANE_FASTPATH_STATE_H
 
-#ifndef __BPF__
-#include <linux/types.h>
-#endif
-
 #include "features/fastpath/fastpath_abi.h"
-
-#ifndef MESHLANE_INLINE
-#ifdef __BPF__
-#define MESHLANE_INLINE static __always_inline
-#else
-#define MESHLANE_INLINE static inline
-#endif
-#endif
+#include "meshlane/pure_inline.h"
 
 /* What fastpath_msg knows when it judges one message of direction S -> R. Each kernel fact is
  * read only when fastpath_msg_needs_*() says the transition looks at it (both cost reads of

@@ -26,19 +26,8 @@
 #ifndef MESHLANE_DNS_CAPTURE_RULES_H
 #define MESHLANE_DNS_CAPTURE_RULES_H
 
-#ifndef __BPF__
-#include <linux/types.h>
-#endif
-
+#include "meshlane/pure_inline.h"
 #include "meshlane/redirect_abi.h"
-
-#ifndef MESHLANE_INLINE
-#ifdef __BPF__
-#define MESHLANE_INLINE static __always_inline
-#else
-#define MESHLANE_INLINE static inline
-#endif
-#endif
 
 /* What is known about one connect()/sendmsg() to port 53 from an enrolled workload. */
 struct dns_facts {

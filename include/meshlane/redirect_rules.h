@@ -8,19 +8,8 @@
 #ifndef MESHLANE_REDIRECT_RULES_H
 #define MESHLANE_REDIRECT_RULES_H
 
-#ifndef __BPF__
-#include <linux/types.h>
-#endif
-
+#include "meshlane/pure_inline.h"
 #include "meshlane/redirect_abi.h"
-
-#ifndef MESHLANE_INLINE
-#ifdef __BPF__
-#define MESHLANE_INLINE static __always_inline
-#else
-#define MESHLANE_INLINE static inline
-#endif
-#endif
 
 /* Addresses below are 16 bytes, network order, IPv4 as v4-mapped (::ffff:a.b.c.d). Byte-wise, so
  * the host tests run them unchanged. */

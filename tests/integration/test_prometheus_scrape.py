@@ -206,15 +206,15 @@ def series_per_idle_workload(topo, agent):
 
 @pytest.mark.agent_config(metrics_address=f"127.0.0.1:{METRICS_PORT}")
 def test_series_per_idle_workload_by_default(topo, agent):
-    # 22 datapath + 79 connect/drop + 76 TLS: the 4 latency histograms are 136 of them.
-    assert series_per_idle_workload(topo, agent) == 177
+    # 30 datapath + 79 connect/drop + 76 TLS: the 4 latency histograms are 136 of them.
+    assert series_per_idle_workload(topo, agent) == 185
 
 
 @pytest.mark.agent_config(metrics_address=f"127.0.0.1:{METRICS_PORT}",
                           metrics_workload_histograms="false", metrics_drop_reasons="false")
 def test_series_per_idle_workload_with_the_switches_off(topo, agent):
     # Histograms node-wide (paid once per node), drops one series per workload.
-    assert series_per_idle_workload(topo, agent) == 42
+    assert series_per_idle_workload(topo, agent) == 50
 
 
 NODE_EXPORTER = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"

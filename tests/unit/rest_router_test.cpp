@@ -237,8 +237,8 @@ TEST(RestRoutes, PathMatching) {
 // api/openapi.yaml documents exactly the route table: every (path, method) of one appears in
 // the other. A light line-based reading is enough for the file's fixed layout.
 std::set<std::string> openapi_operations() {
-    const auto path = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() /
-                      "api" / "openapi.yaml";
+    // MESHLANE_SOURCE_DIR, not __FILE__: ccache's base_dir makes __FILE__ relative to the build.
+    const auto path = std::filesystem::path(MESHLANE_SOURCE_DIR) / "api" / "openapi.yaml";
     std::ifstream in(path);
     EXPECT_TRUE(in) << "cannot open " << path;
     std::set<std::string> operations;
