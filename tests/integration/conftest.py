@@ -2,8 +2,10 @@
 finalizer; the cleanup registry (harness/cleanup.py) is the session- and exit-level safety net,
 and sweeps what a SIGKILLed earlier run left behind."""
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -132,3 +134,24 @@ def start_mesh(topo, agent, a=None, b=None, b_ports=(APP_PORT,), a_ports=(),
 def meshed(topo, agent):
     """Both pods enrolled with default settings, then HAProxy sidecars and B's app started."""
     return start_mesh(topo, agent, a={}, b={})
+
+
+@pytest.fixture
+def hostile_paths():
+    """Paths an enrolment must refuse without blocking: a FIFO (open() would block), a listening
+    unix socket (ENXIO), a symlink to a regular file, and the directory holding them."""
+    from harness import util
+    directory = tempfile.mkdtemp(prefix=f"meshlane-hostile-{util.unique_id()}-")
+    token = cleanup.REGISTRY.add(f"rm {directory}", lambda: cleanup.remove_tree(directory),
+                                 {"kind": "dir", "path": directory})
+    fifo = os.path.join(directory, "fifo")
+    os.mkfifo(fifo)
+    sock_path = os.path.join(directory, "sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(sock_path)
+    listener.listen(1)
+    link = os.path.join(directory, "link")
+    os.symlink("/etc/passwd", link)
+    yield {"fifo": fifo, "socket": sock_path, "link": link, "dir": directory}
+    listener.close()
+    cleanup.REGISTRY.undo(token)

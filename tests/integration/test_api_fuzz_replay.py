@@ -7,11 +7,9 @@ import json
 import os
 import random
 import socket
-import tempfile
 
-import pytest
 
-from harness import cleanup, util
+from harness import util
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEEDS = os.path.join(HERE, "..", "fuzz", "corpus", "rest_router")
@@ -23,23 +21,6 @@ QUERIES = ["", "?workload=web", "?limit=-1", "?limit=99999999999999999999", "?si
            "?window=0", "?window=-5", "?window=999999999999", "?type=%00", "?follow=maybe",
            "?reason=" + "A" * 4000, "?&&&==", "?workload=" + "\u00e9".encode().decode("latin-1")]
 NAMES = ["web", "a" * 300, "..", "%2e%2e", "UPPER", "x%00y", "-", "a/b", "%ff%fe", "\u00e9"]
-
-
-@pytest.fixture
-def hostile_files():
-    directory = tempfile.mkdtemp(prefix=f"meshlane-fuzz-{util.unique_id()}-")
-    token = cleanup.REGISTRY.add(f"rm {directory}", lambda: cleanup.remove_tree(directory),
-                                 {"kind": "dir", "path": directory})
-    fifo = os.path.join(directory, "fifo")
-    os.mkfifo(fifo)
-    sock_path = os.path.join(directory, "sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(sock_path)
-    listener.listen(1)
-    os.symlink("/etc/passwd", os.path.join(directory, "link"))
-    yield [fifo, sock_path, os.path.join(directory, "link"), directory]
-    listener.close()
-    cleanup.REGISTRY.undo(token)
 
 
 def spec_bodies(topo, rng, hostile):
@@ -111,11 +92,12 @@ def send(agent, raw):
     return data
 
 
-def test_fuzz_corpus_gets_no_5xx(topo, agent, hostile_files):
+def test_fuzz_corpus_gets_no_5xx(topo, agent, hostile_paths):
     agent.enroll_ok(topo.a)
     failures = []
     sent = 0
-    for raw in requests(topo, hostile_files):
+    hostile = [hostile_paths[k] for k in ("fifo", "socket", "link", "dir")]
+    for raw in requests(topo, hostile):
         data = send(agent, raw)
         sent += 1
         if not data.startswith(b"HTTP/1.1 "):

@@ -12,7 +12,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -284,22 +283,6 @@ def test_http2_rapid_reset_leaves_memory_bounded(tls_agent, pki):
 
 
 # -- 3 and 9: hostile enrolment paths ------------------------------------------------------------
-@pytest.fixture
-def hostile_paths():
-    directory = tempfile.mkdtemp(prefix=f"meshlane-hostile-{util.unique_id()}-")
-    token = cleanup.REGISTRY.add(f"rm {directory}", lambda: cleanup.remove_tree(directory),
-                                 {"kind": "dir", "path": directory})
-    fifo = os.path.join(directory, "fifo")
-    os.mkfifo(fifo)
-    sock_path = os.path.join(directory, "sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(sock_path)
-    listener.listen(1)
-    yield {"fifo": fifo, "socket": sock_path}
-    listener.close()
-    cleanup.REGISTRY.undo(token)
-
-
 def test_hostile_paths_are_refused_at_once(topo, agent, hostile_paths):
     agent.enroll_ok(topo.a)
     cases = [
